@@ -1,0 +1,158 @@
+"""The `longmix` command line: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from .corpus import BadInputError, ReaderOptions, normalize_domain
+from .mixture import STRATEGIES, MixtureConfig, PlanError, parse_domain_weights
+from .units import parse_count, parse_length
+
+
+def sample_corpus_dir() -> Path:
+    """The small multi-domain corpus shipped with the package (SlimPajama layout)."""
+    return Path(str(resources.files("longmix") / "assets" / "sample"))
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="corpus -> exact token lengths -> length-upsampled mixture -> packed sequences",
+        description="Tokenize a corpus, resample it by domain and length, and pack it into long sequences.",
+    )
+    p.add_argument("corpus", nargs="*", help="files or folders: .jsonl[.gz|.zst], .parquet, or plain-text files")
+    p.add_argument("--sample", action="store_true", help="use the small built-in sample corpus")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tokenizer", default="smollm2", help="tokenizer.json, a HF tokenizer folder, or 'smollm2' (built in)")
+    p.add_argument("--strategy", default="per-source", help=f"one of: {', '.join(STRATEGIES)} (default per-source)")
+    p.add_argument("--tokens", default="0", help="token budget, e.g. 500M or 5B (default: the corpus' own size)")
+    p.add_argument("--seq-len", default="80K", help="tokens per packed sequence (80K = 81,920; default 80K)")
+    p.add_argument("--long-threshold", default="4K", help="documents longer than this are long (default 4K)")
+    p.add_argument("--long-fraction", type=float, default=0.7, help="target share of tokens from long documents (default 0.7)")
+    p.add_argument("--domain-weight", type=float, default=0.6, help="upsample: raw weight of each named domain (default 0.6)")
+    p.add_argument("--domain-weights", help="starting domain mix, e.g. cc=0.67,c4=0.15,github=0.045,...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--domain-field", default="meta.redpajama_set_name", help="dotted path of the domain label")
+    p.add_argument("--domain", help="one domain for every document (corpora without labels)")
+    p.add_argument("--domain-rule", action="append", default=[], metavar="GLOB=DOMAIN",
+                   help="plain-text files: domain by path pattern (repeatable); default: first folder under the root")
+    p.add_argument("--domains", help="comma-separated list of known domains; others are rejected as unknown")
+    p.add_argument("--separator", help="token between documents (default: the tokenizer's EOS); '' for none")
+    p.add_argument("--cache", help="folder for tokenized shards, shared between runs with different strategies")
+    p.add_argument("--workers", type=int, help="processes (default: all cores); the output does not depend on it")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad document instead of skipping it")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder prepared with other settings")
+    p.add_argument("--part-size", default="512M", help="bytes per token part file (default 512M)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _prepare_config(args: argparse.Namespace):
+    from .prepare import PrepareConfig
+
+    inputs = list(args.corpus)
+    if args.sample:
+        inputs.append(str(sample_corpus_dir()))
+    if not inputs:
+        raise SystemExit("longmix prepare: give corpus paths or --sample")
+    rules = []
+    for rule in args.domain_rule:
+        pattern, sep, domain = rule.rpartition("=")
+        if not sep or not pattern or not domain:
+            raise SystemExit(f"longmix prepare: bad --domain-rule {rule!r}: write GLOB=DOMAIN")
+        rules.append((pattern, domain))
+    reader = ReaderOptions(
+        text_field=args.text_field,
+        domain_field=args.domain_field,
+        domain=args.domain,
+        domain_rules=tuple(rules),
+        allowed_domains=tuple(normalize_domain(d) for d in args.domains.split(",")) if args.domains else None,
+    )
+    mixture = MixtureConfig(
+        strategy=args.strategy,
+        tokens=parse_count(args.tokens),
+        long_threshold=parse_length(args.long_threshold),
+        long_fraction=args.long_fraction,
+        domain_weight=args.domain_weight,
+        domain_weights=parse_domain_weights(args.domain_weights) if args.domain_weights else None,
+        seed=args.seed,
+    )
+    return PrepareConfig(
+        inputs=tuple(inputs), out=args.out, tokenizer=args.tokenizer, separator=args.separator,
+        seq_len=parse_length(args.seq_len), mixture=mixture, reader=reader, cache=args.cache,
+        workers=args.workers, strict=args.strict, part_bytes=parse_length(args.part_size), overwrite=args.overwrite,
+    )
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare
+
+    prepare(_prepare_config(args), progress=not args.quiet)
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .fsutil import read_json
+    from .stats import format_rejections, format_table
+
+    path = Path(args.dir) / "stats.json"
+    if not path.is_file():
+        raise SystemExit(f"longmix stats: {path} not found; is {args.dir} a prepared folder?")
+    stats = read_json(path)
+    if args.json:
+        json.dump(stats, sys.stdout, indent=2)
+        print()
+        return 0
+    m = stats["manifest"]
+    print(f"{args.dir}: strategy {m['strategy']}, {m['n_sequences']} sequences × {m['seq_len']} tokens, "
+          f"tokenizer {m['tokenizer']['name']}, seed {m['seed']}")
+    print(format_table(stats["before"], stats["after"]))
+    for note in stats["plan"]["notes"]:
+        print(f"note: {note}")
+    d = stats["documents"]
+    print(f"documents read {d['read']} = used {d['used']} + rejected {d['rejected']} (file errors: {d['file_errors']})")
+    print(format_rejections(stats["rejections"]))
+    return 0
+
+
+def _cmd_export_megatron(args: argparse.Namespace) -> int:
+    from .store import PackedDataset, export_megatron
+
+    bin_path, idx_path = export_megatron(PackedDataset(args.dir), args.prefix)
+    print(f"wrote {bin_path} and {idx_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longmix", description="Long-context data engineering (Fu et al. 2024).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    stats = sub.add_parser("stats", help="show the mixture tables of a prepared folder")
+    stats.add_argument("dir")
+    stats.add_argument("--json", action="store_true", help="print stats.json")
+    export = sub.add_parser("export-megatron", help="write a prepared folder as Megatron-LM .bin/.idx")
+    export.add_argument("dir")
+    export.add_argument("prefix", help="output path without suffix")
+    return parser
+
+
+_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .prepare import PrepareError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (PrepareError, PlanError, BadInputError, FileNotFoundError, ValueError) as err:
+        print(f"longmix {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

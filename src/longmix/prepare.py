@@ -1,0 +1,339 @@
+"""`longmix prepare`: corpus -> exact token lengths -> sampling plan -> packed sequences.
+
+The three stages (Fu et al.'s recipe, engineered):
+
+1. **tokenize** (parallel map over shards): every document tokenized once; tokens and a
+   document table per shard (:mod:`longmix.tokenize`). Finished shards are skipped on a rerun.
+2. **plan** (one small reduce): per-domain length statistics -> a plan from the chosen
+   strategy -> a repeat count per document (:mod:`longmix.mixture`).
+3. **pack** (parallel map over output parts): seeded shuffle, concatenation with
+   separators, cut into ``seq_len`` sequences (:mod:`longmix.pack`), then statistics,
+   the report and ``manifest.json`` (written last: its presence means "complete").
+
+Output depends only on the inputs and the settings, never on ``workers``; a killed run
+rerun with the same arguments resumes and ends byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .corpus import ReaderOptions, discover_shards
+from .executor import LocalExecutor
+from .fsutil import read_json, write_json
+from .mixture import MixtureConfig, make_plan, parse_strategy, select, summarize
+from .pack import PartTask, compute_layout, shuffled_pieces, write_part
+from .stats import (
+    format_rejections,
+    format_table,
+    markdown_report,
+    mixture_stats,
+    plot_domain_shares,
+    plot_length_distribution,
+)
+from .store import FORMAT_VERSION, MANIFEST, part_path, write_index
+from .tokenize import (
+    TokenizerInfo,
+    TokenizeTask,
+    input_fingerprint,
+    resolve_tokenizer,
+    shard_is_done,
+    shard_stem,
+    tokenize_shard,
+)
+from .units import parse_length
+
+# Outputs of a prepared folder, removed by ``overwrite`` (the tokenized cache is kept).
+_OUTPUTS = (MANIFEST, "params.json", "stats.json", "plan.json", "report.md", "plots", "tokens", "index")
+
+
+class PrepareError(Exception):
+    """A problem with the settings or the inputs, found before or during `prepare`."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Every knob of `longmix prepare`; saved (less ``workers``) as ``params.json``."""
+
+    inputs: tuple[str, ...]  # corpus files or folders
+    out: str  # the prepared folder
+    tokenizer: str = "smollm2"  # tokenizer.json, a HF tokenizer folder, or "smollm2" (built in)
+    separator: str | None = None  # token between packed documents; default: the tokenizer's EOS
+    seq_len: int = 81920  # tokens per packed sequence (the paper: 80K)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    reader: ReaderOptions = field(default_factory=ReaderOptions)
+    cache: str | None = None  # where tokenized shards live; share it between strategies
+    workers: int | None = None  # processes; default: all cores. Does not change the output.
+    strict: bool = False  # stop at the first bad document instead of skipping and counting it
+    part_bytes: int = 1 << 29  # size of one tokens/part-NNNNN.bin file (whole sequences)
+    text_files_per_shard: int = 256  # plain-text documents per tokenization task
+    overwrite: bool = False  # replace a prepared folder made with other settings
+
+    def params(self) -> dict:
+        """The settings that determine the output (not workers, not overwrite)."""
+        data = asdict(self)
+        for key in ("workers", "overwrite"):
+            data.pop(key)
+        return _jsonable(data)
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Run the whole pipeline; returns the contents of ``stats.json``."""
+    log = log or (lambda message: print(message, file=sys.stderr))
+    started = time.perf_counter()
+    out = Path(config.out)
+    _check_config(config)
+    _claim_output(out, config)
+    if (out / MANIFEST).is_file():
+        log(f"{out} is already complete; delete it or pass --overwrite to redo it")
+        return read_json(out / "stats.json")
+
+    tokenizer = resolve_tokenizer(config.tokenizer, config.separator)
+    shards = discover_shards(list(config.inputs), config.text_files_per_shard)
+    tokenized = Path(config.cache) if config.cache else out / "tokenized"
+    tokenized.mkdir(parents=True, exist_ok=True)
+    executor = LocalExecutor(config.workers)
+    log(f"{len(shards)} shards from {', '.join(config.inputs)}; tokenizer {tokenizer.name} "
+        f"(vocab {tokenizer.vocab_size}, {tokenizer.dtype.name}); {executor.workers} workers")
+
+    summaries = tokenize_all(shards, tokenized, tokenizer, config, executor, progress, log)
+    table = load_document_table(tokenized, [s.index for s in shards])
+    read = sum(s["documents_read"] for s in summaries)
+    used = sum(s["documents_used"] for s in summaries)
+    rejected = sum(s["documents_rejected"] for s in summaries)
+    if read != used + rejected:
+        raise PrepareError(f"document accounting broke: read {read} != used {used} + rejected {rejected}")
+    if used != len(table["n_tokens"]):
+        raise PrepareError(f"document table has {len(table['n_tokens'])} rows but shards report {used} documents")
+
+    plan_result = plan_mixture(table, config.mixture)
+    layout, parts = pack_all(out, table, plan_result, tokenizer, tokenized, config, executor, progress)
+
+    stats = {
+        "documents": {"read": read, "used": used, "rejected": rejected,
+                      "file_errors": sum(s["file_errors"] for s in summaries)},
+        "rejections": _collect_rejections(summaries),
+        "before": plan_result["before"],
+        "after": plan_result["after"],
+        "plan": {"notes": plan_result["plan"].notes, "cells": plan_result["selection"].cells,
+                 "targets": plan_result["plan"].targets},
+        "packing": {"n_sequences": layout.n_sequences, "seq_len": layout.seq_len,
+                    "tail_tokens_dropped": layout.tail_tokens_dropped, "tail_documents_cut": layout.tail_documents_cut,
+                    "spans": len(layout.span_seq)},
+    }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "inputs": list(config.inputs),
+        "tokenizer": {k: v for k, v in asdict(tokenizer).items() if k != "path"},
+        "dtype": tokenizer.dtype.str,
+        "seq_len": config.seq_len,
+        "n_sequences": layout.n_sequences,
+        "sequences_per_part": parts,
+        "n_parts": -(-layout.n_sequences // parts),
+        "tokens": layout.n_sequences * config.seq_len,
+        "domains": table["names"],
+        "strategy": config.mixture.strategy,
+        "budget": plan_result["plan"].budget,
+        "long_threshold": config.mixture.long_threshold,
+        "long_fraction": config.mixture.long_fraction,
+        "domain_weight": config.mixture.domain_weight,
+        "domain_weights": dict(config.mixture.domain_weights) if config.mixture.domain_weights else None,
+        "seed": config.mixture.seed,
+        "truncate_to": plan_result["plan"].truncate_to,
+        "reader": asdict(config.reader),
+    }
+    stats["manifest"] = manifest
+    write_json(out / "plan.json", stats["plan"])
+    write_json(out / "stats.json", stats)
+    (out / "report.md").write_text(markdown_report(stats))
+    plot_length_distribution(table["domains"], table["names"], table["n_tokens"], plan_result["lengths"],
+                             plan_result["selection"].repeats, config.mixture.long_threshold, out / "plots" / "length_distribution.png")
+    plot_domain_shares(stats["before"], stats["after"], out / "plots" / "domain_shares.png")
+    write_json(out / MANIFEST, manifest)
+
+    log(format_table(stats["before"], stats["after"]))
+    for note in plan_result["plan"].notes:
+        log(f"note: {note}")
+    log(f"documents read {read} = used {used} + rejected {rejected}")
+    if rejected or stats["documents"]["file_errors"]:
+        log(format_rejections(stats["rejections"]))
+    log(f"wrote {layout.n_sequences} sequences × {config.seq_len} tokens to {out} in {time.perf_counter() - started:.1f}s")
+    return stats
+
+
+def _check_config(config: PrepareConfig) -> None:
+    parse_strategy(config.mixture.strategy)
+    if config.seq_len < 2:
+        raise PrepareError(f"seq_len must be at least 2, got {config.seq_len}")
+    if config.mixture.long_threshold < 1:
+        raise PrepareError("long threshold must be positive")
+    if not config.inputs:
+        raise PrepareError("no corpus given")
+
+
+def _claim_output(out: Path, config: PrepareConfig) -> None:
+    """Record the settings in ``params.json``; refuse to mix two runs' outputs in one folder."""
+    params_file = out / "params.json"
+    if params_file.is_file():
+        previous = read_json(params_file)
+        if previous != config.params():
+            if not config.overwrite:
+                changed = sorted(k for k in set(previous) | set(config.params()) if previous.get(k) != config.params().get(k))
+                raise PrepareError(
+                    f"{out} holds a dataset prepared with other settings ({', '.join(changed)} differ); "
+                    "use another --out, or --overwrite to replace it"
+                )
+            for name in _OUTPUTS:
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(params_file, config.params())
+
+
+# ---------------------------------------------------------------------------- stage 1
+
+
+def tokenize_all(shards, tokenized: Path, tokenizer: TokenizerInfo, config: PrepareConfig,
+                 executor: LocalExecutor, progress: bool, log: Callable[[str], None]) -> list[dict]:
+    """Tokenize the shards not done yet; return every shard's summary in shard order."""
+    tasks = [TokenizeTask(s, str(tokenized), tokenizer.path, tokenizer.vocab_size, config.reader, config.strict) for s in shards]
+    jobs = [(t, input_fingerprint(t, tokenizer.sha256)) for t in tasks]
+    todo = [job for job in jobs if not shard_is_done(*job)]
+    if len(todo) < len(jobs):
+        log(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} shards already tokenized")
+    tokens = 0
+
+    def postfix(summary: dict) -> dict:
+        nonlocal tokens
+        tokens += summary["tokens"]
+        return {"tokens": f"{tokens:,}"}
+
+    for _ in executor.map(_tokenize_job, todo, desc="tokenize", progress=progress, postfix=postfix):
+        pass
+    return [read_json(tokenized / f"{shard_stem(s.index)}.json") for s in shards]
+
+
+def _tokenize_job(job) -> dict:
+    return tokenize_shard(*job)
+
+
+def load_document_table(tokenized: Path, shard_ids: list[int]) -> dict:
+    """Concatenate the shards' document tables (the columns the plan and packing need)."""
+    parts = [pq.read_table(tokenized / f"{shard_stem(i)}.docs.parquet", columns=["doc_key", "domain", "n_tokens", "offset"])
+             for i in shard_ids]
+    domain_names = sorted({d for p in parts for d in p.column("domain").to_pylist()})
+    code = {name: i for i, name in enumerate(domain_names)}
+    columns = {"doc_key": [], "domains": [], "n_tokens": [], "offset": [], "shard": []}
+    for shard, part in zip(shard_ids, parts):
+        columns["doc_key"].append(part.column("doc_key").to_numpy())
+        columns["domains"].append(np.array([code[d] for d in part.column("domain").to_pylist()], dtype=np.int16))
+        columns["n_tokens"].append(part.column("n_tokens").to_numpy())
+        columns["offset"].append(part.column("offset").to_numpy())
+        columns["shard"].append(np.full(part.num_rows, shard, dtype=np.int32))
+    table = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in columns.items()}
+    table["doc_key"] = table["doc_key"].astype(np.uint64)
+    table["domains"] = table["domains"].astype(np.int16)
+    table["n_tokens"] = table["n_tokens"].astype(np.int64)
+    table["names"] = domain_names
+    return table
+
+
+# ---------------------------------------------------------------------------- stage 2
+
+
+def plan_mixture(table: dict, mixture: MixtureConfig) -> dict:
+    """Plan and select; returns the plan, the selection, effective lengths and both stats."""
+    name, argument = parse_strategy(mixture.strategy)
+    lengths = table["n_tokens"]
+    if name == "cut":
+        lengths = np.minimum(lengths, parse_length(argument))
+    summary = summarize(table["domains"], table["names"], lengths, mixture.long_threshold)
+    plan = make_plan(summary, mixture)
+    selection = select(plan, table["domains"], table["names"], lengths, table["doc_key"], mixture.seed)
+    ones = np.ones(len(lengths), dtype=np.int32)
+    return {
+        "plan": plan,
+        "selection": selection,
+        "lengths": lengths,
+        "before": mixture_stats(table["domains"], table["names"], table["n_tokens"], ones, mixture.long_threshold),
+        "after": mixture_stats(table["domains"], table["names"], lengths, selection.repeats, mixture.long_threshold),
+    }
+
+
+# ---------------------------------------------------------------------------- stage 3
+
+
+def pack_all(out: Path, table: dict, plan_result: dict, tokenizer: TokenizerInfo, tokenized: Path,
+             config: PrepareConfig, executor: LocalExecutor, progress: bool):
+    """Lay out all sequences, write the span index, then the token parts (skipping done ones)."""
+    lengths = plan_result["lengths"]
+    rows, copies = shuffled_pieces(plan_result["selection"].repeats, table["doc_key"], config.mixture.seed)
+    layout = compute_layout(rows, copies, lengths, config.seq_len, tokenizer.separator_id is not None)
+    if layout.n_sequences == 0:
+        raise PrepareError(
+            f"the selection holds {layout.tail_tokens_dropped} tokens, less than one sequence of {config.seq_len}: "
+            "raise --tokens or lower --seq-len"
+        )
+    offsets = layout.seq_offsets()
+    write_index(out, {
+        "span_start": layout.span_start,
+        "span_length": layout.span_length,
+        "span_domain": table["domains"][layout.span_row],
+        "span_doc_key": table["doc_key"][layout.span_row],
+        "span_doc_offset": layout.span_doc_offset,
+        "span_repeat": layout.span_repeat,
+    }, offsets)
+
+    itemsize = tokenizer.dtype.itemsize
+    per_part = max(1, config.part_bytes // (config.seq_len * itemsize))
+    shard_files = tuple(str(tokenized / f"{shard_stem(i)}.tokens") for i in range(int(table["shard"].max()) + 1)) \
+        if len(table["shard"]) else ()
+    tasks = []
+    for part, first in enumerate(range(0, layout.n_sequences, per_part)):
+        last = min(first + per_part, layout.n_sequences)
+        path = part_path(out, part)
+        if path.is_file() and path.stat().st_size == (last - first) * config.seq_len * itemsize:
+            continue  # written whole by an earlier, interrupted run (writes are atomic)
+        lo, hi = int(offsets[first]), int(offsets[last])
+        span_rows = layout.span_row[lo:hi]
+        tasks.append(PartTask(
+            path=str(path), first=first, last=last, seq_len=config.seq_len, dtype=tokenizer.dtype.str,
+            separator_id=tokenizer.separator_id, shard_files=shard_files,
+            span_start=layout.span_start[lo:hi], span_length=layout.span_length[lo:hi], span_seq=layout.span_seq[lo:hi],
+            span_doc_offset=layout.span_doc_offset[lo:hi], span_shard=table["shard"][span_rows],
+            span_shard_offset=table["offset"][span_rows], span_doc_tokens=lengths[span_rows],
+        ))
+    for _ in executor.map(write_part, tasks, desc="pack", progress=progress, unit="part"):
+        pass
+    return layout, per_part
+
+
+def _collect_rejections(summaries: list[dict], examples_per_reason: int = 20) -> dict:
+    counts: dict[str, int] = {}
+    examples: list[dict] = []
+    shown: dict[str, int] = {}
+    for summary in summaries:
+        for reason, n in summary["rejected"].items():
+            counts[reason] = counts.get(reason, 0) + n
+        for item in summary["rejections"]:
+            if shown.get(item["reason"], 0) < examples_per_reason:
+                shown[item["reason"]] = shown.get(item["reason"], 0) + 1
+                examples.append(item)
+    return {"counts": counts, "examples": examples}
