@@ -241,9 +241,9 @@ def _read_jsonl(path: str, label: str, options: ReaderOptions) -> Iterator[Docum
                     yield Rejection("broken_json", label, line_no, str(err).split("\n")[0][:120])
                     continue
                 yield _record_to_document(record, label, line_no, options)
-    except (EOFError, TruncatedArchiveError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as err:
+    except (EOFError, TruncatedArchiveError) as err:
         yield Rejection("truncated_archive", label, line_no + 1, f"{type(err).__name__}: {err}; rest of file lost")
-    except OSError as err:
+    except (OSError, zlib.error, zstandard.ZstdError) as err:  # gzip.BadGzipFile is an OSError
         yield Rejection("unreadable_file", label, line_no + 1 if line_no else 0, f"{type(err).__name__}: {err}")
 
 

@@ -190,7 +190,10 @@ def _claim_output(out: Path, config: PrepareConfig) -> None:
     params_file = out / "params.json"
     if params_file.is_file():
         previous = read_json(params_file)
-        if previous != config.params():
+        packed = (out / "tokens").exists() or (out / MANIFEST).exists()
+        # Before packing starts nothing depends on the settings (tokenized shards carry
+        # their own fingerprints), so a run that failed early may be rerun with a fix.
+        if previous != config.params() and packed:
             if not config.overwrite:
                 changed = sorted(k for k in set(previous) | set(config.params()) if previous.get(k) != config.params().get(k))
                 raise PrepareError(
