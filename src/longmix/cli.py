@@ -127,10 +127,61 @@ def _cmd_export_megatron(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from dataclasses import fields
+
+    from .train_config import TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="continual pretraining at long context on a prepared folder",
+        description="Continue pretraining a HF LLaMA-family model on `longmix prepare` output. Every option can "
+        "also come from --config run.yaml (same names, with underscores); options given here override it.",
+    )
+    p.add_argument("--config", help="a YAML file of settings")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            p.add_argument(flag, dest=f.name, default=None, help=f"(default: {f.default})")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from .train import train
+    from .train_config import TrainConfig, normalize_counts
+
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    overrides = {}
+    for name, kind in types.items():
+        value = getattr(args, name)
+        if value is None or kind in ("bool", bool) or name in ("seq_len", "loss_chunk", "batch_tokens", "tokens"):
+            overrides[name] = value
+        elif "float" in str(kind):
+            overrides[name] = float(value)
+        elif "int" in str(kind):
+            overrides[name] = int(value)
+        else:
+            overrides[name] = value
+    if args.config:
+        config = TrainConfig.from_yaml(args.config, **overrides)
+    else:
+        config = TrainConfig(**normalize_counts({k: v for k, v in overrides.items() if v is not None}))
+    if not config.data or not config.out:
+        raise SystemExit("longmix train: --data and --out are required (or set them in --config)")
+    record = train(config)
+    if record.get("stopped"):
+        print(f"stopped by {record['stopped']} after step {record['step']}; rerun with --resume to continue", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longmix", description="Long-context data engineering (Fu et al. 2024).")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
+    _add_train(sub)
     stats = sub.add_parser("stats", help="show the mixture tables of a prepared folder")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true", help="print stats.json")
@@ -140,16 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron}
+_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:
     from .prepare import PrepareError
 
     args = build_parser().parse_args(argv)
+    errors: tuple[type[Exception], ...] = (PrepareError, PlanError, BadInputError, FileNotFoundError, ValueError)
+    if args.command == "train":
+        from .model import ModelError
+        from .train_config import TrainError
+
+        errors = (*errors, TrainError, ModelError)
     try:
         return _COMMANDS[args.command](args)
-    except (PrepareError, PlanError, BadInputError, FileNotFoundError, ValueError) as err:
+    except errors as err:
         print(f"longmix {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -44,6 +44,7 @@ class TokenizerInfo:
     name: str
     vocab_size: int
     sha256: str
+    vocab_sha256: str  # of the token -> id map: equal for the same vocabulary however serialised
     separator_id: int | None  # put between documents when packing
     separator: str | None
 
@@ -97,8 +98,17 @@ def resolve_tokenizer(spec: str | Path | None, separator: str | None = None) -> 
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     name = BUILTIN_TOKENIZER if builtin else (folder.name if file.name == "tokenizer.json" else file.stem)
     return TokenizerInfo(
-        str(file.resolve()), name, tokenizer.get_vocab_size(with_added_tokens=True), digest, separator_id, separator or None
+        str(file.resolve()), name, tokenizer.get_vocab_size(with_added_tokens=True), digest, vocab_digest(file),
+        separator_id, separator or None,
     )
+
+
+def vocab_digest(tokenizer_json: str | Path) -> str:
+    """SHA-256 of the sorted token -> id map of a ``tokenizer.json``."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab(with_added_tokens=True)
+    return hashlib.sha256("\n".join(f"{t}\t{i}" for t, i in sorted(vocab.items())).encode()).hexdigest()
 
 
 @lru_cache(maxsize=4)

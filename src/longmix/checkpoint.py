@@ -1,0 +1,113 @@
+"""Checkpoints (resumable, sharded with torch.distributed.checkpoint) and the final HF model.
+
+``RUN/checkpoints/step-NNNNNN/`` holds the model and optimizer state (one shard file per
+rank, written by DCP, so FSDP2 runs save without gathering) and ``trainer.json``. A
+checkpoint is written into ``step-NNNNNN.tmp`` and renamed when complete: a killed save
+never looks like a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+from .distributed import Dist
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                    "chat_template.jinja")
+
+
+def _barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    folder = Path(out) / "checkpoints"
+    done = sorted(p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")) if folder.is_dir() else []
+    return done[-1] if done else None
+
+
+def save_checkpoint(out: Path, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist,
+                    keep: int = 2) -> Path:
+    folder = Path(out) / "checkpoints"
+    final = folder / f"step-{step:06d}"
+    tmp = folder / f"step-{step:06d}.tmp"
+    if d.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier(d)
+    model_state, optimizer_state = get_state_dict(module, optimizer)
+    with warnings.catch_warnings():  # a single process is a normal case here, not a mistake
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(tmp))
+    torch.save({"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               tmp / f"rng-rank{d.rank}.pt")
+    _barrier(d)
+    if d.is_main:
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, "world": d.world, "cp": d.cp}))
+        tmp.rename(final)
+        for old in sorted(p for p in folder.glob("step-*") if not p.name.endswith(".tmp"))[:-keep]:
+            shutil.rmtree(old)
+    _barrier(d)
+    return final
+
+
+def load_checkpoint(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist) -> int:
+    """Restore model, optimizer and RNG state in place; returns the step to continue from."""
+    meta = json.loads((folder / "trainer.json").read_text())
+    model_state, optimizer_state = get_state_dict(module, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    rng = folder / f"rng-rank{d.rank}.pt"
+    if rng.is_file():
+        saved = torch.load(rng, weights_only=False)
+        torch.set_rng_state(saved["cpu"])
+        if saved["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda"])
+    return int(meta["step"])
+
+
+def save_hf_model(module: torch.nn.Module, out: Path, d: Dist, dtype: str, source: str | None) -> None:
+    """The trained model as a plain HF checkpoint (safetensors) that AutoModelForCausalLM loads.
+
+    The config carries the training RoPE settings (frozen, see ``model.apply_rope``), so
+    the model behaves identically at any input length.
+    """
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(module, options=options)
+    if not d.is_main:
+        _barrier(d)
+        return
+    hf_model = module.model
+    state = {k.removeprefix("model."): v.to(getattr(torch, dtype)) for k, v in full.items()}
+    config = hf_model.config
+    previous = config._attn_implementation
+    config._attn_implementation = "sdpa"  # our training-time backends are not registered for other users
+    config.use_cache = True
+    config.dtype = getattr(torch, dtype)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        hf_model.save_pretrained(out, state_dict=state, safe_serialization=True)
+    finally:
+        config._attn_implementation = previous
+    if source:
+        for name in _TOKENIZER_FILES:
+            if (Path(source) / name).is_file():
+                shutil.copy(Path(source) / name, out / name)
+    _barrier(d)

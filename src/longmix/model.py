@@ -1,0 +1,323 @@
+"""The model side of training: load a HF LLaMA-family model, set RoPE for the longer
+context, document-masked attention, and a chunked LM head + cross-entropy.
+
+Nothing here knows about the training loop or about distribution.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+# Attention backends: "sdpa" is plain causal attention over the packed sequence (the
+# paper's setting); the others keep attention within documents (--doc-mask).
+DOC_MASK_BACKENDS = ("varlen", "flex", "loop")
+ATTENTION_BACKENDS = ("sdpa", *DOC_MASK_BACKENDS)
+ROPE_SCALINGS = ("linear", "dynamic", "yarn")
+
+
+class ModelError(Exception):
+    """A model that cannot be loaded or configured as asked."""
+
+
+# ---------------------------------------------------------------------------- RoPE
+
+
+def rope_settings(hf_config) -> dict:
+    """The RoPE parameters of a config, for transformers 5 (``rope_parameters``) and 4."""
+    params = getattr(hf_config, "rope_parameters", None)
+    if isinstance(params, dict):
+        return dict(params)
+    out = {"rope_type": "default", "rope_theta": getattr(hf_config, "rope_theta", 10000.0)}
+    scaling = getattr(hf_config, "rope_scaling", None) or {}
+    out.update({("rope_type" if k == "type" else k): v for k, v in scaling.items()})
+    return out
+
+
+def _set_rope(hf_config, params: dict) -> None:
+    if isinstance(getattr(hf_config, "rope_parameters", None), dict):
+        hf_config.rope_parameters = params
+        return
+    hf_config.rope_theta = params["rope_theta"]
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    hf_config.rope_scaling = None if scaling.get("rope_type") == "default" else scaling
+
+
+def dynamic_ntk_theta(theta: float, factor: float, seq_len: int, original_max: int, head_dim: int) -> float:
+    """The fixed base that HF's dynamic-NTK scaling uses at ``seq_len`` (transformers' formula)."""
+    seq_len = max(seq_len, original_max)
+    return theta * ((factor * seq_len / original_max) - (factor - 1)) ** (head_dim / (head_dim - 2))
+
+
+def apply_rope(hf_config, *, theta: float | None, scaling: str | None, factor: float, seq_len: int) -> dict:
+    """Set RoPE for training at ``seq_len``; the config then loads identically in any HF version.
+
+    ``theta`` changes the base (the paper's choice, "ABF"). ``scaling`` adds HF's linear or
+    YaRN interpolation by ``factor``. Dynamic NTK is *frozen* into an equivalent fixed
+    base at the training length: HF's dynamic scaling would otherwise switch back to the
+    original base on short inputs, which is how the paper's released checkpoints broke on
+    short prompts.
+    """
+    params = rope_settings(hf_config)
+    original_max = int(getattr(hf_config, "max_position_embeddings", seq_len))
+    if theta is not None:
+        params["rope_theta"] = float(theta)
+    if scaling is None:
+        pass
+    elif scaling == "dynamic":
+        head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+        params = {"rope_type": "default",
+                  "rope_theta": dynamic_ntk_theta(params["rope_theta"], factor, seq_len, original_max, head_dim)}
+    elif scaling in ("linear", "yarn"):
+        params = {"rope_type": scaling, "rope_theta": params["rope_theta"], "factor": float(factor)}
+        if scaling == "yarn":
+            params["original_max_position_embeddings"] = original_max
+    else:
+        raise ModelError(f"unknown RoPE scaling {scaling!r}: choose one of {', '.join(ROPE_SCALINGS)}")
+    _set_rope(hf_config, params)
+    hf_config.max_position_embeddings = max(original_max, seq_len)
+    return params
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_model(path: str | None, init_config: str | None, *, attention: str, seq_len: int, rope_theta: float | None,
+               rope_scaling: str | None, rope_factor: float, checkpointing: bool, seed: int) -> nn.Module:
+    """A HF causal LM in fp32 (the master weights), RoPE set, attention backend chosen."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if (path is None) == (init_config is None):
+        raise ModelError("give exactly one of --model (a HF checkpoint folder) or --init-config (a config.json)")
+    source = Path(path or init_config)
+    if not source.exists():
+        raise ModelError(f"model path does not exist: {source}")
+    if path is not None and not any((source / name).exists() for name in ("model.safetensors", "model.safetensors.index.json",
+                                                                            "pytorch_model.bin", "pytorch_model.bin.index.json")):
+        raise ModelError(f"{source} holds no model weights (model.safetensors or pytorch_model.bin)")
+    config = AutoConfig.from_pretrained(str(source))  # a folder or a config.json file
+    if getattr(config, "model_type", None) not in ("llama", "mistral", "qwen2", "qwen3"):
+        raise ModelError(f"model type {config.model_type!r} is not of the LLaMA family (llama, mistral, qwen2, qwen3)")
+    apply_rope(config, theta=rope_theta, scaling=rope_scaling, factor=rope_factor, seq_len=seq_len)
+    register_attention_backends()
+    config._attn_implementation = "sdpa" if attention == "sdpa" else f"longmix_{attention}"
+    torch.manual_seed(seed)
+    if path is not None:
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.config._attn_implementation = config._attn_implementation
+    if checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model
+
+
+# ---------------------------------------------------------------------------- attention
+
+
+def _doc_lengths(kwargs: dict) -> tuple[torch.Tensor, int]:
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        raise ModelError("document-masked attention needs cu_seq_lens_q (document boundaries) in the forward call")
+    return cu, int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
+
+
+def _loop_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Reference document masking: causal SDPA on each document separately (any device)."""
+    cu, _ = _doc_lengths(kwargs)
+    outputs = []
+    groups = query.shape[1] // key.shape[1]
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        k = key[:, :, a:b].repeat_interleave(groups, dim=1)
+        v = value[:, :, a:b].repeat_interleave(groups, dim=1)
+        outputs.append(F.scaled_dot_product_attention(query[:, :, a:b], k, v, is_causal=True, scale=scaling))
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+_VARLEN_HAS_GQA: bool | None = None
+
+
+def _varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """FlashAttention-2 varlen kernels (torch.nn.attention.varlen), causal within documents."""
+    global _VARLEN_HAS_GQA
+    from torch.nn.attention.varlen import varlen_attn
+
+    if _VARLEN_HAS_GQA is None:
+        _VARLEN_HAS_GQA = "enable_gqa" in inspect.signature(varlen_attn).parameters
+    cu, max_len = _doc_lengths(kwargs)
+    batch, heads, seq, dim = query.shape
+    q = query.transpose(1, 2).reshape(batch * seq, heads, dim)
+    k = key.transpose(1, 2).reshape(batch * seq, key.shape[1], dim)
+    v = value.transpose(1, 2).reshape(batch * seq, key.shape[1], dim)
+    extra = {}
+    if key.shape[1] != heads:
+        if _VARLEN_HAS_GQA:
+            extra["enable_gqa"] = True
+        else:  # torch 2.11 has no GQA in varlen: repeat the KV heads
+            k = k.repeat_interleave(heads // key.shape[1], dim=1)
+            v = v.repeat_interleave(heads // key.shape[1], dim=1)
+    cu = cu.to(device=q.device, dtype=torch.int32)
+    out = varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0), **extra)
+    return out.reshape(batch, seq, heads, dim), None
+
+
+_FLEX_COMPILED = None
+
+
+def _flex_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """flex_attention with a document BlockMask (compiled on GPU, eager elsewhere)."""
+    global _FLEX_COMPILED
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask = kwargs.get("flex_block_mask")
+    if block_mask is None:
+        block_mask = document_block_mask(_doc_lengths(kwargs)[0], query.shape[2], query.device)
+    fn = flex_attention
+    if query.is_cuda:
+        if _FLEX_COMPILED is None:
+            _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+        fn = _FLEX_COMPILED
+    out = fn(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def document_block_mask(cu_seqlens: torch.Tensor, length: int, device: torch.device):
+    """A flex BlockMask: causal, and only within the document of each position."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    doc = torch.zeros(length, dtype=torch.int32, device=device)
+    doc[cu_seqlens[1:-1].to(device=device, dtype=torch.long)] = 1
+    doc = doc.cumsum(0)
+
+    def mask(b, h, q, kv):
+        return (q >= kv) & (doc[q] == doc[kv])
+
+    return create_block_mask(mask, B=None, H=None, Q_LEN=length, KV_LEN=length, device=device)
+
+
+def register_attention_backends() -> None:
+    """Make our attention functions known to transformers as ``longmix_<name>``.
+
+    They are not given a mask function, so transformers builds no (dense) mask for them:
+    the document boundaries travel as ``cu_seq_lens_q`` keyword arguments.
+    """
+    from transformers import AttentionInterface
+
+    from .distributed import context_parallel_attention
+
+    AttentionInterface.register("longmix_cp", context_parallel_attention)
+    AttentionInterface.register("longmix_loop", _loop_attention)
+    AttentionInterface.register("longmix_varlen", _varlen_attention)
+    AttentionInterface.register("longmix_flex", _flex_attention)
+
+
+# ---------------------------------------------------------------------------- loss
+
+
+def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(hidden, weight).float()
+    return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Sum of next-token cross-entropy over ``(tokens, d)`` hidden states, ``chunk`` rows at a time.
+
+    Each chunk's logits are recomputed in the backward pass (activation checkpointing),
+    so at most one ``chunk × vocab`` block exists at a time instead of ``seq × vocab``.
+    """
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    labels = labels.reshape(-1)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        piece = slice(start, start + chunk)
+        if hidden.requires_grad:
+            total = total + checkpoint(_chunk_loss_sum, hidden[piece], weight, labels[piece], use_reentrant=False)
+        else:
+            total = total + _chunk_loss_sum(hidden[piece], weight, labels[piece])
+    return total
+
+
+class CausalLMLoss(nn.Module):
+    """Wraps a HF causal LM: forward returns the summed loss without full logits.
+
+    Being the root module matters under FSDP2: the embedding and LM-head parameters are
+    gathered by this module's hooks, around both the model body and the chunked loss.
+    """
+
+    def __init__(self, model: nn.Module, loss_chunk: int):
+        super().__init__()
+        self.model = model
+        self.loss_chunk = loss_chunk
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None,
+                **attention_kwargs) -> torch.Tensor:
+        hidden = self.model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **attention_kwargs)
+        return chunked_cross_entropy(hidden.last_hidden_state, self.model.lm_head.weight, labels, self.loss_chunk)
+
+
+# ---------------------------------------------------------------------------- FLOPs
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+
+    @classmethod
+    def of(cls, hf_config) -> ModelShape:
+        heads = hf_config.num_attention_heads
+        return cls(
+            layers=hf_config.num_hidden_layers,
+            hidden=hf_config.hidden_size,
+            heads=heads,
+            kv_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads,
+            intermediate=hf_config.intermediate_size,
+            vocab=hf_config.vocab_size,
+        )
+
+    @property
+    def matmul_params(self) -> int:
+        """Parameters that take part in matrix products per token, the LM head included."""
+        attn = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
+        mlp = 3 * self.hidden * self.intermediate
+        return self.layers * (attn + mlp) + self.vocab * self.hidden
+
+    def train_flops_per_token(self, effective_seq: float) -> float:
+        """``6·N_mm + 6·L·d_attn·s_eff``: causal attention counted once (not PaLM's 12·L·d·s).
+
+        ``s_eff`` is the sequence length for plain causal packing, ``Σ ℓᵢ² / s`` with
+        document masking. Recomputation by activation checkpointing is not counted.
+        """
+        return 6 * self.matmul_params + 6 * self.layers * self.heads * self.head_dim * effective_seq
+
+
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM (the card's datasheet)
+
+
+def peak_flops(device: torch.device) -> float:
+    """Datasheet dense bf16 peak of the card, for MFU (H100/H200: 989 TFLOP/s)."""
+    if device.type != "cuda":
+        return math.nan
+    name = torch.cuda.get_device_name(device)
+    if "H100" in name or "H200" in name:
+        return H100_BF16_PEAK
+    if "A100" in name:
+        return 312e12
+    return math.nan
