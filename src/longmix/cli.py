@@ -157,7 +157,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = {}
     for name, kind in types.items():
         value = getattr(args, name)
-        if value is None or kind in ("bool", bool) or name in ("seq_len", "loss_chunk", "batch_tokens", "tokens"):
+        if name == "activation_checkpointing" and value is not None:
+            overrides[name] = {"true": 1, "false": 0}.get(str(value).lower(), value)
+            overrides[name] = int(overrides[name])
+        elif value is None or kind in ("bool", bool) or name in ("seq_len", "loss_chunk", "batch_tokens", "tokens"):
             overrides[name] = value
         elif "float" in str(kind):
             overrides[name] = float(value)

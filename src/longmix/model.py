@@ -89,13 +89,22 @@ def apply_rope(hf_config, *, theta: float | None, scaling: str | None, factor: f
 # ---------------------------------------------------------------------------- loading
 
 
-def load_model(path: str | None, init_config: str | None, *, attention: str, seq_len: int, rope_theta: float | None,
-               rope_scaling: str | None, rope_factor: float, checkpointing: bool, seed: int) -> nn.Module:
-    """A HF causal LM in fp32 (the master weights), RoPE set, attention backend chosen."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_model(path: str | None, init_config, *, attention: str, seq_len: int, rope_theta: float | None,
+               rope_scaling: str | None, rope_factor: float, checkpointing: int | bool, seed: int,
+               compile_layers: bool = False) -> nn.Module:
+    """A HF causal LM in fp32 (the master weights), RoPE set, attention backend chosen.
+
+    ``init_config`` is a config.json path (or a config object) for random weights;
+    ``checkpointing`` recomputes every N-th decoder layer in the backward pass (0: none).
+    """
+    from transformers import AutoConfig
 
     if (path is None) == (init_config is None):
         raise ModelError("give exactly one of --model (a HF checkpoint folder) or --init-config (a config.json)")
+    options = dict(attention=attention, seq_len=seq_len, rope_theta=rope_theta, rope_scaling=rope_scaling,
+                   rope_factor=rope_factor, checkpointing=checkpointing, seed=seed, compile_layers=compile_layers)
+    if path is None and not isinstance(init_config, (str, Path)):
+        return build_model(init_config, None, **options)
     source = Path(path or init_config)
     if not source.exists():
         raise ModelError(f"model path does not exist: {source}")
@@ -103,24 +112,49 @@ def load_model(path: str | None, init_config: str | None, *, attention: str, seq
                                                                             "pytorch_model.bin", "pytorch_model.bin.index.json")):
         raise ModelError(f"{source} holds no model weights (model.safetensors or pytorch_model.bin)")
     config = AutoConfig.from_pretrained(str(source))  # a folder or a config.json file
+    return build_model(config, source if path is not None else None, **options)
+
+
+def build_model(config, weights: Path | None, *, attention: str, seq_len: int, rope_theta: float | None,
+                rope_scaling: str | None, rope_factor: float, checkpointing: int | bool, seed: int,
+                compile_layers: bool = False) -> nn.Module:
+    """The model of ``config`` (weights from ``weights``, else random), ready to train."""
+    from transformers import AutoModelForCausalLM
+
     if getattr(config, "model_type", None) not in ("llama", "mistral", "qwen2", "qwen3"):
         raise ModelError(f"model type {config.model_type!r} is not of the LLaMA family (llama, mistral, qwen2, qwen3)")
     apply_rope(config, theta=rope_theta, scaling=rope_scaling, factor=rope_factor, seq_len=seq_len)
     register_attention_backends()
-    config._attn_implementation = "sdpa" if attention == "sdpa" else f"longmix_{attention}"
+    config._attn_implementation = f"longmix_{attention}"
     torch.manual_seed(seed)
-    if path is not None:
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
+    if weights is not None:
+        model = AutoModelForCausalLM.from_pretrained(weights, config=config, dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.config._attn_implementation = config._attn_implementation
-    if checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    prepare_layers(model, checkpoint_every=int(checkpointing), compile_layers=compile_layers)
     model.config.use_cache = False
     return model
+
+
+def prepare_layers(model: nn.Module, checkpoint_every: int, compile_layers: bool) -> None:
+    """Compile each decoder layer (optional) and checkpoint every N-th one.
+
+    Recomputing every layer costs about a third more compute; at lengths where memory
+    allows, checkpointing only some layers buys speed. The wrapper keeps state-dict keys
+    unchanged, so saving and FSDP2 are unaffected.
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        checkpoint_wrapper,
+    )
+
+    layers = model.model.layers
+    for i, layer in enumerate(layers):
+        if compile_layers:
+            layer.compile()
+        if checkpoint_every and i % checkpoint_every == 0:
+            layers[i] = checkpoint_wrapper(layer, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
 
 
 # ---------------------------------------------------------------------------- attention
@@ -131,6 +165,33 @@ def _doc_lengths(kwargs: dict) -> tuple[torch.Tensor, int]:
     if cu is None:
         raise ModelError("document-masked attention needs cu_seq_lens_q (document boundaries) in the forward call")
     return cu, int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
+
+
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """Attention kernels run in bf16: custom ops do not follow autocast by themselves."""
+    if tensor.dtype == torch.float32 and tensor.is_cuda:
+        return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+    return tensor.dtype
+
+
+def _causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Plain causal attention over the packed sequence, cuDNN first on the GPU.
+
+    KV heads are repeated for grouped-query attention because SDPA's ``enable_gqa``
+    rules out the cuDNN kernel, the fastest on Hopper (see benchmarks/).
+    """
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    if query.is_cuda:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+        with sdpa_kernel(order, set_priority=True):
+            out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling)
+    else:
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _loop_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -168,8 +229,10 @@ def _varlen_attention(module, query, key, value, attention_mask, dropout=0.0, sc
             k = k.repeat_interleave(heads // key.shape[1], dim=1)
             v = v.repeat_interleave(heads // key.shape[1], dim=1)
     cu = cu.to(device=q.device, dtype=torch.int32)
-    out = varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0), **extra)
-    return out.reshape(batch, seq, heads, dim), None
+    dtype = _compute_dtype(q)
+    out = varlen_attn(q.to(dtype), k.to(dtype), v.to(dtype), cu, cu, max_len, max_len, scale=scaling,
+                      window_size=(-1, 0), **extra)
+    return out.reshape(batch, seq, heads, dim).to(query.dtype), None
 
 
 _FLEX_COMPILED = None
@@ -188,8 +251,10 @@ def _flex_attention(module, query, key, value, attention_mask, dropout=0.0, scal
         if _FLEX_COMPILED is None:
             _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
         fn = _FLEX_COMPILED
-    out = fn(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
-    return out.transpose(1, 2).contiguous(), None
+    dtype = _compute_dtype(query)
+    out = fn(query.to(dtype), key.to(dtype), value.to(dtype), block_mask=block_mask, scale=scaling,
+             enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous().to(query.dtype), None
 
 
 def document_block_mask(cu_seqlens: torch.Tensor, length: int, device: torch.device):
@@ -216,6 +281,7 @@ def register_attention_backends() -> None:
 
     from .distributed import context_parallel_attention
 
+    AttentionInterface.register("longmix_sdpa", _causal_attention)
     AttentionInterface.register("longmix_cp", context_parallel_attention)
     AttentionInterface.register("longmix_loop", _loop_attention)
     AttentionInterface.register("longmix_varlen", _varlen_attention)
