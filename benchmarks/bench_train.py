@@ -61,6 +61,8 @@ CASES = {
     "1b-32k-varlen": ("llama-1b", 32 * K, "longmix", {"ckpt": 2, "attention": "varlen", "compile": True}),
     "1b-64k-varlen": ("llama-1b", 64 * K, "longmix", {"ckpt": 2, "attention": "varlen", "compile": True}),
     "1b-64k-flex": ("llama-1b", 64 * K, "longmix", {"ckpt": 2, "attention": "flex", "compile": True}),
+    "1b-64k-ckpt3-compile": ("llama-1b", 64 * K, "longmix", {"ckpt": 3, "compile": True}),
+    "1b-64k-ckpt4-compile": ("llama-1b", 64 * K, "longmix", {"ckpt": 4, "compile": True}),
     "smol-32k-ckpt2-compile": ("smollm2-135m", 32 * K, "longmix", {"ckpt": 2, "compile": True}),
     "134m-128k-hf": ("llama-134m", 128 * K, "hf", {}),
     "134m-128k-ckpt1": ("llama-134m", 128 * K, "longmix", {"ckpt": 1}),

@@ -8,9 +8,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from .corpus import BadInputError, ReaderOptions, normalize_domain
-from .mixture import STRATEGIES, MixtureConfig, PlanError, parse_domain_weights
 from .units import parse_count, parse_length
+
+STRATEGY_HELP = "original, per-source, global, upsample:DOMAIN[,DOMAIN], cut:N"
 
 
 def sample_corpus_dir() -> Path:
@@ -28,7 +28,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample", action="store_true", help="use the small built-in sample corpus")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", default="smollm2", help="tokenizer.json, a HF tokenizer folder, or 'smollm2' (built in)")
-    p.add_argument("--strategy", default="per-source", help=f"one of: {', '.join(STRATEGIES)} (default per-source)")
+    p.add_argument("--strategy", default="per-source", help=f"one of: {STRATEGY_HELP} (default per-source)")
     p.add_argument("--tokens", default="0", help="token budget, e.g. 500M or 5B (default: the corpus' own size)")
     p.add_argument("--seq-len", default="80K", help="tokens per packed sequence (80K = 81,920; default 80K)")
     p.add_argument("--long-threshold", default="4K", help="documents longer than this are long (default 4K)")
@@ -52,6 +52,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare_config(args: argparse.Namespace):
+    from .corpus import ReaderOptions, normalize_domain
+    from .mixture import MixtureConfig, parse_domain_weights
     from .prepare import PrepareConfig
 
     inputs = list(args.corpus)
@@ -198,10 +200,14 @@ _COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _c
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .prepare import PrepareError
-
     args = build_parser().parse_args(argv)
-    errors: tuple[type[Exception], ...] = (PrepareError, PlanError, BadInputError, FileNotFoundError, ValueError)
+    errors: tuple[type[Exception], ...] = (FileNotFoundError, ValueError)
+    if args.command == "prepare":
+        from .corpus import BadInputError
+        from .mixture import PlanError
+        from .prepare import PrepareError
+
+        errors = (*errors, PrepareError, PlanError, BadInputError)
     if args.command == "train":
         from .model import ModelError
         from .train_config import TrainError

@@ -174,7 +174,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     model = load_model(config.model, config.init_config, attention="cp" if config.context_parallel > 1 else plan["attention"],
                        seq_len=config.seq_len, rope_theta=config.rope_theta, rope_scaling=config.rope_scaling,
                        rope_factor=config.rope_factor, checkpointing=config.activation_checkpointing, seed=config.seed,
-                       compile_layers=config.compile)
+                       compile_layers=config.compile and d.device.type == "cuda")
     check_tokenizer(config, dataset, model.config.vocab_size)
     shape = ModelShape.of(model.config)
     if d.is_main:

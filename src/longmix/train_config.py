@@ -41,7 +41,7 @@ class TrainConfig:
     doc_mask: bool = False  # attention stays within documents (boundaries from the prepared data)
     attention: str = "auto"  # sdpa | varlen | flex | loop; auto: sdpa, or varlen (GPU) / loop (CPU) with doc_mask
     activation_checkpointing: int = 1  # recompute every N-th decoder layer in backward (1: all, 0: none)
-    compile: bool = False  # torch.compile each decoder layer
+    compile: bool = True  # torch.compile each decoder layer (GPU only; +20-45% speed, ~1 min start-up)
     loss_chunk: int = 8192  # tokens per chunk of the LM head + cross-entropy
     context_parallel: int = 1  # ranks that share one sequence (torchrun)
     seed: int = 0
