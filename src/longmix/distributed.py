@@ -120,9 +120,12 @@ def cp_shard(tensor: torch.Tensor, cp: int, cp_rank: int, dim: int = -1) -> torc
 
 def _gather_sequence(local: torch.Tensor, cp: int, group) -> torch.Tensor:
     """All ranks' head-and-tail shards (dim 2 = sequence) back in sequence order, with gradients."""
-    from torch.distributed.nn.functional import all_gather
+    import torch.distributed._functional_collectives as collectives
 
-    pieces = all_gather(local.contiguous(), group=group)
+    # autograd-aware all-gather (the backward reduce-scatters gradients to their owners);
+    # its name changed in torch 2.13
+    gather = getattr(collectives, "all_gather_single_autograd", None) or collectives.all_gather_tensor_autograd
+    pieces = gather(local.contiguous(), gather_dim=0, group=group).chunk(cp, dim=0)
     half = local.shape[2] // 2
     heads = [p[:, :, :half] for p in pieces]
     tails = [p[:, :, half:] for p in reversed(pieces)]
