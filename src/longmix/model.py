@@ -178,20 +178,28 @@ def _causal_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     """Plain causal attention over the packed sequence, cuDNN first on the GPU.
 
     cuDNN is the fastest causal kernel on Hopper (about 1.8x FlashAttention-2 in
-    benchmarks/), and handles grouped-query attention itself (``enable_gqa``).
+    benchmarks/) and handles grouped-query attention itself (``enable_gqa``). With a KV
+    cache (evaluation) the queries are the last positions: the causal diagonal is then
+    aligned bottom-right.
     """
+    q_len, k_len = query.shape[2], key.shape[2]
+    mask = {"is_causal": True} if q_len == k_len else {}
+    if 1 < q_len < k_len:
+        from torch.nn.attention.bias import causal_lower_right
+
+        mask = {"attn_mask": causal_lower_right(q_len, k_len)}
     gqa = key.shape[1] != query.shape[1]
     if not query.is_cuda:
         if gqa:
             groups = query.shape[1] // key.shape[1]
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling)
+        out = F.scaled_dot_product_attention(query, key, value, scale=scaling, **mask)
         return out.transpose(1, 2).contiguous(), None
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     with sdpa_kernel(order, set_priority=True):
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=gqa)
+        out = F.scaled_dot_product_attention(query, key, value, scale=scaling, enable_gqa=gqa, **mask)
     return out.transpose(1, 2).contiguous(), None
 
 

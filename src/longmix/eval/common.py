@@ -1,0 +1,157 @@
+"""What every evaluation needs: the model and its tokenizer, teacher-forced scoring,
+greedy generation, resumable JSONL results, and the grid syntax of the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..units import parse_length
+
+
+class EvalError(Exception):
+    """Bad evaluation settings or inputs."""
+
+
+@dataclass
+class EvalModel:
+    """A causal LM ready for evaluation, with its tokenizer."""
+
+    model: torch.nn.Module
+    tokenizer: object  # tokenizers.Tokenizer
+    device: torch.device
+    name: str
+    train_length: int | None  # the context the model was trained for (max_position_embeddings)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_eval_model(path: str | Path, tokenizer: str | Path | None = None, device: str = "auto") -> EvalModel:
+    """Load a HF checkpoint folder in bf16 (GPU) or fp32 (CPU), with longmix's attention."""
+    from tokenizers import Tokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..model import register_attention_backends
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise EvalError(f"{path} is not a HF model folder (no config.json)")
+    tokenizer_file = Path(tokenizer) if tokenizer else path / "tokenizer.json"
+    if tokenizer_file.is_dir():
+        tokenizer_file = tokenizer_file / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise EvalError(f"no tokenizer.json in {path}: pass --tokenizer")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    register_attention_backends()
+    config = AutoConfig.from_pretrained(path)
+    config._attn_implementation = "longmix_sdpa"
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype).to(device).eval()
+    return EvalModel(model, Tokenizer.from_file(str(tokenizer_file)), torch.device(device), path.name,
+                     getattr(config, "max_position_embeddings", None))
+
+
+@torch.no_grad()
+def answer_scores(em: EvalModel, prompt: list[int], answer: list[int]) -> dict:
+    """Teacher forcing: one forward over prompt + answer, no KV cache, no decoding loop.
+
+    ``exact`` is 1 when greedy decoding would produce the answer's tokens (each is the
+    argmax given the ones before); ``token_accuracy`` the fraction that are; ``logprob``
+    the answer's log-probability.
+    """
+    ids = torch.tensor([prompt + answer], device=em.device)
+    hidden = em.model.model(input_ids=ids, use_cache=False).last_hidden_state
+    positions = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1, device=em.device)
+    logits = em.model.lm_head(hidden[0, positions]).float()
+    target = torch.tensor(answer, device=em.device)
+    hits = logits.argmax(-1) == target
+    logprob = F.log_softmax(logits, -1).gather(1, target[:, None]).sum()
+    return {"exact": float(hits.all()), "token_accuracy": float(hits.float().mean()), "logprob": float(logprob)}
+
+
+@torch.no_grad()
+def generate(em: EvalModel, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy decoding with a KV cache; the new tokens only."""
+    ids = torch.tensor([prompt], device=em.device)
+    out = em.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                            do_sample=False, pad_token_id=0, use_cache=True)
+    return out[0, len(prompt):].tolist()
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def word_recall(response: str, answer: str) -> float:
+    """Share of the answer's distinct words found in the response (Fu et al.'s needle score,
+    without its double-counted "a" that capped a perfect answer at 11/12)."""
+    expected = set(words(answer))
+    return len(expected & set(words(response))) / len(expected) if expected else 0.0
+
+
+# ---------------------------------------------------------------------------- grids
+
+
+def parse_grid(text: str, *, lengths: bool) -> list[int]:
+    """``1K:128K:16`` (16 evenly spaced values, ends included) or ``4K,8K,16K`` or ``0:100:10``."""
+    parse = parse_length if lengths else int
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise EvalError(f"bad grid {text!r}: write START:END:COUNT or a comma-separated list")
+        start, end, count = parse(parts[0]), parse(parts[1]), int(parts[2])
+        if count < 1 or end < start:
+            raise EvalError(f"bad grid {text!r}: END must be >= START and COUNT >= 1")
+        values = np.linspace(start, end, count) if count > 1 else np.array([start])
+        return sorted({int(round(v)) for v in values})
+    return [parse(v.strip()) for v in text.split(",") if v.strip()]
+
+
+# ---------------------------------------------------------------------------- results
+
+
+class ResultsFile:
+    """Append-only JSONL results with resume: a rerun skips the keys already written."""
+
+    def __init__(self, path: Path, key_fields: tuple[str, ...]):
+        self.path = path
+        self.key_fields = key_fields
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = list(read_jsonl(path)) if path.is_file() else []
+        self.done = {self.key(r) for r in self.rows}
+
+    def key(self, row: dict) -> tuple:
+        return tuple(row[f] for f in self.key_fields)
+
+    def add(self, row: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+        self.rows.append(row)
+        self.done.add(self.key(row))
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    with open(path) as handle:
+        for line in handle:
+            line = line.strip()
+            if line:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash: its cell is simply redone

@@ -1,0 +1,102 @@
+"""`longmix eval report`: several runs side by side (needle, synthetic tasks, loss)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import read_jsonl
+
+SIGNIFICANT = 0.01  # Fu et al.: a loss difference above 0.01 counts
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def build_report(runs: list[Path], out: Path, names: list[str] | None = None) -> str:
+    """Markdown (``out/report.md``) and PNGs comparing ``runs``; the first is the baseline."""
+    names = names or [p.name if p.name not in ("eval", "") else p.parent.name for p in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Evaluation report: {', '.join(names)}", "", f"Baseline for deltas: **{names[0]}**.", ""]
+
+    needles = [_load(run / "needle" / "summary.json") for run in runs]
+    if any(needles):
+        lines += ["## Needle in a haystack", "", "| run | cells | exact | token accuracy | word recall | logprob |",
+                  "|---|---|---|---|---|---|"]
+        for name, s in zip(names, needles):
+            if s:
+                m = s["mean"]
+                lines.append(f"| {name} | {s['cells']} | {m.get('exact', float('nan')):.3f} | "
+                             f"{m.get('token_accuracy', float('nan')):.3f} | {m.get('recall', float('nan')):.3f} | "
+                             f"{m.get('logprob', float('nan')):.2f} |")
+        _heatmaps(runs, names, out / "needle_heatmaps.png")
+        lines += ["", "![needle heatmaps](needle_heatmaps.png)", ""]
+
+    tasks = [_load(run / "ruler" / "summary.json") for run in runs]
+    if any(tasks):
+        lengths = sorted({n for s in tasks if s for n in s["mean"]}, key=int)
+        lines += ["## Synthetic tasks (mean over tasks)", "", "| run | " + " | ".join(lengths) + " | effective length |",
+                  "|---|" + "---|" * (len(lengths) + 1)]
+        for name, s in zip(names, tasks):
+            if s:
+                lines.append(f"| {name} | " + " | ".join(f"{s['mean'].get(n, float('nan')):.2f}" for n in lengths)
+                             + f" | {s['effective_length'] or 'none'} (≥ {s['threshold']}) |")
+        lines.append("")
+
+    losses = [_load(run / "loss" / "summary.json") for run in runs]
+    if any(losses):
+        lines += loss_tables(names, losses)
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def loss_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
+    """The paper's Table 5 layout: baseline losses, then each run's delta; * marks |Δ| > 0.01."""
+    base = summaries[0]
+    if base is None:
+        return ["## Loss", "", "(no loss results for the baseline run)", ""]
+    domains = [d for d in base["domains"] if d != "all"] + ["all"]
+    lines = []
+    for bucket in ("0-4K", "4K-max"):
+        lines += [f"## Loss, context {bucket} (Δ against {names[0]}; * |Δ| > {SIGNIFICANT})", "",
+                  "| run | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+        lines.append(f"| {names[0]} (loss) | " + " | ".join(_fmt(base["domains"][d][bucket]) for d in domains) + " |")
+        for name, s in zip(names[1:], summaries[1:]):
+            if s is None:
+                continue
+            cells = []
+            for d in domains:
+                a, b = s["domains"].get(d, {}).get(bucket), base["domains"][d][bucket]
+                if a is None or b is None:
+                    cells.append("–")
+                    continue
+                delta = a - b
+                cells.append(f"{delta:+.3f}{'*' if abs(delta) > SIGNIFICANT else ''}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _heatmaps(runs: list[Path], names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .needle import plot_heatmap
+
+    present = [(run, name) for run, name in zip(runs, names) if (run / "needle" / "results.jsonl").is_file()]
+    fig, axes = plt.subplots(1, len(present), figsize=(6 * len(present), 4.5), squeeze=False)
+    for ax, (run, name) in zip(axes[0], present):
+        rows = list(read_jsonl(run / "needle" / "results.jsonl"))
+        config = json.loads((run / "needle" / "summary.json").read_text())
+        plot_heatmap(rows, config.get("metric", "exact"), path, config.get("train_length"), title=name, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,223 @@
+"""Synthetic retrieval tasks in the manner of RULER, generated locally and seeded.
+
+Every task builds a haystack (repeated noise sentences or book text), hides needles in it,
+asks a question with a base-model answer prefix, and knows the strings the answer must
+contain. Lengths are fitted with the model's tokenizer (binary search on the haystack
+size) so that prompt + generated tokens stay within the target length.
+Score = fraction of the expected strings found in the greedy output.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .common import EvalError, EvalModel, ResultsFile, generate
+
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+NEEDLE = "One of the special magic numbers for {key} is: {value}."
+TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe")
+# Greedy tokens per task (RULER: 128 for needles, 30 VT, 120 CWE, 50 FWE; fewer suffice
+# for our shorter answers)
+GENERATE = {"niah_single": 24, "niah_multikey": 24, "niah_multivalue": 64, "niah_multiquery": 64, "vt": 40,
+            "cwe": 96, "fwe": 40}
+
+
+@dataclass
+class TaskSample:
+    task: str
+    prompt: str
+    expected: list[str]
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    tasks: tuple[str, ...]
+    lengths: tuple[int, ...]
+    samples: int = 20
+    seed: int = 0
+    threshold: float = 0.85  # a length is "effective" when the mean score over tasks reaches this
+
+
+class Words:
+    """A seeded source of plain words (taken from the haystack text: no download needed)."""
+
+    def __init__(self, text: str):
+        self.vocab = sorted({w.lower() for w in re.findall(r"[A-Za-z]{4,10}", text)})
+        if len(self.vocab) < 100:
+            raise EvalError("the haystack text has too few distinct words for the synthetic tasks")
+
+    def key(self, rng: random.Random) -> str:
+        return f"{rng.choice(self.vocab)}-{rng.choice(self.vocab)}"
+
+
+def _number(rng: random.Random) -> str:
+    return str(rng.randint(1_000_000, 9_999_999))
+
+
+def _haystack(units: int, book: list[str] | None) -> list[str]:
+    """``units`` haystack sentences: noise, or consecutive book sentences (repeated)."""
+    if book is None:
+        return [NOISE] * units
+    return [book[i % len(book)] for i in range(units)]
+
+
+def _insert(sentences: list[str], needles: list[str], rng: random.Random) -> str:
+    out = list(sentences)
+    for needle in needles:
+        out.insert(rng.randint(0, len(out)), " " + needle + " ")
+    return "".join(out)
+
+
+def make_sample(task: str, units: int, rng: random.Random, words: Words, book: list[str]) -> TaskSample:
+    """One sample of ``task`` with a haystack of ``units`` sentences (or list items)."""
+    intro = "Some special magic numbers are hidden within the following text. Make sure to memorize them.\n"
+    if task in ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery"):
+        key = words.key(rng)
+        if task == "niah_single":
+            values = {key: [_number(rng)]}
+            needles = [NEEDLE.format(key=key, value=values[key][0])]
+            queried = [key]
+            text = _insert(_haystack(units, None), needles, rng)
+        else:
+            if task == "niah_multivalue":
+                values = {key: [_number(rng) for _ in range(4)]}
+                queried = [key]
+            else:
+                keys = [key] + [words.key(rng) for _ in range(3)]
+                values = {k: [_number(rng)] for k in keys}
+                queried = keys if task == "niah_multiquery" else [key]  # multikey: 3 distractor keys
+            needles = [NEEDLE.format(key=k, value=v) for k, vs in values.items() for v in vs]
+            text = _insert(_haystack(units, book), needles, rng)
+        question = f"What are all the special magic numbers for {', '.join(queried)} mentioned in the provided text?"
+        prefix = f"The special magic numbers for {', '.join(queried)} mentioned in the provided text are"
+        expected = [v for k in queried for v in values[k]]
+        return TaskSample(task, f"{intro}{text}\n{question}\nAnswer: {prefix}", expected)
+    if task == "vt":
+        value = str(rng.randint(10_000, 99_999))
+        names = ["".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5)) for _ in range(5)]
+        chain = [f"VAR {names[0]} = {value}."] + [f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, 5)]
+        text = _insert(_haystack(units, None), chain, random.Random(rng.random()))
+        question = f"Find all variables that are assigned the value {value} in the text above."
+        prefix = f"According to the chain(s) of variable assignment in the text above, 5 variables are assigned the value {value}, they are:"
+        return TaskSample(task, f"Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{text}\n"
+                                f"Question: {question}\nAnswer: {prefix}", names)
+    if task == "cwe":
+        common = rng.sample(words.vocab, 10)
+        rare = rng.sample(words.vocab, min(max(1, units), len(words.vocab) - 10))
+        # RULER: 30 copies of each common word, 3 of each other word; fewer copies when
+        # the length leaves room for few words, so that short lengths still fit
+        copies = min(30, 4 + units // 10)
+        items = common * copies + [w for w in rare if w not in common] * 3
+        rng.shuffle(items)
+        listing = " ".join(f"{i + 1}. {w}" for i, w in enumerate(items))
+        question = "What are the 10 most common words in the above list?"
+        return TaskSample(task, f"Below is a numbered list of words. In these words, some appear more often than others. "
+                                f"Memorize the ones that appear most often.\n{listing}\nQuestion: {question}\n"
+                                "Answer: The top 10 words that appear most often in the list are:", common)
+    if task == "fwe":
+        pool = rng.sample(words.vocab, 50)
+        ranks = np.arange(1, len(pool) + 1, dtype=float)
+        weights = 1 / ranks**2  # zeta(2) frequencies: the first three words dominate
+        drawn = random.Random(rng.random()).choices(pool, weights=weights, k=max(10, units * 4))
+        counts = Counter(drawn)
+        top = [w for w, _ in counts.most_common(3)]
+        return TaskSample(task, "Read the following coded text and track the frequency of each coded word. Find the three "
+                                f"most frequently appeared coded words.\n{' '.join(drawn)}\nQuestion: Do not provide any "
+                                "explanation. Please ignore the dots '....'. What are the three most frequently appeared "
+                                "words in the above coded text?\nAnswer: According to the coded text above, the three most "
+                                "frequently appeared words are:", top)
+    raise EvalError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+
+
+def fit_sample(em: EvalModel, task: str, length: int, seed: int, words: Words, book: list[str]) -> tuple[TaskSample, list[int]]:
+    """The largest haystack whose prompt + answer budget fits ``length`` tokens (binary search)."""
+    budget = length - GENERATE[task]
+
+    def build(units: int) -> tuple[TaskSample, list[int]]:
+        sample = make_sample(task, units, random.Random(f"{task}-{length}-{seed}"), words, book)
+        return sample, em.encode(sample.prompt)
+
+    best = build(1)
+    if len(best[1]) > budget:
+        raise EvalError(f"{task}: length {length} is too short for even the smallest prompt ({len(best[1])} tokens)")
+    per_unit = max(1.0, (len(build(17)[1]) - len(best[1])) / 16)
+    low, high = 1, int(1.5 * budget / per_unit) + 2
+    while low < high:
+        middle = (low + high + 1) // 2
+        candidate = build(middle)
+        if len(candidate[1]) <= budget:
+            low, best = middle, candidate
+        else:
+            high = middle - 1
+    return best
+
+
+def string_match(response: str, expected: list[str]) -> float:
+    """RULER's string_match_all: the share of expected strings present (case-insensitive)."""
+    text = response.lower()
+    return sum(e.lower() in text for e in expected) / len(expected)
+
+
+def run_tasks(em: EvalModel, config: TaskConfig, haystack_text: str, out: Path, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({**asdict(config), "model": em.name}, indent=2))
+    words = Words(haystack_text)
+    book = [s.strip() + " " for s in re.split(r"(?<=[.!?])\s+", haystack_text) if s.strip()]
+    results = ResultsFile(out / "results.jsonl", ("task", "length", "sample"))
+    todo = [(t, n, i) for t in config.tasks for n in sorted(config.lengths) for i in range(config.samples)
+            if (t, n, i) not in results.done]
+    for task, length, index in tqdm(todo, desc="tasks", unit="sample", disable=not progress):
+        started = time.perf_counter()
+        sample, prompt = fit_sample(em, task, length, config.seed * 100_003 + index, words, book)
+        response = em.decode(generate(em, prompt, GENERATE[task]))
+        results.add({"task": task, "length": length, "sample": index, "n_tokens": len(prompt),
+                     "score": string_match(response, sample.expected), "expected": sample.expected,
+                     "response": response, "seconds": time.perf_counter() - started})
+    summary = summarize_tasks(results.rows, config.threshold)
+    summary["model"] = em.name
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "table.md").write_text(task_table(summary))
+    return summary
+
+
+def summarize_tasks(rows: list[dict], threshold: float) -> dict:
+    tasks = sorted({r["task"] for r in rows}, key=lambda t: TASKS.index(t) if t in TASKS else 99)
+    lengths = sorted({r["length"] for r in rows})
+    table = {t: {str(n): float(np.mean([r["score"] for r in rows if r["task"] == t and r["length"] == n]))
+                 for n in lengths if any(r["task"] == t and r["length"] == n for r in rows)} for t in tasks}
+    mean = {str(n): float(np.mean([table[t][str(n)] for t in tasks if str(n) in table[t]])) for n in lengths}
+    effective = effective_length(mean, threshold)
+    return {"tasks": table, "mean": mean, "threshold": threshold, "effective_length": effective}
+
+
+def effective_length(mean_by_length: dict[str, float], threshold: float) -> int | None:
+    """The longest length such that it and every shorter length score at least ``threshold``."""
+    best = None
+    for length in sorted(mean_by_length, key=int):
+        if mean_by_length[length] < threshold:
+            break
+        best = int(length)
+    return best
+
+
+def task_table(summary: dict) -> str:
+    lengths = list(summary["mean"])
+    lines = ["| task | " + " | ".join(lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for task, scores in summary["tasks"].items():
+        lines.append(f"| {task} | " + " | ".join(f"{scores.get(n, float('nan')):.2f}" for n in lengths) + " |")
+    lines.append("| **mean** | " + " | ".join(f"{summary['mean'][n]:.2f}" for n in lengths) + " |")
+    lines.append("")
+    lines.append(f"Effective length (mean ≥ {summary['threshold']:.2f} at it and every shorter length): "
+                 f"{summary['effective_length'] or 'none'}")
+    return "\n".join(lines)
+

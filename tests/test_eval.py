@@ -1,0 +1,225 @@
+"""Evaluation on CPU with tiny random models and the built-in tokenizer."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from longmix.eval import needle as needle_mod  # noqa: E402
+from longmix.eval.common import (  # noqa: E402
+    EvalModel,
+    answer_scores,
+    generate,
+    load_eval_model,
+    parse_grid,
+    word_recall,
+)
+from longmix.eval.loss import run_loss  # noqa: E402
+from longmix.eval.needle import (  # noqa: E402
+    Haystack,
+    NeedleConfig,
+    build_cell,
+    load_haystack_text,
+    prompt_parts,
+    run_needle,
+)
+from longmix.eval.report import build_report  # noqa: E402
+from longmix.eval.tasks import TASKS, Words, effective_length, fit_sample, make_sample, string_match  # noqa: E402
+from longmix.tokenize import builtin_tokenizer_dir  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random LLaMA with the built-in SmolLM2 tokenizer, saved as a HF folder."""
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=49152, max_position_embeddings=1024,
+                                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    (path / "tokenizer.json").write_bytes((builtin_tokenizer_dir() / "tokenizer.json").read_bytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def em(tiny_model) -> EvalModel:
+    return load_eval_model(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def books_haystack(em) -> Haystack:
+    return Haystack(em, load_haystack_text("books"), 4096)
+
+
+def test_grids():
+    assert parse_grid("1K:4K:4", lengths=True) == [1024, 2048, 3072, 4096]
+    assert parse_grid("0:100:3", lengths=False) == [0, 50, 100]
+    assert parse_grid("4K,8K", lengths=True) == [4096, 8192]
+
+
+@pytest.mark.parametrize("length", [300, 1000, 2048])
+@pytest.mark.parametrize("depth", [0, 11, 50, 89, 100])
+def test_needle_cell_has_exact_length_and_sits_on_a_sentence_boundary(em, books_haystack, length, depth):
+    config = NeedleConfig(lengths=(length,), depths=(depth,))
+    header, footer = prompt_parts(config)
+    parts = (em.encode(header), em.encode(footer), em.encode(config.needle), em.encode(config.answer))
+    haystack = books_haystack
+    cell = build_cell(em, haystack, config, length, depth, parts)
+    assert len(cell.prompt) == length
+    needle_ids = parts[2]
+    assert cell.prompt[cell.insert_at : cell.insert_at + len(needle_ids)] == needle_ids
+    at = cell.insert_at - len(parts[0])  # position within the haystack
+    room = length - len(parts[0]) - len(parts[1]) - len(needle_ids)
+    target = room if depth == 100 else int(room * depth / 100)
+    assert at <= target
+    if depth == 100:  # as in the reference protocol, depth 100 appends at the very end
+        assert at == room
+        return
+    assert haystack.boundary[at]
+    if at > 0:
+        assert em.decode([haystack.tokens[at - 1]]).rstrip(" \"'”’)").endswith((".", "!", "?")) or \
+            em.decode([haystack.tokens[at - 1]]).endswith("\n")
+    assert not haystack.boundary[at + 1 : target + 1].any()  # the nearest boundary before the target
+
+
+def successor_model(vocab: int = 64) -> EvalModel:
+    """A model whose greedy output is forced: after token t it always predicts t+1."""
+    config = transformers.LlamaConfig(hidden_size=vocab, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=False,
+                                      max_position_embeddings=256)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab))
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.copy_(torch.roll(torch.eye(vocab), 1, dims=0))
+    return EvalModel(model.eval(), None, torch.device("cpu"), "successor", 256)
+
+
+def test_teacher_forcing_agrees_with_greedy_generation():
+    em = successor_model()
+    prompt = [5, 9, 3, 10]
+    generated = generate(em, prompt, 6)
+    assert generated == [11, 12, 13, 14, 15, 16]
+    assert answer_scores(em, prompt, generated)["exact"] == 1.0
+    wrong = [11, 12, 40, 14]
+    scores = answer_scores(em, prompt, wrong)
+    # teacher forcing feeds the given answer: after the wrong 40 the model predicts 41, not 14
+    assert scores["exact"] == 0.0 and scores["token_accuracy"] == 0.5
+    assert scores["logprob"] < answer_scores(em, prompt, generated[:4])["logprob"]
+
+
+def test_word_recall():
+    answer = " eat a sandwich and sit in Dolores Park on a sunny day."
+    assert word_recall("Eat a sandwich and sit in Dolores Park on a sunny day!", answer) == 1.0
+    assert word_recall("go to the park", answer) == pytest.approx(1 / 11)  # 11 distinct words
+
+
+def test_needle_run_writes_results_heatmap_and_resumes(em, tmp_path, monkeypatch):
+    config = NeedleConfig(lengths=(256, 512), depths=(0, 50, 100), generate_tokens=4)
+    summary = run_needle(em, config, tmp_path / "needle", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "needle" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and summary["cells"] == 6
+    assert {"exact", "token_accuracy", "logprob", "recall", "response"} <= set(rows[0])
+    assert all(r["n_tokens"] == r["length"] for r in rows)
+    assert (tmp_path / "needle" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    calls = []
+    monkeypatch.setattr(needle_mod, "answer_scores", lambda *a: calls.append(a) or {"exact": 1.0})
+    bigger = NeedleConfig(lengths=(256, 512, 768), depths=(0, 50, 100), generate_tokens=0)
+    summary = run_needle(em, bigger, tmp_path / "needle", progress=False)
+    assert len(calls) == 3 and summary["cells"] == 9  # only the new length was evaluated
+
+
+def test_task_generators_are_seeded_and_answers_are_in_the_text():
+    text = load_haystack_text("books")
+    words = Words(text)
+    book = [s + " " for s in text.split(". ")[:500]]
+    for task in TASKS:
+        a = make_sample(task, 40, random.Random(7), words, book)
+        b = make_sample(task, 40, random.Random(7), words, book)
+        c = make_sample(task, 40, random.Random(8), words, book)
+        assert a == b and a.prompt != c.prompt
+        assert a.expected and all(e.lower() in a.prompt.lower() for e in a.expected)
+        assert string_match(" ".join(a.expected), a.expected) == 1.0
+
+
+def test_task_prompts_are_fitted_to_the_length(em):
+    text = load_haystack_text("books")
+    words = Words(text)
+    book = [s + " " for s in text.split(". ")[:500]]
+    for task in ("niah_single", "vt", "cwe", "fwe"):
+        sample, prompt = fit_sample(em, task, 2048, 0, words, book)
+        from longmix.eval.tasks import GENERATE
+
+        assert 2048 - GENERATE[task] - 200 < len(prompt) <= 2048 - GENERATE[task]
+
+
+def test_effective_length():
+    assert effective_length({"4096": 0.95, "8192": 0.9, "16384": 0.5, "32768": 0.9}, 0.85) == 8192
+    assert effective_length({"4096": 0.5}, 0.85) is None
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    from longmix.mixture import MixtureConfig
+    from longmix.prepare import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("prep") / "data"
+    from longmix.cli import sample_corpus_dir
+
+    prepare(PrepareConfig(inputs=(str(sample_corpus_dir()),), out=str(out), seq_len=8192, workers=1,
+                          mixture=MixtureConfig("original", tokens=60_000)), progress=False, log=lambda m: None)
+    return out
+
+
+def test_loss_buckets_add_up_to_the_overall_loss(em, prepared, tmp_path):
+    summary = run_loss(em, prepared, tmp_path / "loss", max_sequences=3, progress=False)
+    rows = summary["domains"]
+    total = rows["all"]
+    assert total["tokens"] == 3 * (8192 - 1)
+    weighted = sum(r["loss"] * r["tokens"] for d, r in rows.items() if d != "all" and r["tokens"])
+    assert weighted / total["tokens"] == pytest.approx(total["loss"])
+    curve = sum(l * c for l, c in zip(total["curve"], total["curve_tokens"]) if c)
+    assert curve / total["tokens"] == pytest.approx(total["loss"])
+    short, long = total["0-4K"], total["4K-max"]
+    n_short = sum(c for e, c in zip(summary["edges"], total["curve_tokens"]) if e < 4096)
+    assert (short * n_short + long * (total["tokens"] - n_short)) / total["tokens"] == pytest.approx(total["loss"])
+    assert (tmp_path / "loss" / "loss_by_position.png").is_file()
+
+
+def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
+    def run(name, loss, exact):
+        folder = tmp_path / name
+        (folder / "loss").mkdir(parents=True)
+        domains = {d: {"loss": loss + i, "tokens": 10, "0-4K": loss + i, "4K-max": loss + i - 0.2} for i, d in enumerate(["book", "cc"])}
+        domains["all"] = {"loss": loss, "tokens": 20, "0-4K": loss, "4K-max": loss - 0.2}
+        (folder / "loss" / "summary.json").write_text(json.dumps({"domains": domains, "edges": [0, 4096, 8192]}))
+        (folder / "needle").mkdir()
+        rows = [{"length": n, "depth": d, "exact": exact} for n in (1024, 2048) for d in (0, 100)]
+        (folder / "needle" / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        (folder / "needle" / "summary.json").write_text(json.dumps({"cells": 4, "mean": {"exact": exact}, "train_length": 1024}))
+        return folder
+
+    text = build_report([run("original", 2.0, 0.2), run("per-source", 1.995, 0.9), run("global", 2.05, 0.5)], tmp_path / "report")
+    assert "| per-source | -0.005 | -0.005 | -0.005 |" in text
+    assert "| global | +0.050* | +0.050* | +0.050* |" in text
+    assert "0.900" in text and (tmp_path / "report" / "needle_heatmaps.png").is_file()
+
+
+def test_cli_eval_needle(tiny_model, tmp_path, capsys):
+    from longmix.cli import main
+
+    assert main(["eval", "needle", "--model", str(tiny_model), "--lengths", "256,512", "--depths", "0:100:2",
+                 "--out", str(tmp_path), "--generate-tokens", "0", "--quiet"]) == 0
+    assert (tmp_path / "needle" / "summary.json").is_file()
+    assert main(["eval", "needle", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    assert "not a HF model folder" in capsys.readouterr().err
+    assert np.isfinite(json.loads((tmp_path / "needle" / "summary.json").read_text())["mean"]["logprob"])
