@@ -187,7 +187,7 @@ def test_loss_buckets_add_up_to_the_overall_loss(em, prepared, tmp_path):
     assert total["tokens"] == 3 * (8192 - 1)
     weighted = sum(r["loss"] * r["tokens"] for d, r in rows.items() if d != "all" and r["tokens"])
     assert weighted / total["tokens"] == pytest.approx(total["loss"])
-    curve = sum(l * c for l, c in zip(total["curve"], total["curve_tokens"]) if c)
+    curve = sum(loss * c for loss, c in zip(total["curve"], total["curve_tokens"]) if c)
     assert curve / total["tokens"] == pytest.approx(total["loss"])
     short, long = total["0-4K"], total["4K-max"]
     n_short = sum(c for e, c in zip(summary["edges"], total["curve_tokens"]) if e < 4096)
