@@ -60,14 +60,18 @@ def main() -> None:
                    progress=False)
         wall = time.perf_counter() - started
         rows = [json.loads(line) for line in (Path(tmp) / "g" / "results.jsonl").read_text().splitlines()]
-    per_length = {r["length"]: r["seconds"] for r in rows}
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30  # teacher forcing only, before the baseline
+    per_length: dict[int, float] = {}
+    for r in rows:  # mean over depths
+        per_length.setdefault(r["length"], []).append(r["seconds"])
+    per_length = {k: float(np.mean(v)) for k, v in per_length.items()}
     x = np.array(sorted(per_length), dtype=float) / 1024
     y = np.array([per_length[k] for k in sorted(per_length)])
     (a, b), *_ = np.linalg.lstsq(np.stack([x, x**2], 1), y, rcond=None)
     grid = np.round(np.linspace(1000, 128000, 40)) / 1024
     predicted = float(10 * np.sum(a * grid + b * grid**2))
     baseline = {}
-    for length in parse_grid(args.baseline_lengths, lengths=True):
+    for length in parse_grid(args.baseline_lengths, lengths=True) if args.baseline_lengths else []:
         ids = torch.randint(0, 32000, (1, length), device="cuda")
         model.config._attn_implementation = "sdpa"
         with torch.no_grad():
@@ -79,9 +83,11 @@ def main() -> None:
         baseline[length] = time.perf_counter() - start
         model.config._attn_implementation = "longmix_sdpa"
         torch.cuda.empty_cache()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cells": per_length, "wall_s": wall,
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "lengths": len(lengths),
+              "depths": depths, "cells": len(rows), "seconds_by_length": per_length, "wall_s": wall,
               "fit_a": float(a), "fit_b": float(b), "predicted_full_grid_s": predicted,
-              "plain_hf_forward_s": baseline, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+              "measured_grid_scaled_to_10_depths_s": wall * 10 / len(depths),
+              "plain_hf_forward_s": baseline, "peak_gib_teacher_forcing": peak_gib}
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
