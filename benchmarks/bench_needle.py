@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--depths", default="50")
     parser.add_argument("--baseline-lengths", default="32K,128K")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--workdir", type=Path, help="keep the per-cell results here (default: a temporary folder)")
     args = parser.parse_args()
     register_attention_backends()
     # The vocabulary of our tokenizer (49,152) instead of LLaMA-2's 32,000: it only sizes the
@@ -53,7 +54,8 @@ def main() -> None:
     lengths = parse_grid(args.lengths, lengths=True)
     depths = parse_grid(args.depths, lengths=False)
     # warm-up (kernel selection) on a short cell
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.workdir or scratch
         run_needle(em, NeedleConfig(lengths=(2048,), depths=(50,), generate_tokens=0), Path(tmp), progress=False)
         started = time.perf_counter()
         run_needle(em, NeedleConfig(lengths=tuple(lengths), depths=tuple(depths), generate_tokens=0), Path(tmp) / "g",
