@@ -203,7 +203,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     needle.add_argument("--answer-prefix")
     needle.add_argument("--answer")
     needle.add_argument("--generate-tokens", type=int, default=32, help="greedy tokens for word recall (0: off)")
-    needle.add_argument("--metric", default="exact", choices=["exact", "token_accuracy", "recall"])
+    needle.add_argument("--metric", default="token_accuracy", choices=["token_accuracy", "exact", "recall"],
+                        help="heatmap metric (default token_accuracy: share of answer tokens that greedy decoding gets right)")
 
     ruler = kinds.add_parser("ruler", help="synthetic retrieval tasks (RULER-style)")
     common(ruler)

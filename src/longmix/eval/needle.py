@@ -33,7 +33,7 @@ class NeedleConfig:
     answer: str = ANSWER
     generate_tokens: int = 32  # greedy tokens for the word-recall score; 0: teacher forcing only
     haystack: str = "books"  # books (built in), a folder of .txt files, a corpus path, or essays
-    metric: str = "exact"  # what the heatmap shows: exact | token_accuracy | recall
+    metric: str = "token_accuracy"  # what the heatmap shows: token_accuracy | exact | recall
 
 
 def prompt_parts(config: NeedleConfig) -> tuple[str, str]:
