@@ -49,6 +49,11 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a folder prepared with other settings")
     p.add_argument("--part-size", default="512M", help="bytes per token part file (default 512M)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--executor", default="local", choices=["local", "ray"], help="where shard tasks run (default local)")
+    p.add_argument("--ray-address", help="a running Ray cluster (e.g. auto); default: start a local one")
+    p.add_argument("--rank", type=int, help="with --world-size: tokenize only this rank's share of the shards")
+    p.add_argument("--world-size", type=int, help="number of independent processes sharing the work (job array)")
+    p.add_argument("--finalize", action="store_true", help="after all ranks: check, then plan and pack")
 
 
 def _prepare_config(args: argparse.Namespace):
@@ -87,6 +92,8 @@ def _prepare_config(args: argparse.Namespace):
         inputs=tuple(inputs), out=args.out, tokenizer=args.tokenizer, separator=args.separator,
         seq_len=parse_length(args.seq_len), mixture=mixture, reader=reader, cache=args.cache,
         workers=args.workers, strict=args.strict, part_bytes=parse_length(args.part_size), overwrite=args.overwrite,
+        executor=args.executor, ray_address=args.ray_address, rank=args.rank, world_size=args.world_size,
+        finalize=args.finalize,
     )
 
 

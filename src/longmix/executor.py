@@ -1,8 +1,9 @@
-"""Executors: run independent per-shard tasks, here or in worker processes.
+"""Executors: run independent per-shard tasks, here, in worker processes, or on Ray.
 
 Stage logic lives in plain functions ``fn(task) -> result`` that write their own output
 files; an executor only decides where they run. Results come back in completion order;
-callers must not depend on it (every output is a function of its task alone).
+callers must not depend on it (every output is a function of its task alone), so every
+executor produces the same bytes.
 """
 
 from __future__ import annotations
@@ -43,10 +44,91 @@ class LocalExecutor:
             bar.close()
 
     def _run(self, fn: Callable[[Any], Any], tasks: list) -> Iterable[Any]:
+        named = _Named(fn)
         if self.workers == 1 or len(tasks) <= 1:
             _init_worker()
-            yield from map(fn, tasks)
+            yield from map(named, tasks)
             return
         context = multiprocessing.get_context("spawn")
         with context.Pool(min(self.workers, len(tasks)), initializer=_init_worker) as pool:
-            yield from pool.imap_unordered(fn, tasks, chunksize=1)
+            yield from pool.imap_unordered(named, tasks, chunksize=1)
+
+
+class _Named:
+    """Runs a task; an unexpected error comes back naming the task (its files)."""
+
+    def __init__(self, fn: Callable[[Any], Any]):
+        self.fn = fn
+
+    def __call__(self, task: Any) -> Any:
+        from .corpus import BadInputError
+
+        try:
+            return self.fn(task)
+        except BadInputError:
+            raise  # already names file and line
+        except Exception as err:
+            raise TaskFailed(f"task {task_name(task)} failed: {type(err).__name__}: {err}") from err
+
+
+class TaskFailed(RuntimeError):
+    """A task failed (after retries); names the task so the user knows which file to look at."""
+
+
+class RayExecutor:
+    """The same tasks as Ray Core tasks, on a running cluster (``address``) or a local one.
+
+    Ray retries a task whose worker died (``max_retries``); a task that raises is retried
+    too, then reported with its name. Only Ray Core is used: Ray Data's JSON reader and
+    ordering rules are not involved (we read the files ourselves, and order never matters).
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, max_retries: int = 2):
+        try:
+            import ray
+        except ImportError as err:
+            raise RuntimeError("the Ray executor needs `pip install -e .[ray]`") from err
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                     log_to_driver=False, ignore_reinit_error=True,
+                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+        self.max_retries = max_retries
+        self.workers = int(ray.cluster_resources().get("CPU", 1))
+
+    def map(self, fn: Callable[[Any], Any], tasks: list, *, desc: str = "", progress: bool = True,
+            unit: str = "shard", postfix: Callable[[Any], dict] | None = None) -> Iterator[Any]:
+        remote = self.ray.remote(max_retries=self.max_retries, retry_exceptions=True)(fn)
+        pending = {remote.remote(task): task for task in tasks}
+        bar = tqdm(total=len(tasks), desc=f"{desc} (ray)", unit=unit, disable=not progress or not tasks, dynamic_ncols=True)
+        try:
+            while pending:
+                done, _ = self.ray.wait(list(pending), num_returns=1)
+                task = pending.pop(done[0])
+                try:
+                    result = self.ray.get(done[0])
+                except Exception as err:
+                    raise TaskFailed(f"{desc} task {task_name(task)} failed after {self.max_retries} retries: {err}") from err
+                bar.update(1)
+                if postfix is not None:
+                    bar.set_postfix(postfix(result), refresh=False)
+                yield result
+        finally:
+            bar.close()
+
+
+def task_name(task: Any) -> str:
+    """A human name for a task: its shard's files, or its output path."""
+    inner = task[0] if isinstance(task, tuple) else task
+    shard = getattr(inner, "shard", None)
+    if shard is not None:
+        return shard.name
+    return str(getattr(inner, "path", inner))[:200]
+
+
+def make_executor(kind: str, workers: int | None = None, address: str | None = None):
+    if kind == "local":
+        return LocalExecutor(workers)
+    if kind == "ray":
+        return RayExecutor(address=address, num_cpus=workers)
+    raise ValueError(f"unknown executor {kind!r}: local or ray")

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .corpus import ReaderOptions, discover_shards
-from .executor import LocalExecutor
+from .executor import make_executor
 from .fsutil import read_json, write_json
 from .mixture import MixtureConfig, make_plan, parse_strategy, select, summarize
 from .pack import PartTask, compute_layout, shuffled_pieces, write_part
@@ -76,11 +76,16 @@ class PrepareConfig:
     part_bytes: int = 1 << 29  # size of one tokens/part-NNNNN.bin file (whole sequences)
     text_files_per_shard: int = 256  # plain-text documents per tokenization task
     overwrite: bool = False  # replace a prepared folder made with other settings
+    executor: str = "local"  # local (processes) or ray; does not change the output
+    ray_address: str | None = None  # a running Ray cluster ("auto", "ray://host:10001"); default: start one here
+    rank: int | None = None  # with world_size: tokenize only shards i with i % world_size == rank ...
+    world_size: int | None = None  # ... (a Slurm job array or several machines on a shared file system)
+    finalize: bool = False  # after the ranks: check every shard is done, then plan and pack
 
     def params(self) -> dict:
-        """The settings that determine the output (not workers, not overwrite)."""
+        """The settings that determine the output (not how or where the work runs)."""
         data = asdict(self)
-        for key in ("workers", "overwrite"):
+        for key in ("workers", "overwrite", "executor", "ray_address", "rank", "world_size", "finalize"):
             data.pop(key)
         return _jsonable(data)
 
@@ -97,6 +102,8 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
     started = time.perf_counter()
     out = Path(config.out)
     _check_config(config)
+    if config.world_size is not None and (config.rank is None or not 0 <= config.rank < config.world_size):
+        raise PrepareError(f"--rank must be within 0..{config.world_size - 1}")
     _claim_output(out, config)
     if (out / MANIFEST).is_file():
         log(f"{out} is already complete; delete it or pass --overwrite to redo it")
@@ -106,10 +113,21 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
     shards = discover_shards(list(config.inputs), config.text_files_per_shard)
     tokenized = Path(config.cache) if config.cache else out / "tokenized"
     tokenized.mkdir(parents=True, exist_ok=True)
-    executor = LocalExecutor(config.workers)
+    executor = make_executor(config.executor, config.workers, config.ray_address)
     log(f"{len(shards)} shards from {', '.join(config.inputs)}; tokenizer {tokenizer.name} "
-        f"(vocab {tokenizer.vocab_size}, {tokenizer.dtype.name}); {executor.workers} workers")
+        f"(vocab {tokenizer.vocab_size}, {tokenizer.dtype.name}); {config.executor} executor, {executor.workers} workers")
 
+    if config.world_size is not None:  # one rank of a job array: its share of the shards, then stop
+        mine = [s for s in shards if s.index % config.world_size == config.rank]
+        tokenize_all(mine, tokenized, tokenizer, config, executor, progress, log)
+        log(f"rank {config.rank}/{config.world_size}: {len(mine)} shards tokenized; when every rank is done, run "
+            "the same command with --finalize instead of --rank/--world-size")
+        return {"rank": config.rank, "world_size": config.world_size, "shards": len(mine)}
+    if config.finalize:
+        missing = missing_shards(shards, tokenized, tokenizer, config)
+        if missing:
+            raise PrepareError(f"{len(missing)} of {len(shards)} shards are not tokenized yet (e.g. "
+                               f"{', '.join(s.name for s in missing[:3])}): rerun the ranks that failed")
     summaries = tokenize_all(shards, tokenized, tokenizer, config, executor, progress, log)
     table = load_document_table(tokenized, [s.index for s in shards])
     read = sum(s["documents_read"] for s in summaries)
@@ -214,7 +232,7 @@ def _claim_output(out: Path, config: PrepareConfig) -> None:
 
 
 def tokenize_all(shards, tokenized: Path, tokenizer: TokenizerInfo, config: PrepareConfig,
-                 executor: LocalExecutor, progress: bool, log: Callable[[str], None]) -> list[dict]:
+                 executor, progress: bool, log: Callable[[str], None]) -> list[dict]:
     """Tokenize the shards not done yet; return every shard's summary in shard order."""
     tasks = [TokenizeTask(s, str(tokenized), tokenizer.path, tokenizer.vocab_size, config.reader, config.strict) for s in shards]
     jobs = [(t, input_fingerprint(t, tokenizer.sha256)) for t in tasks]
@@ -231,6 +249,11 @@ def tokenize_all(shards, tokenized: Path, tokenizer: TokenizerInfo, config: Prep
     for _ in executor.map(_tokenize_job, todo, desc="tokenize", progress=progress, postfix=postfix):
         pass
     return [read_json(tokenized / f"{shard_stem(s.index)}.json") for s in shards]
+
+
+def missing_shards(shards, tokenized: Path, tokenizer: TokenizerInfo, config: PrepareConfig) -> list:
+    tasks = [TokenizeTask(s, str(tokenized), tokenizer.path, tokenizer.vocab_size, config.reader, config.strict) for s in shards]
+    return [t.shard for t in tasks if not shard_is_done(t, input_fingerprint(t, tokenizer.sha256))]
 
 
 def _tokenize_job(job) -> dict:
@@ -284,7 +307,7 @@ def plan_mixture(table: dict, mixture: MixtureConfig) -> dict:
 
 
 def pack_all(out: Path, table: dict, plan_result: dict, tokenizer: TokenizerInfo, tokenized: Path,
-             config: PrepareConfig, executor: LocalExecutor, progress: bool):
+             config: PrepareConfig, executor, progress: bool):
     """Lay out all sequences, write the span index, then the token parts (skipping done ones)."""
     lengths = plan_result["lengths"]
     rows, copies = shuffled_pieces(plan_result["selection"].repeats, table["doc_key"], config.mixture.seed)
