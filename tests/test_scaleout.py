@@ -51,7 +51,7 @@ def test_a_failing_task_is_reported_with_its_file(tmp_path, mixed_corpus, word_t
     assert stats["documents"]["read"] > 0
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_ray_executor_output_is_byte_identical_to_local(tmp_path, mixed_corpus, word_tokenizer):
     ray = pytest.importorskip("ray")
     local = tmp_path / "local"
