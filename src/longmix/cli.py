@@ -227,6 +227,20 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     loss.add_argument("--data", required=True, help="a folder written by `longmix prepare` (held-out data)")
     loss.add_argument("--sequences", type=int, default=64, help="sequences to evaluate (default 64)")
 
+    bookqa = kinds.add_parser("bookqa", help="long-book QA (InfiniteBench longbook_qa_eng.jsonl)")
+    common(bookqa)
+    bookqa.add_argument("--data", required=True, help="longbook_qa_eng.jsonl (fields context, input, answer)")
+    bookqa.add_argument("--max-length", default="128K", help="prompt + answer tokens; the book's middle is cut (default 128K)")
+    bookqa.add_argument("--generate-tokens", type=int, default=40)
+    bookqa.add_argument("--limit", type=int, help="first N examples only")
+
+    mmlu = kinds.add_parser("mmlu", help="MMLU 5-shot by answer-letter log-likelihood")
+    common(mmlu)
+    mmlu.add_argument("--data", required=True, help="folder with dev/ and test/ <subject>_{dev,test}.csv")
+    mmlu.add_argument("--shots", type=int, default=5)
+    mmlu.add_argument("--limit", type=int, help="first N test questions per subject")
+    mmlu.add_argument("--subjects", help="comma-separated subset")
+
     report = kinds.add_parser("report", help="compare evaluated runs side by side")
     report.add_argument("runs", nargs="+", help="result folders (each with needle/, ruler/, loss/); first = baseline")
     report.add_argument("--out", required=True)
@@ -261,6 +275,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             seed=args.seed, threshold=args.threshold)
         summary = run_tasks(em, config, load_haystack_text(args.haystack), out / "ruler", progress=not args.quiet)
         print(task_table(summary))
+    elif args.eval_kind == "bookqa":
+        from .eval.bookqa import run_bookqa
+
+        summary = run_bookqa(em, args.data, out / "bookqa", parse_length(args.max_length), args.generate_tokens,
+                             args.limit, progress=not args.quiet)
+        print(json.dumps(summary, indent=2))
+    elif args.eval_kind == "mmlu":
+        from .eval.mmlu import run_mmlu
+
+        summary = run_mmlu(em, args.data, out / "mmlu", args.shots, args.limit,
+                           args.subjects.split(",") if args.subjects else None, progress=not args.quiet)
+        print(f"MMLU {args.shots}-shot: macro {summary['macro_accuracy']:.1f}, micro {summary['micro_accuracy']:.1f} "
+              f"over {len(summary['subjects'])} subjects")
     else:
         from .eval.loss import run_loss
 

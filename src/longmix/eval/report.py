@@ -47,6 +47,17 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
     losses = [_load(run / "loss" / "summary.json") for run in runs]
     if any(losses):
         lines += loss_tables(names, losses)
+
+    bookqa = [_load(run / "bookqa" / "summary.json") for run in runs]
+    mmlu = [_load(run / "mmlu" / "summary.json") for run in runs]
+    if any(bookqa) or any(mmlu):
+        lines += ["## Long-book QA and MMLU", "", "| run | BookQA recall (paper's score) | BookQA F1 | MMLU 5-shot (macro) |",
+                  "|---|---|---|---|"]
+        for name, b, m in zip(names, bookqa, mmlu):
+            lines.append(f"| {name} | {_fmt(b and b['recall'], 1)} | {_fmt(b and b['f1'], 1)} | "
+                         f"{_fmt(m and m['macro_accuracy'], 1)} |")
+        lines += ["", "The paper: BookQA 27.4 (7B) / 31.1 (13B); MMLU 43.3 (7B) / 52.4 (13B).", ""]
+    lines += retention_lines(names, losses, mmlu)
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
@@ -79,8 +90,27 @@ def loss_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
     return lines
 
 
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def retention_lines(names: list[str], losses: list[dict | None], mmlu: list[dict | None]) -> list[str]:
+    """Short-context retention against the first run: 0–4K loss delta (all domains) and MMLU delta."""
+    base_loss = losses[0]["domains"]["all"]["0-4K"] if losses and losses[0] else None
+    base_mmlu = mmlu[0]["macro_accuracy"] if mmlu and mmlu[0] else None
+    if base_loss is None and base_mmlu is None:
+        return []
+    lines = [f"## Short-context retention (against {names[0]})", ""]
+    for i, name in enumerate(names[1:], start=1):
+        parts = []
+        if base_loss is not None and losses[i]:
+            delta = losses[i]["domains"]["all"]["0-4K"] - base_loss
+            parts.append(f"0–4K loss {delta:+.3f}{' (significant)' if abs(delta) > SIGNIFICANT else ''}")
+        if base_mmlu is not None and mmlu[i]:
+            parts.append(f"MMLU {mmlu[i]['macro_accuracy'] - base_mmlu:+.1f} points")
+        if parts:
+            lines.append(f"- {name}: " + "; ".join(parts))
+    return [*lines, ""]
 
 
 def _heatmaps(runs: list[Path], names: list[str], path: Path) -> None:
