@@ -33,15 +33,7 @@ class LocalExecutor:
 
     def map(self, fn: Callable[[Any], Any], tasks: list, *, desc: str = "", progress: bool = True,
             unit: str = "shard", postfix: Callable[[Any], dict] | None = None) -> Iterator[Any]:
-        bar = tqdm(total=len(tasks), desc=desc, unit=unit, disable=not progress or not tasks, dynamic_ncols=True)
-        try:
-            for result in self._run(fn, tasks):
-                bar.update(1)
-                if postfix is not None:
-                    bar.set_postfix(postfix(result), refresh=False)
-                yield result
-        finally:
-            bar.close()
+        return _with_progress(self._run(fn, tasks), len(tasks), desc, progress, unit, postfix)
 
     def _run(self, fn: Callable[[Any], Any], tasks: list) -> Iterable[Any]:
         named = _Named(fn)
@@ -98,23 +90,32 @@ class RayExecutor:
 
     def map(self, fn: Callable[[Any], Any], tasks: list, *, desc: str = "", progress: bool = True,
             unit: str = "shard", postfix: Callable[[Any], dict] | None = None) -> Iterator[Any]:
+        return _with_progress(self._run(fn, tasks, desc), len(tasks), f"{desc} (ray)", progress, unit, postfix)
+
+    def _run(self, fn: Callable[[Any], Any], tasks: list, desc: str) -> Iterator[Any]:
         remote = self.ray.remote(max_retries=self.max_retries, retry_exceptions=True)(fn)
         pending = {remote.remote(task): task for task in tasks}
-        bar = tqdm(total=len(tasks), desc=f"{desc} (ray)", unit=unit, disable=not progress or not tasks, dynamic_ncols=True)
-        try:
-            while pending:
-                done, _ = self.ray.wait(list(pending), num_returns=1)
-                task = pending.pop(done[0])
-                try:
-                    result = self.ray.get(done[0])
-                except Exception as err:
-                    raise TaskFailed(f"{desc} task {task_name(task)} failed after {self.max_retries} retries: {err}") from err
-                bar.update(1)
-                if postfix is not None:
-                    bar.set_postfix(postfix(result), refresh=False)
-                yield result
-        finally:
-            bar.close()
+        while pending:
+            done, _ = self.ray.wait(list(pending), num_returns=1)
+            task = pending.pop(done[0])
+            try:
+                yield self.ray.get(done[0])
+            except Exception as err:
+                raise TaskFailed(f"{desc} task {task_name(task)} failed after {self.max_retries} retries: {err}") from err
+
+
+def _with_progress(results: Iterable[Any], total: int, desc: str, progress: bool, unit: str,
+                   postfix: Callable[[Any], dict] | None) -> Iterator[Any]:
+    """Pass results through, advancing a progress bar (with an optional running postfix)."""
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=not progress or not total, dynamic_ncols=True)
+    try:
+        for result in results:
+            bar.update(1)
+            if postfix is not None:
+                bar.set_postfix(postfix(result), refresh=False)
+            yield result
+    finally:
+        bar.close()
 
 
 def task_name(task: Any) -> str:
