@@ -318,6 +318,49 @@ def _cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="predict per-GPU memory and training time of a run")
+    p.add_argument("--model", default="llama2-7b", help="a preset (llama2-7b, llama2-13b, llama-1b, llama-134m, "
+                   "smollm2-135m) or a HF config.json")
+    p.add_argument("--seq-len", default="80K")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--context-parallel", type=int, default=1)
+    p.add_argument("--gpu", default="h100", choices=["h100", "h200", "a100"])
+    p.add_argument("--gpu-memory", type=float, help="GiB per GPU (default: 79.1 for 80 GB cards, 139 for the H200)")
+    p.add_argument("--checkpoint-every", type=int, default=1)
+    p.add_argument("--loss-chunk", default="8K")
+    p.add_argument("--no-compile", action="store_true", help="eager mode (more activation memory)")
+    p.add_argument("--mfu", type=float, default=0.40, help="expected MFU (ours: 0.43-0.49 for 1B on one GPU)")
+    p.add_argument("--batch-tokens", default="4M")
+    p.add_argument("--tokens", default="5B")
+    p.add_argument("--paper", action="store_true", help="also print the paper's 7B/80K/8-GPU setting")
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .model import ModelShape
+    from .plan import PRESETS, TIED, RunShape, format_prediction, paper_configurations, predict
+
+    if args.model in PRESETS:
+        shape, tied = PRESETS[args.model], args.model in TIED
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(args.model)
+        shape, tied = ModelShape.of(config), bool(getattr(config, "tie_word_embeddings", False))
+    run = RunShape(shape, parse_length(args.seq_len), args.gpus, args.context_parallel, args.checkpoint_every,
+                   parse_length(args.loss_chunk), tied, not args.no_compile)
+    memory = args.gpu_memory or (139.0 if args.gpu == "h200" else 79.1)
+    result = predict(run, mfu=args.mfu, gpu=args.gpu, batch_tokens=parse_count(args.batch_tokens, binary=True),
+                     tokens=parse_count(args.tokens))
+    print(format_prediction(args.model, run, result, args.gpu, memory, args.mfu))
+    if args.paper:
+        for name, paper_run, paper_result, gpu, gib in paper_configurations(args.mfu):
+            print()
+            print(format_prediction(name, paper_run, paper_result, gpu, gib, args.mfu))
+        print("\nThe paper reports 5 days for 5B tokens at 80K on 8×A100-80G (HF + DeepSpeed ZeRO-3, CPU offload).")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longmix", description="Long-context data engineering (Fu et al. 2024).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -325,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_model(sub)
+    _add_plan(sub)
     stats = sub.add_parser("stats", help="show the mixture tables of a prepared folder")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true", help="print stats.json")
@@ -334,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train, "eval": _cmd_eval, "model": _cmd_model}
+_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train, "eval": _cmd_eval, "model": _cmd_model, "plan": _cmd_plan}
 
 
 def main(argv: list[str] | None = None) -> int:

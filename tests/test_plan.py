@@ -1,0 +1,52 @@
+"""The memory calculator against every trainer run measured on the GPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from longmix.plan import PRESETS, TIED, RunShape, paper_configurations, predict
+
+RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
+
+
+def measured_runs() -> list[dict]:
+    runs = {}
+    for path in sorted(RESULTS.glob("train-*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("ok") and row["impl"] == "longmix":
+                runs[row["case"]] = row
+    return list(runs.values())
+
+
+def test_there_are_measurements_to_check_against():
+    assert len(measured_runs()) >= 10
+
+
+@pytest.mark.parametrize("row", measured_runs(), ids=lambda r: r["case"])
+def test_prediction_is_within_35_percent_of_the_measured_peak(row):
+    run = RunShape(PRESETS[row["shape"]], row["seq_len"], checkpoint_every=row.get("ckpt", 1),
+                   tied_embeddings=row["shape"] in TIED, compiled=row.get("compile", False))
+    predicted = predict(run, mfu=0.4)["total_gib"]
+    assert predicted == pytest.approx(row["peak_gib"], rel=0.35)
+
+
+def test_sharding_and_context_parallel_reduce_per_gpu_memory():
+    model = PRESETS["llama2-7b"]
+    one = predict(RunShape(model, 81920, gpus=1), mfu=0.4)["total_gib"]
+    eight = predict(RunShape(model, 81920, gpus=8), mfu=0.4)["total_gib"]
+    cp = predict(RunShape(model, 131072, gpus=8, context_parallel=2), mfu=0.4)
+    no_cp = predict(RunShape(model, 131072, gpus=8), mfu=0.4)
+    assert one > 100 > 80 > eight
+    assert cp["total_gib"] < no_cp["total_gib"]
+    assert cp["memory_gib"]["gathered keys/values (context parallel)"] > 0
+
+
+def test_paper_setting_time_and_fit():
+    (_, _, a100, _, _), (_, _, h100, _, _) = paper_configurations(mfu=0.4)
+    assert h100["total_gib"] < 79
+    assert a100["hours"] / h100["hours"] == pytest.approx(989 / 312)
+    assert 1000 < h100["steps"] < 1400  # 5B tokens / ~4M-token batches
