@@ -361,6 +361,26 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="a mixture ablation from one YAML file: prepare, train, evaluate, report")
+    p.add_argument("config", help="the study's YAML file (see docs/reproduction.md)")
+    p.add_argument("--steps", default="prepare,train,eval,report", help="which steps to run (default all)")
+    p.add_argument("--strategies", help="comma-separated subset of the study's strategies")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .study import STEPS, Study, run_study
+
+    steps = tuple(s.strip() for s in args.steps.split(","))
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise SystemExit(f"longmix study: unknown steps {', '.join(unknown)} (choose from {', '.join(STEPS)})")
+    only = [s.strip() for s in args.strategies.split(",")] if args.strategies else None
+    run_study(Study.load(args.config), steps, only, progress=not args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longmix", description="Long-context data engineering (Fu et al. 2024).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -369,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_model(sub)
     _add_plan(sub)
+    _add_study(sub)
     stats = sub.add_parser("stats", help="show the mixture tables of a prepared folder")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true", help="print stats.json")
@@ -378,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train, "eval": _cmd_eval, "model": _cmd_model, "plan": _cmd_plan}
+_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train, "eval": _cmd_eval, "model": _cmd_model, "plan": _cmd_plan, "study": _cmd_study}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,10 +416,18 @@ def main(argv: list[str] | None = None) -> int:
         from .train_config import TrainError
 
         errors = (*errors, TrainError, ModelError)
-    if args.command == "eval":
+    if args.command in ("eval", "study"):
         from .eval.common import EvalError
 
         errors = (*errors, EvalError)
+    if args.command == "study":
+        from .corpus import BadInputError
+        from .mixture import PlanError
+        from .model import ModelError
+        from .prepare import PrepareError
+        from .train_config import TrainError
+
+        errors = (*errors, BadInputError, PlanError, ModelError, PrepareError, TrainError)
     try:
         return _COMMANDS[args.command](args)
     except errors as err:

@@ -1,0 +1,177 @@
+"""`longmix study study.yaml`: a mixture ablation from one config file, resumable step by step.
+
+For every strategy: prepare the data (one shared tokenization cache), continue
+pretraining the same model with the same settings, evaluate it (needle, synthetic tasks,
+per-domain loss on held-out data); also evaluate the base model; then one report with
+deltas against the first strategy (the paper's Table 5 layout). A step whose output is
+complete is skipped, so an interrupted study reruns with the same command; ``--steps``
+and ``--strategies`` select parts (prepare on a CPU machine, train on a GPU one).
+
+Example (see docs/reproduction.md)::
+
+    out: studies/smollm2
+    corpus: [demo-corpus/train]
+    validation: [demo-corpus/validation]
+    tokenizer: smollm2
+    strategies: [original, per-source, global, "upsample:book"]
+    prepare: {tokens: 20M, seq_len: 32K, long_threshold: 4K, long_fraction: 0.7, seed: 0}
+    train: {model: smollm2-hf, seq_len: 32K, rope_theta: 1e6, lr: 2e-5, batch_tokens: 256K}
+    eval:
+      base_model: smollm2-hf
+      needle: {lengths: "1K:64K:8", depths: "0:100:5", generate_tokens: 0}
+      ruler: {tasks: all, lengths: "4K,8K,16K,32K", samples: 10}
+      loss: {sequences: 32}
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .units import parse_count, parse_length
+
+STEPS = ("prepare", "train", "eval", "report")
+
+
+class StudyError(ValueError):
+    """A study file that cannot be run."""
+
+
+@dataclass
+class Study:
+    out: Path
+    corpus: list[str]
+    strategies: list[str]
+    validation: list[str] = field(default_factory=list)
+    tokenizer: str = "smollm2"
+    prepare: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Study:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        missing = [k for k in ("out", "corpus", "strategies") if k not in data]
+        if missing:
+            raise StudyError(f"{path}: missing {', '.join(missing)}")
+        unknown = sorted(set(data) - {"out", "corpus", "strategies", "validation", "tokenizer", "prepare", "train", "eval"})
+        if unknown:
+            raise StudyError(f"{path}: unknown keys {', '.join(unknown)}")
+        data["out"] = Path(data["out"])
+        data["corpus"] = list(data["corpus"]) if isinstance(data["corpus"], list) else [data["corpus"]]
+        return cls(**data)
+
+    def slug(self, strategy: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", strategy).strip("-")
+
+
+def run_study(study: Study, steps: tuple[str, ...] = STEPS, only: list[str] | None = None,
+              log: Callable[[str], None] | None = None, progress: bool = True) -> None:
+    log = log or (lambda message: print(message, file=sys.stderr))
+    strategies = [s for s in study.strategies if not only or s in only]
+    if "prepare" in steps:
+        if study.validation:
+            _prepare(study, "original", study.out / "data" / "validation", study.validation, log, progress, validation=True)
+        for strategy in strategies:
+            _prepare(study, strategy, study.out / "data" / study.slug(strategy), study.corpus, log, progress)
+    if "train" in steps:
+        for strategy in strategies:
+            _train(study, strategy, log)
+    if "eval" in steps:
+        if study.eval.get("base_model"):
+            _evaluate(study, Path(study.eval["base_model"]), study.out / "eval" / "base", log, progress)
+        for strategy in strategies:
+            _evaluate(study, study.out / "runs" / study.slug(strategy) / "model", study.out / "eval" / study.slug(strategy),
+                      log, progress)
+    if "report" in steps:
+        from .eval.report import build_report
+
+        names = [s for s in study.strategies if (study.out / "eval" / study.slug(s)).is_dir()]
+        runs = [study.out / "eval" / study.slug(s) for s in names]
+        if (study.out / "eval" / "base").is_dir():
+            names, runs = [*names, "base model"], [*runs, study.out / "eval" / "base"]
+        if runs:
+            build_report(runs, study.out / "report", names)
+            log(f"report: {study.out / 'report' / 'report.md'}")
+
+
+def _prepare(study: Study, strategy: str, out: Path, inputs: list[str], log, progress: bool, validation: bool = False) -> None:
+    from .mixture import MixtureConfig
+    from .prepare import PrepareConfig, prepare
+
+    if (out / "manifest.json").is_file():
+        log(f"prepare {out.name}: done")
+        return
+    p = study.prepare
+    tokens = parse_count(str(p.get("validation_tokens" if validation else "tokens", 0)))
+    mixture = MixtureConfig(strategy=strategy, tokens=tokens, long_threshold=parse_length(str(p.get("long_threshold", "4K"))),
+                            long_fraction=float(p.get("long_fraction", 0.7)), domain_weight=float(p.get("domain_weight", 0.6)),
+                            seed=int(p.get("seed", 0)))
+    log(f"prepare {out.name} ({strategy})")
+    prepare(PrepareConfig(inputs=tuple(inputs), out=str(out), tokenizer=study.tokenizer,
+                          seq_len=parse_length(str(p.get("seq_len", "32K"))), mixture=mixture,
+                          cache=str(study.out / "cache" / ("validation" if validation else "train")),
+                          workers=p.get("workers")), progress=progress, log=log)
+
+
+def _train(study: Study, strategy: str, log) -> None:
+    from .train import TrainConfig, train
+    from .train_config import normalize_counts
+
+    out = study.out / "runs" / study.slug(strategy)
+    if (out / "model" / "config.json").is_file():
+        log(f"train {strategy}: done")
+        return
+    settings = normalize_counts(dict(study.train))
+    resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step-*"))
+    log(f"train {strategy}{' (resuming)' if resume else ''}")
+    record = train(TrainConfig(**{**settings, "data": str(study.out / "data" / study.slug(strategy)), "out": str(out),
+                                  "resume": resume}))
+    if record.get("stopped"):
+        raise StudyError(f"training of {strategy} was stopped ({record['stopped']}); rerun the study to resume")
+
+
+def _evaluate(study: Study, model: Path, out: Path, log, progress: bool) -> None:
+    from .eval.common import load_eval_model, parse_grid
+
+    settings = study.eval
+    if not (model / "config.json").is_file():
+        log(f"eval {out.name}: no model at {model} yet, skipped")
+        return
+    todo = [k for k in ("needle", "ruler", "loss") if k in settings and not (out / k / "summary.json").is_file()]
+    if not todo:
+        log(f"eval {out.name}: done")
+        return
+    em = load_eval_model(model, settings.get("tokenizer"))
+    if "needle" in todo:
+        from .eval.needle import NeedleConfig, run_needle
+
+        n = dict(settings["needle"])
+        config = NeedleConfig(lengths=tuple(parse_grid(str(n.pop("lengths", "1K:32K:8")), lengths=True)),
+                              depths=tuple(parse_grid(str(n.pop("depths", "0:100:5")), lengths=False)), **n)
+        log(f"eval {out.name}: needle")
+        run_needle(em, config, out / "needle", progress=progress)
+    if "ruler" in todo:
+        from .eval.needle import load_haystack_text
+        from .eval.tasks import TASKS, TaskConfig, run_tasks
+
+        r = dict(settings["ruler"])
+        tasks = TASKS if r.get("tasks", "all") == "all" else tuple(r["tasks"])
+        config = TaskConfig(tasks=tasks, lengths=tuple(parse_grid(str(r.get("lengths", "4K,8K")), lengths=True)),
+                            samples=int(r.get("samples", 10)), seed=int(r.get("seed", 0)),
+                            threshold=float(r.get("threshold", 0.85)))
+        log(f"eval {out.name}: synthetic tasks")
+        run_tasks(em, config, load_haystack_text(r.get("haystack", "books")), out / "ruler", progress=progress)
+    if "loss" in todo:
+        from .eval.loss import run_loss
+
+        data = study.out / "data" / "validation"
+        if not (data / "manifest.json").is_file():
+            raise StudyError("per-domain loss needs held-out data: set `validation:` corpus paths in the study")
+        log(f"eval {out.name}: loss by position")
+        run_loss(em, data, out / "loss", int(settings["loss"].get("sequences", 32)), progress=progress)

@@ -1,0 +1,54 @@
+"""`longmix study`: two strategies end to end on CPU, then a rerun that skips every step."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from longmix.cli import main, sample_corpus_dir  # noqa: E402
+from longmix.tokenize import builtin_tokenizer_dir  # noqa: E402
+
+
+def test_study_runs_every_step_and_resumes(tmp_path, capsys):
+    base = tmp_path / "base"
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=49152, max_position_embeddings=256,
+                                      tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(base)
+    (base / "tokenizer.json").write_bytes((builtin_tokenizer_dir() / "tokenizer.json").read_bytes())
+    study = {
+        "out": str(tmp_path / "study"),
+        "corpus": [str(sample_corpus_dir())],
+        "validation": [str(sample_corpus_dir())],
+        "strategies": ["original", "per-source"],
+        "prepare": {"tokens": "60K", "validation_tokens": "20K", "seq_len": "1K", "long_threshold": "2K", "workers": 1},
+        "train": {"model": str(base), "seq_len": 512, "rope_theta": 1e5, "lr": 1e-3, "batch_tokens": 1024, "steps": 2,
+                  "progress": False, "save_dtype": "float32"},
+        "eval": {"base_model": str(base), "needle": {"lengths": "256,512", "depths": "0,100", "generate_tokens": 0},
+                 "ruler": {"tasks": ["niah_single"], "lengths": "512", "samples": 1}, "loss": {"sequences": 2}},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["study", str(path), "--quiet"]) == 0
+    out = tmp_path / "study"
+    for strategy in ("original", "per-source"):
+        assert (out / "data" / strategy / "manifest.json").is_file()
+        assert (out / "runs" / strategy / "model" / "model.safetensors").is_file()
+        for kind in ("needle", "ruler", "loss"):
+            assert (out / "eval" / strategy / kind / "summary.json").is_file()
+    report = (out / "report" / "report.md").read_text()
+    assert "per-source" in report and "base model" in report and "Loss, context 0-4K" in report
+    capsys.readouterr()
+    assert main(["study", str(path), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "train original: done" in err and "eval per-source: done" in err and "prepare per-source: done" in err
+
+
+def test_study_file_errors(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("out: x\nstrategies: [original]\n")
+    assert main(["study", str(path)]) == 2
+    assert "missing corpus" in capsys.readouterr().err
