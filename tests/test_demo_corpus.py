@@ -6,7 +6,13 @@ import gzip
 import json
 
 from longmix.corpus import Document, ReaderOptions, discover_shards, iter_documents
-from longmix.demo_corpus import _B64, bible_books, dictionary_entries, html_to_text, write_slimpajama
+from longmix.demo_corpus import (
+    _B64,
+    bible_books,
+    dictionary_entries,
+    html_to_text,
+    write_slimpajama,
+)
 
 
 def b64(number: int) -> str:
