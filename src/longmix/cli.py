@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -421,6 +422,8 @@ _COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _c
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):  # `longmix stats DIR | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     errors: tuple[type[Exception], ...] = (FileNotFoundError, ValueError)
     if args.command == "prepare":
