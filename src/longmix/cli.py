@@ -422,7 +422,7 @@ _COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _c
 
 
 def main(argv: list[str] | None = None) -> int:
-    if hasattr(signal, "SIGPIPE"):  # `longmix stats DIR | head` ends quietly
+    if argv is None and hasattr(signal, "SIGPIPE"):  # `longmix stats DIR | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     errors: tuple[type[Exception], ...] = (FileNotFoundError, ValueError)
