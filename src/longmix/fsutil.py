@@ -19,7 +19,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: ranks may write the same file
     try:
         with open(tmp, mode) as handle:
             yield handle
@@ -30,6 +30,16 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete ``*.tmp`` files a killed run left behind (call only when no other writer runs)."""
+    removed = 0
+    for tmp in Path(folder).rglob("*.tmp"):
+        if tmp.is_file():
+            tmp.unlink()
+            removed += 1
+    return removed
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from .corpus import ReaderOptions, discover_shards
 from .executor import make_executor
-from .fsutil import read_json, write_json
+from .fsutil import read_json, remove_stale_temporaries, write_json
 from .mixture import MixtureConfig, make_plan, parse_strategy, select, summarize
 from .pack import PartTask, compute_layout, shuffled_pieces, write_part
 from .stats import (
@@ -113,6 +113,9 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
     shards = discover_shards(list(config.inputs), config.text_files_per_shard)
     tokenized = Path(config.cache) if config.cache else out / "tokenized"
     tokenized.mkdir(parents=True, exist_ok=True)
+    if config.world_size is None:  # no concurrent ranks: leftovers of a killed run can go
+        remove_stale_temporaries(out)
+        remove_stale_temporaries(tokenized)
     executor = make_executor(config.executor, config.workers, config.ray_address)
     log(f"{len(shards)} shards from {', '.join(config.inputs)}; tokenizer {tokenizer.name} "
         f"(vocab {tokenizer.vocab_size}, {tokenizer.dtype.name}); {config.executor} executor, {executor.workers} workers")
@@ -225,7 +228,8 @@ def _claim_output(out: Path, config: PrepareConfig) -> None:
                 elif target.exists():
                     target.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    write_json(params_file, config.params())
+    if not params_file.is_file() or read_json(params_file) != config.params():
+        write_json(params_file, config.params())  # ranks of a job array all arrive here: write once
 
 
 # ---------------------------------------------------------------------------- stage 1
