@@ -49,6 +49,11 @@ def write_json(path: str | Path, data: Any) -> None:
         handle.write("\n")
 
 
+def as_json_types(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), for comparing with stored data."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
 def read_json(path: str | Path) -> Any:
     with open(path) as handle:
         return json.load(handle)

@@ -74,9 +74,6 @@ class Plan:
     targets: dict[str, dict[str, float]]
     notes: list[str] = field(default_factory=list)
 
-    def domain_share(self, domain: str) -> float:
-        return sum(self.targets[domain].values()) / self.budget if self.budget else 0.0
-
 
 def parse_strategy(text: str) -> tuple[str, str | None]:
     """``"upsample:book,arxiv"`` -> ``("upsample", "book,arxiv")``; validates the name."""

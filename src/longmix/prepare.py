@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from .corpus import ReaderOptions, discover_shards
 from .executor import make_executor
-from .fsutil import read_json, remove_stale_temporaries, write_json
+from .fsutil import as_json_types, read_json, remove_stale_temporaries, write_json
 from .mixture import MixtureConfig, make_plan, parse_strategy, select, summarize
 from .pack import PartTask, compute_layout, shuffled_pieces, write_part
 from .stats import (
@@ -87,13 +87,7 @@ class PrepareConfig:
         data = asdict(self)
         for key in ("workers", "overwrite", "executor", "ray_address", "rank", "world_size", "finalize"):
             data.pop(key)
-        return _jsonable(data)
-
-
-def _jsonable(value):
-    import json
-
-    return json.loads(json.dumps(value))
+        return as_json_types(data)
 
 
 def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:

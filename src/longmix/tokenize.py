@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .corpus import BadInputError, Document, ReaderOptions, Rejection, Shard, iter_documents
-from .fsutil import atomic_write, read_json, write_json
+from .fsutil import as_json_types, atomic_write, read_json, write_json
 
 BUILTIN_TOKENIZER = "smollm2"
 # Rejections listed one by one per shard (all are counted; a corpus with millions of bad
@@ -154,7 +154,7 @@ def shard_is_done(task: TokenizeTask, fingerprint: dict) -> bool:
     if not summary.is_file():
         return False
     try:
-        return read_json(summary).get("fingerprint") == _jsonable(fingerprint)
+        return read_json(summary).get("fingerprint") == as_json_types(fingerprint)
     except ValueError:
         return False
 
@@ -239,14 +239,8 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
         "tokens": offset,
         "rejected": rejected,
         "rejections": listed,
-        "fingerprint": _jsonable(fingerprint),
+        "fingerprint": as_json_types(fingerprint),
     }
     write_json(out / f"{stem}.json", summary)
     return summary
 
-
-def _jsonable(value):
-    """Round-trip through JSON types (tuples become lists) for comparisons with stored data."""
-    import json
-
-    return json.loads(json.dumps(value))
