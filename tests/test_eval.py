@@ -223,3 +223,17 @@ def test_cli_eval_needle(tiny_model, tmp_path, capsys):
     assert main(["eval", "needle", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     assert "not a HF model folder" in capsys.readouterr().err
     assert np.isfinite(json.loads((tmp_path / "needle" / "summary.json").read_text())["mean"]["logprob"])
+
+
+def test_cli_eval_ruler_loss_and_report(tiny_model, prepared, tmp_path, capsys):
+    from longmix.cli import main
+
+    assert main(["eval", "ruler", "--model", str(tiny_model), "--tasks", "niah_single,vt", "--lengths", "512",
+                 "--samples", "1", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "| niah_single |" in capsys.readouterr().out
+    assert main(["eval", "loss", "--model", str(tiny_model), "--data", str(prepared), "--sequences", "1",
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "all" in out and "tokens)" in out
+    assert main(["eval", "report", str(tmp_path), str(tmp_path), "--names", "a,b", "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.md").read_text().count("| b |") >= 2

@@ -293,9 +293,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from .eval.loss import run_loss
 
         summary = run_loss(em, args.data, out / "loss", args.sequences, progress=not args.quiet)
+        def show(value: float | None) -> str:
+            return "–" if value is None else f"{value:.4f}"
+
         for domain, row in summary["domains"].items():
-            print(f"{domain:<14} loss {row['loss']:.4f}  0-4K {row['0-4K'] or float('nan'):.4f}  "
-                  f"4K-max {row['4K-max'] or float('nan'):.4f}")
+            print(f"{domain:<14} loss {show(row['loss'])}  0-4K {show(row['0-4K'])}  4K-max {show(row['4K-max'])}"
+                  f"  ({row['tokens']} tokens)")
     return 0
 
 
