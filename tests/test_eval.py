@@ -131,11 +131,33 @@ def test_needle_run_writes_results_heatmap_and_resumes(em, tmp_path, monkeypatch
     assert {"exact", "token_accuracy", "logprob", "recall", "response"} <= set(rows[0])
     assert all(r["n_tokens"] == r["length"] for r in rows)
     assert (tmp_path / "needle" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
-    calls = []
-    monkeypatch.setattr(needle_mod, "answer_scores", lambda *a: calls.append(a) or {"exact": 1.0})
+    scored = []
+
+    def fake_scores(em, prompts, answer):
+        scored.extend(prompts)
+        return [{"exact": 1.0} for _ in prompts]
+
+    monkeypatch.setattr(needle_mod, "answer_scores_batch", fake_scores)
     bigger = NeedleConfig(lengths=(256, 512, 768), depths=(0, 50, 100), generate_tokens=0)
     summary = run_needle(em, bigger, tmp_path / "needle", progress=False)
-    assert len(calls) == 3 and summary["cells"] == 9  # only the new length was evaluated
+    assert len(scored) == 3 and summary["cells"] == 9  # only the new length was evaluated
+    assert {len(p) for p in scored} == {768}
+
+
+def test_batched_teacher_forcing_equals_one_cell_at_a_time(em):
+    from longmix.eval.common import answer_scores_batch
+    from longmix.eval.needle import batches
+
+    assert batches([(256, 0), (256, 50), (256, 100), (512, 0), (512, 50)], 600) == [
+        [(256, 0), (256, 50)], [(256, 100)], [(512, 0)], [(512, 50)]]
+    torch.manual_seed(3)
+    prompts = [torch.randint(0, 49152, (300,)).tolist() for _ in range(3)]
+    answer = torch.randint(0, 49152, (5,)).tolist()
+    batched = answer_scores_batch(em, prompts, answer)
+    for prompt, row in zip(prompts, batched):
+        single = answer_scores(em, prompt, answer)
+        assert row["token_accuracy"] == single["token_accuracy"]
+        assert row["logprob"] == pytest.approx(single["logprob"], rel=1e-4)
 
 
 def test_task_generators_are_seeded_and_answers_are_in_the_text():

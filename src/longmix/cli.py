@@ -211,6 +211,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     needle.add_argument("--answer-prefix")
     needle.add_argument("--answer")
     needle.add_argument("--generate-tokens", type=int, default=32, help="greedy tokens for word recall (0: off)")
+    needle.add_argument("--batch-tokens", default="32K", help="cells of one length share a forward up to this size")
     needle.add_argument("--metric", default="token_accuracy", choices=["token_accuracy", "exact", "recall"],
                         help="heatmap metric (default token_accuracy: share of answer tokens that greedy decoding gets right)")
 
@@ -264,7 +265,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         overrides = {k: getattr(args, k) for k in ("needle", "question", "answer_prefix", "answer") if getattr(args, k)}
         config = NeedleConfig(lengths=tuple(parse_grid(args.lengths, lengths=True)),
                               depths=tuple(parse_grid(args.depths, lengths=False)), generate_tokens=args.generate_tokens,
-                              haystack=args.haystack, metric=args.metric, **overrides)
+                              haystack=args.haystack, metric=args.metric, batch_tokens=parse_length(args.batch_tokens),
+                              **overrides)
         summary = run_needle(em, config, out / "needle", progress=not args.quiet)
         print(json.dumps(summary["mean"]), f"-> {out / 'needle'}")
     elif args.eval_kind == "ruler":

@@ -71,14 +71,25 @@ def answer_scores(em: EvalModel, prompt: list[int], answer: list[int]) -> dict:
     argmax given the ones before); ``token_accuracy`` the fraction that are; ``logprob``
     the answer's log-probability.
     """
-    ids = torch.tensor([prompt + answer], device=em.device)
+    return answer_scores_batch(em, [prompt], answer)[0]
+
+
+@torch.no_grad()
+def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[int]) -> list[dict]:
+    """:func:`answer_scores` for several prompts of one length in a single batched forward
+    (short prompts alone leave a GPU mostly idle)."""
+    length = len(prompts[0])
+    if any(len(p) != length for p in prompts):
+        raise EvalError("a batch of prompts must have one length")
+    ids = torch.tensor([p + answer for p in prompts], device=em.device)
     hidden = em.model.model(input_ids=ids, use_cache=False).last_hidden_state
-    positions = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1, device=em.device)
-    logits = em.model.lm_head(hidden[0, positions]).float()
-    target = torch.tensor(answer, device=em.device)
+    positions = torch.arange(length - 1, length + len(answer) - 1, device=em.device)
+    logits = em.model.lm_head(hidden[:, positions]).float()  # (batch, answer, vocab)
+    target = torch.tensor(answer, device=em.device).expand(len(prompts), -1)
     hits = logits.argmax(-1) == target
-    logprob = F.log_softmax(logits, -1).gather(1, target[:, None]).sum()
-    return {"exact": float(hits.all()), "token_accuracy": float(hits.float().mean()), "logprob": float(logprob)}
+    logprob = F.log_softmax(logits, -1).gather(2, target[..., None]).squeeze(-1).sum(-1)
+    return [{"exact": float(h.all()), "token_accuracy": float(h.float().mean()), "logprob": float(lp)}
+            for h, lp in zip(hits, logprob)]
 
 
 @torch.no_grad()

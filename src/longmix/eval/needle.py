@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import EvalError, EvalModel, ResultsFile, answer_scores, generate, word_recall
+from .common import EvalError, EvalModel, ResultsFile, answer_scores_batch, generate, word_recall
 
 NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
 QUESTION = "What is the best thing to do in San Francisco?"
@@ -32,6 +32,7 @@ class NeedleConfig:
     answer_prefix: str = ANSWER_PREFIX
     answer: str = ANSWER
     generate_tokens: int = 32  # greedy tokens for the word-recall score; 0: teacher forcing only
+    batch_tokens: int = 32768  # cells of one length are scored together up to this many tokens per forward
     haystack: str = "books"  # books (built in), a folder of .txt files, a corpus path, or essays
     metric: str = "token_accuracy"  # what the heatmap shows: token_accuracy | exact | recall
 
@@ -146,20 +147,39 @@ def run_needle(em: EvalModel, config: NeedleConfig, out: Path, progress: bool = 
     results = ResultsFile(out / "results.jsonl", ("length", "depth"))
     cells = [(length, depth) for length in sorted(config.lengths) for depth in config.depths
              if (length, depth) not in results.done]
-    for length, depth in tqdm(cells, desc="needle", unit="cell", disable=not progress):
+    bar = tqdm(total=len(cells), desc="needle", unit="cell", disable=not progress)
+    for group in batches(cells, config.batch_tokens):
         started = time.perf_counter()
-        cell = build_cell(em, haystack, config, length, depth, parts)
-        row = {"length": length, "depth": depth, "insert_at": cell.insert_at, "n_tokens": len(cell.prompt),
-               **answer_scores(em, cell.prompt, cell.answer)}
-        if config.generate_tokens:
-            response = em.decode(generate(em, cell.prompt, config.generate_tokens))
-            row.update({"response": response, "recall": word_recall(response, config.answer)})
-        row["seconds"] = time.perf_counter() - started
-        results.add(row)
+        built = [build_cell(em, haystack, config, length, depth, parts) for length, depth in group]
+        scores = answer_scores_batch(em, [c.prompt for c in built], built[0].answer)
+        share = (time.perf_counter() - started) / len(built)
+        for cell, score in zip(built, scores):
+            started = time.perf_counter()
+            row = {"length": cell.length, "depth": cell.depth, "insert_at": cell.insert_at, "n_tokens": len(cell.prompt),
+                   **score}
+            if config.generate_tokens:
+                response = em.decode(generate(em, cell.prompt, config.generate_tokens))
+                row.update({"response": response, "recall": word_recall(response, config.answer)})
+            row["seconds"] = share + time.perf_counter() - started
+            results.add(row)
+            bar.update(1)
+    bar.close()
     summary = summarize(results.rows, config, em)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_heatmap(results.rows, config.metric, out / "heatmap.png", em.train_length, title=em.name)
     return summary
+
+
+def batches(cells: list[tuple[int, int]], batch_tokens: int) -> list[list[tuple[int, int]]]:
+    """Cells of the same length, grouped so that one forward holds at most ``batch_tokens``."""
+    groups: list[list[tuple[int, int]]] = []
+    for cell in cells:
+        length = cell[0]
+        if groups and groups[-1][0][0] == length and (len(groups[-1]) + 1) * length <= batch_tokens:
+            groups[-1].append(cell)
+        else:
+            groups.append([cell])
+    return groups
 
 
 def summarize(rows: list[dict], config: NeedleConfig, em: EvalModel | None = None) -> dict:
