@@ -141,17 +141,18 @@ def context_parallel_attention(module, query, key, value, attention_mask, dropou
     """
     from torch.nn.attention.bias import causal_lower_right
 
+    from .model import repeat_kv_heads
+
     cp, cp_rank, group = kwargs["cp_size"], kwargs["cp_rank"], kwargs["cp_group"]
     full_key = _gather_sequence(key, cp, group)
     full_value = _gather_sequence(value, cp, group)
     length = full_key.shape[2]
-    groups = query.shape[1] // key.shape[1]
+    full_key, full_value = repeat_kv_heads(full_key, full_value, query.shape[1])
     outputs = []
     half = query.shape[2] // 2
     for i, (start, end) in enumerate(cp_chunks(length, cp, cp_rank)):
         q = query[:, :, i * half : (i + 1) * half]
-        k = full_key[:, :, :end].repeat_interleave(groups, dim=1)
-        v = full_value[:, :, :end].repeat_interleave(groups, dim=1)
+        k, v = full_key[:, :, :end], full_value[:, :, :end]
         mask = causal_lower_right(end - start, end)
         outputs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None

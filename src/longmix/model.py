@@ -167,6 +167,14 @@ def _doc_lengths(kwargs: dict) -> tuple[torch.Tensor, int]:
     return cu, int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
 
 
+def repeat_kv_heads(key: torch.Tensor, value: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention for kernels without it: repeat each KV head (dim 1) up to ``heads``."""
+    groups = heads // key.shape[1]
+    if groups == 1:
+        return key, value
+    return key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+
+
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     """Attention kernels run in bf16: custom ops do not follow autocast by themselves."""
     if tensor.dtype == torch.float32 and tensor.is_cuda:
@@ -190,9 +198,7 @@ def _causal_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         mask = {"attn_mask": causal_lower_right(q_len, k_len)}
     gqa = key.shape[1] != query.shape[1]
     if not query.is_cuda:
-        if gqa:
-            groups = query.shape[1] // key.shape[1]
-            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        key, value = repeat_kv_heads(key, value, query.shape[1])
         out = F.scaled_dot_product_attention(query, key, value, scale=scaling, **mask)
         return out.transpose(1, 2).contiguous(), None
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -207,10 +213,9 @@ def _loop_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     """Reference document masking: causal SDPA on each document separately (any device)."""
     cu, _ = _doc_lengths(kwargs)
     outputs = []
-    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv_heads(key, value, query.shape[1])
     for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        k = key[:, :, a:b].repeat_interleave(groups, dim=1)
-        v = value[:, :, a:b].repeat_interleave(groups, dim=1)
+        k, v = key[:, :, a:b], value[:, :, a:b]
         outputs.append(F.scaled_dot_product_attention(query[:, :, a:b], k, v, is_causal=True, scale=scaling))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
@@ -235,8 +240,7 @@ def _varlen_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         if _VARLEN_HAS_GQA:
             extra["enable_gqa"] = True
         else:  # torch 2.11 has no GQA in varlen: repeat the KV heads
-            k = k.repeat_interleave(heads // key.shape[1], dim=1)
-            v = v.repeat_interleave(heads // key.shape[1], dim=1)
+            k, v = repeat_kv_heads(k, v, heads)
     cu = cu.to(device=q.device, dtype=torch.int32)
     dtype = _compute_dtype(q)
     out = varlen_attn(q.to(dtype), k.to(dtype), v.to(dtype), cu, cu, max_len, max_len, scale=scaling,

@@ -191,7 +191,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
 
     windows = TrainWindows(dataset, config.seq_len, config.seed)
     samples_per_step = plan["accumulation"] * config.micro_batch * d.dp
-    label_tokens = plan["accumulation"] * config.micro_batch * d.dp * (config.seq_len - 1)  # per step, all ranks
+    label_tokens = samples_per_step * (config.seq_len - 1)  # every sequence's last position has no label
     use_autocast = d.world == 1 and d.device.type == "cuda"  # FSDP2 casts to bf16 itself
     peak = peak_flops(d.device) * d.world
     stop = _StopFlag()
@@ -255,8 +255,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
 
 
 def _shard_for_context_parallel(batch: dict, d: distributed.Dist) -> dict:
-    shard = {k: distributed.cp_shard(v, d.cp, d.cp_rank, dim=1) for k, v in batch.items() if k != "position_ids"}
-    shard["position_ids"] = distributed.cp_shard(batch["position_ids"], d.cp, d.cp_rank, dim=1)
+    """This rank's head-and-tail part of the ids, labels and (global) positions."""
+    shard = {k: distributed.cp_shard(v, d.cp, d.cp_rank, dim=1) for k, v in batch.items()}
     return {**shard, "cp_size": d.cp, "cp_rank": d.cp_rank, "cp_group": d.cp_group}
 
 
