@@ -61,6 +61,9 @@ def test_parse_strategy_and_weights():
     assert parse_strategy("per-source") == ("per-source", None)
     assert parse_strategy("upsample:book,arxiv") == ("upsample", "book,arxiv")
     assert parse_strategy("cut:4K") == ("cut", "4K")
+    assert parse_strategy("per-source:30%") == ("per-source", "30%")
+    with pytest.raises(PlanError, match="unknown strategy"):
+        parse_strategy("per-source:1.5")
     with pytest.raises(PlanError, match="unknown strategy"):
         parse_strategy("magic")
     with pytest.raises(PlanError, match="unknown strategy"):
@@ -93,6 +96,19 @@ def test_per_source_keeps_domain_shares_and_raises_long_share_within_each_domain
     assert long_share["code"] == pytest.approx(0.7, abs=0.01)
     assert long_share["book"] == 1.0  # already all long: kept, never lowered
     assert plan.notes == []
+
+
+def test_per_source_with_a_fraction_in_its_name_sets_it_both_ways():
+    budget = 3_000_000
+    plan, selection, table = run("per-source:0.3", budget, long_fraction=0.7)
+    total, domain_share, long_share = shares(selection, table)
+    _, base_domain, base_long = original_shares(table)
+    assert abs(total - budget) / budget < 0.01
+    for name in base_domain:
+        assert domain_share[name] == pytest.approx(base_domain[name], abs=0.01)
+    assert base_long["code"] > 0.3 and long_share["code"] == pytest.approx(0.3, abs=0.01)  # lowered
+    assert long_share["web"] == pytest.approx(0.3, abs=0.01)
+    assert long_share["book"] == 1.0  # no short documents to take instead
 
 
 def test_global_raises_overall_long_share_and_domain_mix_drifts():

@@ -12,7 +12,7 @@ from longmix.cli import main, sample_corpus_dir  # noqa: E402
 from longmix.tokenize import builtin_tokenizer_dir  # noqa: E402
 
 
-def test_study_runs_every_step_and_resumes(tmp_path, capsys):
+def _write_study(tmp_path, strategies=("original", "per-source")):
     base = tmp_path / "base"
     config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2, vocab_size=49152, max_position_embeddings=256,
@@ -23,7 +23,7 @@ def test_study_runs_every_step_and_resumes(tmp_path, capsys):
         "out": str(tmp_path / "study"),
         "corpus": [str(sample_corpus_dir())],
         "validation": [str(sample_corpus_dir())],
-        "strategies": ["original", "per-source"],
+        "strategies": list(strategies),
         "prepare": {"tokens": "60K", "validation_tokens": "20K", "seq_len": "1K", "long_threshold": "2K", "workers": 1},
         "train": {"model": str(base), "seq_len": 512, "rope_theta": 1e5, "lr": 1e-3, "batch_tokens": 1024, "steps": 2,
                   "progress": False, "save_dtype": "float32"},
@@ -32,6 +32,11 @@ def test_study_runs_every_step_and_resumes(tmp_path, capsys):
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_study_runs_every_step_and_resumes(tmp_path, capsys):
+    path = _write_study(tmp_path)
     assert main(["study", str(path), "--quiet"]) == 0
     out = tmp_path / "study"
     for strategy in ("original", "per-source"):
@@ -52,3 +57,24 @@ def test_study_file_errors(tmp_path, capsys):
     path.write_text("out: x\nstrategies: [original]\n")
     assert main(["study", str(path)]) == 2
     assert "missing corpus" in capsys.readouterr().err
+
+
+def test_study_on_devices_runs_one_job_per_device(tmp_path, capsys):
+    path = _write_study(tmp_path, ("original", "per-source", "global"))
+    assert main(["study", str(path), "--devices", "0,1", "--strategies", "original,global,base"]) == 0
+    out = tmp_path / "study"
+    err = capsys.readouterr().err
+    # two devices, three jobs: the third starts when one finishes
+    assert err.count("started on device") == 3 and "original: done on device" in err and "base: done on device" in err
+    for job in ("original", "global", "base"):
+        assert (out / "eval" / job / "needle" / "summary.json").is_file()
+        assert (out / "logs" / f"{job}.log").is_file()
+    assert not (out / "runs" / "per-source").exists()
+    report = (out / "report" / "report.md").read_text()
+    assert "global" in report and "base model" in report
+
+
+def test_study_names_unknown_strategies(tmp_path, capsys):
+    path = _write_study(tmp_path)
+    assert main(["study", str(path), "--strategies", "per-sauce"]) == 2
+    assert "unknown strategies per-sauce" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .units import parse_count, parse_length
 
-STRATEGY_HELP = "original, per-source, global, upsample:DOMAIN[,DOMAIN], cut:N"
+STRATEGY_HELP = "original, per-source[:F], global[:F], upsample:DOMAIN[,DOMAIN], cut:N"
 
 
 def sample_corpus_dir() -> Path:
@@ -371,19 +371,23 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="a mixture ablation from one YAML file: prepare, train, evaluate, report")
     p.add_argument("config", help="the study's YAML file (see docs/reproduction.md)")
     p.add_argument("--steps", default="prepare,train,eval,report", help="which steps to run (default all)")
-    p.add_argument("--strategies", help="comma-separated subset of the study's strategies")
+    p.add_argument("--strategies", help="comma-separated subset of the study's strategies ('base': the base model's evaluation)")
+    p.add_argument("--devices", help="comma-separated GPU ids, e.g. 0,1,2,3: one strategy per GPU at a time")
     p.add_argument("--quiet", action="store_true")
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .study import STEPS, Study, run_study
+    from .study import STEPS, Study, run_study, run_study_on_devices
 
     steps = tuple(s.strip() for s in args.steps.split(","))
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise SystemExit(f"longmix study: unknown steps {', '.join(unknown)} (choose from {', '.join(STEPS)})")
     only = [s.strip() for s in args.strategies.split(",")] if args.strategies else None
-    run_study(Study.load(args.config), steps, only, progress=not args.quiet)
+    if args.devices:
+        run_study_on_devices(args.config, [d.strip() for d in args.devices.split(",") if d.strip()], steps, only)
+    else:
+        run_study(Study.load(args.config), steps, only, progress=not args.quiet)
     return 0
 
 

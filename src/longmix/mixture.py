@@ -12,8 +12,9 @@ Strategies (Fu et al. 2024, Table 5):
 
 - ``original``: the corpus as it is;
 - ``per-source``: keep each domain's token share, raise the long share within each domain
-  to ``long_fraction`` (the paper's recommendation);
-- ``global``: raise the long share over the whole corpus, ignoring domains;
+  to ``long_fraction`` (the paper's recommendation); ``per-source:0.3`` sets the fraction
+  in the name (a corpus already long-heavy can thus be brought down to SlimPajama's ~30%);
+- ``global``: raise the long share over the whole corpus, ignoring domains (``global:F`` too);
 - ``upsample:D1,D2``: give the named domains raw weight ``domain_weight`` before
   normalising (Fu et al.'s code uses 0.6: Book / ArXiv / Code upsampling);
 - ``cut:N``: truncate every document to N tokens, then ``original``.
@@ -32,7 +33,7 @@ import numpy as np
 from .corpus import normalize_domain
 from .units import parse_length
 
-STRATEGIES = ("original", "per-source", "global", "upsample:DOMAIN[,DOMAIN]", "cut:N")
+STRATEGIES = ("original", "per-source[:F]", "global[:F]", "upsample:DOMAIN[,DOMAIN]", "cut:N")
 
 
 class PlanError(ValueError):
@@ -81,9 +82,27 @@ def parse_strategy(text: str) -> tuple[str, str | None]:
     name = name.lower().replace("_", "-")
     if name in ("original", "per-source", "global") and not argument:
         return name, None
+    if name in ("per-source", "global") and _fraction(argument) is not None:
+        return name, argument
     if name in ("upsample", "cut") and argument:
         return name, argument
     raise PlanError(f"unknown strategy {text!r}: choose one of {', '.join(STRATEGIES)}")
+
+
+def _fraction(text: str) -> float | None:
+    try:
+        value = float(text.strip().rstrip("%")) / (100 if text.strip().endswith("%") else 1)
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def long_fraction_of(config: MixtureConfig) -> float:
+    """The long-token share a strategy aims at: ``per-source:0.3`` overrides ``long_fraction``."""
+    name, argument = parse_strategy(config.strategy)
+    if name in ("per-source", "global") and argument:
+        return float(_fraction(argument))
+    return config.long_fraction
 
 
 def parse_domain_weights(text: str) -> tuple[tuple[str, float], ...]:
@@ -128,16 +147,17 @@ def make_plan(summary: dict[str, DomainSummary], config: MixtureConfig) -> Plan:
     if total == 0:
         raise PlanError("the corpus has no tokens: every document was rejected or empty")
     budget = config.tokens or total
-    if not 0.0 <= config.long_fraction <= 1.0:
-        raise PlanError(f"long fraction must be within 0..1, got {config.long_fraction}")
+    long_fraction = long_fraction_of(config)
+    if not 0.0 <= long_fraction <= 1.0:
+        raise PlanError(f"long fraction must be within 0..1, got {long_fraction}")
     notes: list[str] = []
     shares = base_shares(summary, config.domain_weights, notes)
     if name == "original":
         targets = keep_length_mix(summary, shares, budget)
     elif name == "per-source":
-        targets = per_source(summary, shares, budget, config.long_fraction, notes)
+        targets = per_source(summary, shares, budget, long_fraction, notes, exact=argument is not None)
     elif name == "global":
-        targets = global_long(summary, shares, budget, config.long_fraction, notes)
+        targets = global_long(summary, shares, budget, long_fraction, notes, exact=argument is not None)
     elif name == "upsample":
         targets = keep_length_mix(summary, upsample_shares(shares, argument or "", config.domain_weight), budget)
     else:  # cut: lengths were truncated by the caller; the mix is otherwise the original one
@@ -178,13 +198,15 @@ def keep_length_mix(summary: dict[str, DomainSummary], shares: dict[str, float],
 
 
 def per_source(
-    summary: dict[str, DomainSummary], shares: dict[str, float], budget: int, long_fraction: float, notes: list[str]
+    summary: dict[str, DomainSummary], shares: dict[str, float], budget: int, long_fraction: float, notes: list[str],
+    exact: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Keep each domain's share; within it raise the long share to ``long_fraction``.
 
     A domain already above the target keeps its own long share (the paper only
-    down-samples short documents, it never discards long ones). A domain without long
-    documents cannot reach the target: it keeps its share, all of it short, and says so.
+    down-samples short documents, it never discards long ones), unless ``exact`` asks for
+    the fraction both ways. A domain without long documents cannot reach the target: it
+    keeps its share, all of it short, and says so.
     """
     targets = {}
     for domain, s in summary.items():
@@ -196,15 +218,16 @@ def per_source(
         elif s.short_tokens == 0:
             long_share = 1.0
         else:
-            long_share = max(original, long_fraction)
+            long_share = long_fraction if exact else max(original, long_fraction)
         targets[domain] = {"short": amount * (1 - long_share), "long": amount * long_share}
     return targets
 
 
 def global_long(
-    summary: dict[str, DomainSummary], shares: dict[str, float], budget: int, long_fraction: float, notes: list[str]
+    summary: dict[str, DomainSummary], shares: dict[str, float], budget: int, long_fraction: float, notes: list[str],
+    exact: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Raise the long share over the whole corpus by one long rate and one short rate.
+    """Raise the long share over the whole corpus by one long rate and one short rate (``exact``: set it).
 
     Domains rich in long documents grow and the others shrink: the domain mix drifts,
     which is what the paper's ablation shows.
@@ -215,7 +238,7 @@ def global_long(
     if long_total == 0:
         notes.append(f"no documents longer than the threshold anywhere: target {long_fraction:.0%} long is impossible")
         return targets
-    if long_total / (long_total + short_total) >= long_fraction or short_total == 0:
+    if (long_total / (long_total + short_total) >= long_fraction and not exact) or short_total == 0:
         return targets
     long_rate = long_fraction * budget / long_total
     short_rate = (1 - long_fraction) * budget / short_total

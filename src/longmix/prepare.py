@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from .corpus import ReaderOptions, discover_shards
 from .executor import make_executor
 from .fsutil import as_json_types, read_json, remove_stale_temporaries, write_json
-from .mixture import MixtureConfig, make_plan, parse_strategy, select, summarize
+from .mixture import MixtureConfig, long_fraction_of, make_plan, parse_strategy, select, summarize
 from .pack import PartTask, compute_layout, shuffled_pieces, write_part
 from .stats import (
     format_rejections,
@@ -164,7 +164,7 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
         "strategy": config.mixture.strategy,
         "budget": plan_result["plan"].budget,
         "long_threshold": config.mixture.long_threshold,
-        "long_fraction": config.mixture.long_fraction,
+        "long_fraction": long_fraction_of(config.mixture),
         "domain_weight": config.mixture.domain_weight,
         "domain_weights": dict(config.mixture.domain_weights) if config.mixture.domain_weights else None,
         "seed": config.mixture.seed,

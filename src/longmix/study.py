@@ -25,8 +25,11 @@ Example (see docs/reproduction.md)::
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,7 @@ import yaml
 from .units import parse_count, parse_length
 
 STEPS = ("prepare", "train", "eval", "report")
+BASE = "base"  # in --strategies: the base model's evaluation
 
 
 class StudyError(ValueError):
@@ -73,7 +77,7 @@ class Study:
 def run_study(study: Study, steps: tuple[str, ...] = STEPS, only: list[str] | None = None,
               log: Callable[[str], None] | None = None, progress: bool = True) -> None:
     log = log or (lambda message: print(message, file=sys.stderr))
-    strategies = [s for s in study.strategies if not only or s in only]
+    strategies = selected_strategies(study, only)
     if "prepare" in steps:
         if study.validation:
             _prepare(study, "original", study.out / "data" / "validation", study.validation, log, progress, validation=True)
@@ -83,7 +87,7 @@ def run_study(study: Study, steps: tuple[str, ...] = STEPS, only: list[str] | No
         for strategy in strategies:
             _train(study, strategy, log)
     if "eval" in steps:
-        if study.eval.get("base_model"):
+        if study.eval.get("base_model") and (not only or BASE in only):
             _evaluate(study, Path(study.eval["base_model"]), study.out / "eval" / "base", log, progress)
         for strategy in strategies:
             _evaluate(study, study.out / "runs" / study.slug(strategy) / "model", study.out / "eval" / study.slug(strategy),
@@ -98,6 +102,67 @@ def run_study(study: Study, steps: tuple[str, ...] = STEPS, only: list[str] | No
         if runs:
             build_report(runs, study.out / "report", names)
             log(f"report: {study.out / 'report' / 'report.md'}")
+
+
+def selected_strategies(study: Study, only: list[str] | None) -> list[str]:
+    """The study's strategies named in ``only`` (all when None); ``base`` names the base model's evaluation."""
+    if only:
+        unknown = [s for s in only if s not in study.strategies and s != BASE]
+        if unknown:
+            raise StudyError(f"unknown strategies {', '.join(unknown)} (the study has {', '.join(study.strategies)}, and {BASE})")
+    return [s for s in study.strategies if not only or s in only]
+
+
+def run_study_on_devices(config: str | Path, devices: list[str], steps: tuple[str, ...] = STEPS,
+                         only: list[str] | None = None, log: Callable[[str], None] | None = None,
+                         poll_s: float = 2.0) -> None:
+    """Run the study with one strategy per device at a time: a mixture ablation on N GPUs takes 1/N of the time.
+
+    Preparation and the report run here; each strategy's training and evaluation (and the base
+    model's evaluation) run as ``longmix study --strategies S`` in a subprocess that sees one
+    device (``CUDA_VISIBLE_DEVICES``), each logging to ``OUT/logs/S.log``. A free device takes
+    the next job; a failed job is named with its log and the others run to the end.
+    """
+    log = log or (lambda message: print(message, file=sys.stderr))
+    study = Study.load(config)
+    if not devices:
+        raise StudyError("no devices given")
+    jobs = selected_strategies(study, only)
+    device_steps = tuple(s for s in steps if s in ("train", "eval"))
+    if "eval" in device_steps and study.eval.get("base_model") and (not only or BASE in only):
+        jobs.append(BASE)
+    if "prepare" in steps:
+        run_study(study, ("prepare",), only, log)
+    logs = study.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    queue, running, failed = list(jobs) if device_steps else [], {}, []
+    free = list(devices)
+    while queue or running:
+        while queue and free:
+            job, device = queue.pop(0), free.pop(0)
+            command = [sys.executable, "-m", "longmix", "study", str(config), "--steps", ",".join(device_steps),
+                       "--strategies", job, "--quiet"]
+            with open(logs / f"{study.slug(job)}.log", "ab") as handle:
+                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                                           env={**os.environ, "CUDA_VISIBLE_DEVICES": device})
+            running[job] = (process, device, time.monotonic())
+            log(f"{job}: started on device {device}")
+        time.sleep(poll_s if running else 0)
+        for job, (process, device, started) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[job]
+            free.append(device)
+            minutes = (time.monotonic() - started) / 60
+            if process.returncode:
+                failed.append(job)
+                log(f"{job}: FAILED on device {device} after {minutes:.1f} min, see {logs / (study.slug(job) + '.log')}")
+            else:
+                log(f"{job}: done on device {device} in {minutes:.1f} min")
+    if "report" in steps:
+        run_study(study, ("report",), only, log)
+    if failed:
+        raise StudyError(f"failed: {', '.join(failed)} (logs in {logs})")
 
 
 def _prepare(study: Study, strategy: str, out: Path, inputs: list[str], log, progress: bool, validation: bool = False) -> None:
