@@ -14,19 +14,20 @@ W=$(mktemp -d)
 mkdir -p "$OUT"
 one() { CUDA_VISIBLE_DEVICES=${IDS[0]} python3 -m longmix "$@"; }
 many() { CUDA_VISIBLE_DEVICES=$GPUS torchrun --standalone --nproc-per-node "$N" -m longmix "$@"; }
+keep() { [ -f "$W/$1/log.jsonl" ] && cp "$W/$1/log.jsonl" "$OUT/$1.jsonl"; rm -rf "${W:?}/$1"; }  # each log as soon as it exists
 
 one $RUN --data "$DATA64" --seq-len "${SHORT_K}K" --batch-tokens "$((SHORT_K * N))K" --steps 4 --out "$W/one-gpu-64k" 2>"$OUT/one-gpu-64k.err"
+keep one-gpu-64k
 many $RUN --data "$DATA64" --seq-len "${SHORT_K}K" --batch-tokens "$((SHORT_K * N))K" --steps 4 --out "$W/fsdp$N-64k" 2>"$OUT/fsdp$N-64k.err"
+keep "fsdp$N-64k"
 # one step, at most LONG_TIMEOUT seconds: on a card with room it simply trains (then the length is not CP-only)
 CUDA_VISIBLE_DEVICES=${IDS[0]} timeout "${LONG_TIMEOUT:-240}" python3 -m longmix $RUN --data "$DATA_LONG" \
   --seq-len "$LONG" --batch-tokens "$LONG" --steps 1 --activation-checkpointing 1 --out "$W/one-gpu-long" 2>"$OUT/one-gpu-long.err"
 echo "one GPU at $LONG: exit $?" >>"$OUT/one-gpu-long.err"
+keep one-gpu-long
 many $RUN --data "$DATA_LONG" --seq-len "$LONG" --batch-tokens "$LONG" --steps 2 --activation-checkpointing 1 \
   --context-parallel "$N" --out "$W/cp$N-long" 2>"$OUT/cp$N-long.err"
-
-for run in one-gpu-64k "fsdp$N-64k" one-gpu-long "cp$N-long"; do
-  [ -f "$W/$run/log.jsonl" ] && cp "$W/$run/log.jsonl" "$OUT/$run.jsonl"
-done
+keep "cp$N-long"
 python3 - "$OUT" "$N" "$LONG" <<'PY'
 import json, sys
 from pathlib import Path

@@ -184,6 +184,38 @@ def test_task_prompts_are_fitted_to_the_length(em):
         assert 2048 - GENERATE[task] - 200 < len(prompt) <= 2048 - GENERATE[task]
 
 
+def test_fitted_prompt_is_the_largest_that_fits(em):
+    """Same answer as a plain bisection over the whole range of haystack sizes."""
+    from longmix.eval.tasks import GENERATE
+
+    text = load_haystack_text("books")
+    words = Words(text)
+    book = [s + " " for s in text.split(". ")[:500]]
+    for task, length in (("niah_multikey", 3000), ("cwe", 1500), ("fwe", 4096), ("vt", 700)):
+        def tokens(units, task=task, length=length):
+            return em.encode(make_sample(task, units, random.Random(f"{task}-{length}-5"), words, book).prompt)
+
+        low, high = 1, 4 * length
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if len(tokens(middle)) <= length - GENERATE[task] else (low, middle - 1)
+        assert fit_sample(em, task, length, 5, words, book)[1] == tokens(low)
+
+
+def test_prompts_fitted_in_worker_processes_match(em, tmp_path):
+    from longmix.eval.tasks import TaskConfig, run_tasks
+
+    config = TaskConfig(tasks=("niah_single", "cwe"), lengths=(512, 768), samples=2, seed=3)
+    text = load_haystack_text("books")
+    rows = {}
+    for workers in (0, 2):
+        run_tasks(em, config, text, tmp_path / str(workers), progress=False, workers=workers)
+        rows[workers] = [json.loads(line) for line in (tmp_path / str(workers) / "results.jsonl").read_text().splitlines()]
+    assert len(rows[0]) == 8
+    assert [(r["n_tokens"], r["expected"], r["response"]) for r in rows[0]] == \
+        [(r["n_tokens"], r["expected"], r["response"]) for r in rows[2]]
+
+
 def test_effective_length():
     assert effective_length({"4096": 0.95, "8192": 0.9, "16384": 0.5, "32768": 0.9}, 0.85) == 8192
     assert effective_length({"4096": 0.5}, 0.85) is None

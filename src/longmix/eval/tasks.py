@@ -9,11 +9,15 @@ Score = fraction of the expected strings found in the greedy output.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
+import os
 import random
 import re
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,27 +141,72 @@ def make_sample(task: str, units: int, rng: random.Random, words: Words, book: l
     raise EvalError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
 
 
-def fit_sample(em: EvalModel, task: str, length: int, seed: int, words: Words, book: list[str]) -> tuple[TaskSample, list[int]]:
-    """The largest haystack whose prompt + answer budget fits ``length`` tokens (binary search)."""
+def fit_sample(em: EvalModel | Encoder, task: str, length: int, seed: int, words: Words,
+               book: list[str]) -> tuple[TaskSample, list[int]]:
+    """The largest haystack whose prompt + answer budget fits ``length`` tokens.
+
+    The token count grows about linearly with the haystack's units, so a few secant steps
+    land next to the answer; a galloping bracket and a bisection then find the exact
+    largest fit. That is ~6 tokenizations of a long prompt where a bisection over the
+    whole range needs ~17, and tokenizing dominates the cost of the synthetic tasks.
+    """
     budget = length - GENERATE[task]
+    built: dict[int, tuple[TaskSample, list[int]]] = {}
 
     def build(units: int) -> tuple[TaskSample, list[int]]:
-        sample = make_sample(task, units, random.Random(f"{task}-{length}-{seed}"), words, book)
-        return sample, em.encode(sample.prompt)
+        if units not in built:
+            sample = make_sample(task, units, random.Random(f"{task}-{length}-{seed}"), words, book)
+            built[units] = (sample, em.encode(sample.prompt))
+        return built[units]
 
-    best = build(1)
-    if len(best[1]) > budget:
-        raise EvalError(f"{task}: length {length} is too short for even the smallest prompt ({len(best[1])} tokens)")
-    per_unit = max(1.0, (len(build(17)[1]) - len(best[1])) / 16)
-    low, high = 1, int(1.5 * budget / per_unit) + 2
-    while low < high:
-        middle = (low + high + 1) // 2
-        candidate = build(middle)
-        if len(candidate[1]) <= budget:
-            low, best = middle, candidate
-        else:
-            high = middle - 1
-    return best
+    def fits(units: int) -> bool:
+        return len(build(units)[1]) <= budget
+
+    if not fits(1):
+        raise EvalError(f"{task}: length {length} is too short for even the smallest prompt ({len(build(1)[1])} tokens)")
+    smallest, guess = len(build(1)[1]), 17
+    for _ in range(4):
+        per_unit = max(0.5, (len(build(guess)[1]) - smallest) / (guess - 1))
+        estimate = max(2, 1 + int((budget - smallest) / per_unit))
+        if estimate == guess:
+            break
+        guess = estimate
+    if fits(guess):
+        low, step = guess, 1
+        while fits(low + step):
+            low, step = low + step, step * 2
+        high = low + step
+    else:
+        high, step = guess, 1
+        while high - step > 1 and not fits(high - step):
+            high, step = high - step, step * 2
+        low = max(1, high - step)
+    while high - low > 1:  # fits(low), not fits(high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return build(low)
+
+
+@dataclass
+class Encoder:
+    """Just the tokenizer (picklable), for fitting prompts in worker processes."""
+
+    tokenizer: object
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+_worker: dict = {}
+
+
+def _start_fit_worker(encoder: Encoder, words: Words, book: list[str]) -> None:
+    _worker.update(encoder=encoder, words=words, book=book)
+
+
+def _fit_in_worker(key: tuple[str, int, int]) -> tuple[TaskSample, list[int]]:
+    task, length, seed = key
+    return fit_sample(_worker["encoder"], task, length, seed, _worker["words"], _worker["book"])
 
 
 def string_match(response: str, expected: list[str]) -> float:
@@ -166,7 +215,9 @@ def string_match(response: str, expected: list[str]) -> float:
     return sum(e.lower() in text for e in expected) / len(expected)
 
 
-def run_tasks(em: EvalModel, config: TaskConfig, haystack_text: str, out: Path, progress: bool = True) -> dict:
+def run_tasks(em: EvalModel, config: TaskConfig, haystack_text: str, out: Path, progress: bool = True,
+              workers: int | None = None) -> dict:
+    """Score every (task, length, sample); ``workers`` processes fit the prompts (default: the cores, for >= 16 samples)."""
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -176,13 +227,24 @@ def run_tasks(em: EvalModel, config: TaskConfig, haystack_text: str, out: Path, 
     results = ResultsFile(out / "results.jsonl", ("task", "length", "sample"))
     todo = [(t, n, i) for t in config.tasks for n in sorted(config.lengths) for i in range(config.samples)
             if (t, n, i) not in results.done]
-    for task, length, index in tqdm(todo, desc="tasks", unit="sample", disable=not progress):
-        started = time.perf_counter()
-        sample, prompt = fit_sample(em, task, length, config.seed * 100_003 + index, words, book)
-        response = em.decode(generate(em, prompt, GENERATE[task]))
-        results.add({"task": task, "length": length, "sample": index, "n_tokens": len(prompt),
-                     "score": string_match(response, sample.expected), "expected": sample.expected,
-                     "response": response, "seconds": time.perf_counter() - started})
+    keys = [(task, length, config.seed * 100_003 + index) for task, length, index in todo]
+    if workers is None:
+        workers = min(16, (os.cpu_count() or 1) - 1) if len(todo) >= 16 else 0
+    with contextlib.ExitStack() as stack:
+        if workers > 1:  # fit the next prompts on other cores while the model answers this one
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_fit_worker,
+                initargs=(Encoder(em.tokenizer), words, book)))
+            fitted = pool.map(_fit_in_worker, keys, chunksize=1)
+        else:
+            fitted = (fit_sample(em, task, length, seed, words, book) for task, length, seed in keys)
+        for (task, length, index), (sample, prompt) in tqdm(zip(todo, fitted), total=len(todo), desc="tasks",
+                                                            unit="sample", disable=not progress):
+            started = time.perf_counter()
+            response = em.decode(generate(em, prompt, GENERATE[task]))
+            results.add({"task": task, "length": length, "sample": index, "n_tokens": len(prompt),
+                         "score": string_match(response, sample.expected), "expected": sample.expected,
+                         "response": response, "seconds": time.perf_counter() - started})
     summary = summarize_tasks(results.rows, config.threshold)
     summary["model"] = em.name
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
