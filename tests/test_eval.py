@@ -257,15 +257,19 @@ def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
         domains["all"] = {"loss": loss, "tokens": 20, "0-4K": loss, "4K-max": loss - 0.2}
         (folder / "loss" / "summary.json").write_text(json.dumps({"domains": domains, "edges": [0, 4096, 8192]}))
         (folder / "needle").mkdir()
-        rows = [{"length": n, "depth": d, "exact": exact} for n in (1024, 2048) for d in (0, 100)]
+        rows = [{"length": n, "depth": d, "exact": exact * 1024 / n} for n in (1024, 2048) for d in (0, 100)]
         (folder / "needle" / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-        (folder / "needle" / "summary.json").write_text(json.dumps({"cells": 4, "mean": {"exact": exact}, "train_length": 1024}))
+        by_length = {"1024": {"exact": exact}, "2048": {"exact": exact / 2}}
+        (folder / "needle" / "summary.json").write_text(json.dumps(
+            {"cells": 4, "mean": {"exact": 0.75 * exact}, "by_length": by_length, "train_length": 1024}))
         return folder
 
     text = build_report([run("original", 2.0, 0.2), run("per-source", 1.995, 0.9), run("global", 2.05, 0.5)], tmp_path / "report")
     assert "| per-source | -0.005 | -0.005 | -0.005 |" in text
     assert "| global | +0.050* | +0.050* | +0.050* |" in text
-    assert "0.900" in text and (tmp_path / "report" / "needle_heatmaps.png").is_file()
+    assert "| ≤ 1K | > 1K |" in text  # needle means within and beyond the training length
+    assert "| per-source | 4 | – | – | – | 0.675 | 0.900 | 0.450 | – |" in text
+    assert (tmp_path / "report" / "needle_heatmaps.png").is_file()
 
 
 def test_cli_eval_needle(tiny_model, tmp_path, capsys):

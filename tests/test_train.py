@@ -154,6 +154,18 @@ def test_saved_model_gives_the_training_logits_on_a_short_input(workspace, scali
     assert reloaded.config.max_position_embeddings == 128
 
 
+def test_tied_embeddings_are_saved_once(workspace, tmp_path):
+    from safetensors import safe_open
+
+    tiny(tie_word_embeddings=True).save_pretrained(tmp_path / "tied")
+    train(config(workspace, "tied", steps=1, init_config=str(tmp_path / "tied" / "config.json")))
+    with safe_open(str(workspace / "tied" / "model" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "lm_head.weight" not in keys and "model.embed_tokens.weight" in keys
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(workspace / "tied" / "model")
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
+
+
 def test_rope_theta_is_applied():
     cfg = tiny()
     apply_rope(cfg, theta=5e5, scaling=None, factor=1.0, seq_len=32768)

@@ -97,6 +97,8 @@ def save_hf_model(module: torch.nn.Module, out: Path, d: Dist, dtype: str, sourc
     hf_model = module.model
     state = {k.removeprefix("model."): v.to(getattr(torch, dtype)) for k, v in full.items()}
     config = hf_model.config
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied: the embedding is the head (saved once, as HF does)
     previous = config._attn_implementation
     config._attn_implementation = "sdpa"  # our training-time backends are not registered for other users
     config.use_cache = True

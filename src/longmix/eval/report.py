@@ -22,14 +22,19 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
 
     needles = [_load(run / "needle" / "summary.json") for run in runs]
     if any(needles):
-        lines += ["## Needle in a haystack", "", "| run | cells | exact | token accuracy | word recall | logprob |",
-                  "|---|---|---|---|---|---|"]
+        split = next((s["train_length"] for s in needles if s and s.get("train_length")), None)
+        within, beyond = (f"≤ {_k(split)}", f"> {_k(split)}") if split else ("–", "–")
+        lines += ["## Needle in a haystack", "",
+                  f"Token accuracy and exact match, all cells and split at {within[2:] if split else 'the trained length'} "
+                  f"(the first run's training length).", "",
+                  f"| run | cells | token accuracy | {within} | {beyond} | exact | exact {within} | exact {beyond} | logprob |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, s in zip(names, needles):
             if s:
                 m = s["mean"]
-                lines.append(f"| {name} | {s['cells']} | {m.get('exact', float('nan')):.3f} | "
-                             f"{m.get('token_accuracy', float('nan')):.3f} | {m.get('recall', float('nan')):.3f} | "
-                             f"{m.get('logprob', float('nan')):.2f} |")
+                acc, exact = split_means(s, "token_accuracy", split), split_means(s, "exact", split)
+                lines.append(f"| {name} | {s['cells']} | {_fmt(m.get('token_accuracy'))} | {_fmt(acc[0])} | {_fmt(acc[1])} | "
+                             f"{_fmt(m.get('exact'))} | {_fmt(exact[0])} | {_fmt(exact[1])} | {_fmt(m.get('logprob'), 2)} |")
         _heatmaps(runs, names, out / "needle_heatmaps.png")
         lines += ["", "![needle heatmaps](needle_heatmaps.png)", ""]
 
@@ -90,6 +95,20 @@ def loss_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
     return lines
 
 
+def split_means(summary: dict, metric: str, length: int | None) -> tuple[float | None, float | None]:
+    """Mean of ``metric`` over the lengths up to ``length`` and beyond it (each length weighs its cells equally)."""
+    by_length = {int(n): v[metric] for n, v in summary.get("by_length", {}).items() if metric in v}
+    if length is None or not by_length:
+        return None, None
+    within = [v for n, v in by_length.items() if n <= length]
+    beyond = [v for n, v in by_length.items() if n > length]
+    return (sum(within) / len(within) if within else None, sum(beyond) / len(beyond) if beyond else None)
+
+
+def _k(tokens: int) -> str:
+    return f"{tokens // 1024}K" if tokens % 1024 == 0 else str(tokens)
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -122,8 +141,12 @@ def _heatmaps(runs: list[Path], names: list[str], path: Path) -> None:
     from .needle import plot_heatmap
 
     present = [(run, name) for run, name in zip(runs, names) if (run / "needle" / "results.jsonl").is_file()]
-    fig, axes = plt.subplots(1, len(present), figsize=(6 * len(present), 4.5), squeeze=False)
-    for ax, (run, name) in zip(axes[0], present):
+    columns = min(len(present), 4)  # rows of four panels: readable on a page
+    rows_n = -(-len(present) // columns)
+    fig, axes = plt.subplots(rows_n, columns, figsize=(5.5 * columns, 4.2 * rows_n), squeeze=False)
+    for ax in axes.flat[len(present):]:
+        ax.axis("off")
+    for ax, (run, name) in zip(axes.flat, present):
         rows = list(read_jsonl(run / "needle" / "results.jsonl"))
         config = json.loads((run / "needle" / "summary.json").read_text())
         plot_heatmap(rows, config.get("metric", "exact"), path, config.get("train_length"), title=name, ax=ax)
