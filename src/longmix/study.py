@@ -142,9 +142,11 @@ def run_study_on_devices(config: str | Path, devices: list[str], steps: tuple[st
             job, device = queue.pop(0), free.pop(0)
             command = [sys.executable, "-m", "longmix", "study", str(config), "--steps", ",".join(device_steps),
                        "--strategies", job, "--quiet"]
+            # each job gets its share of the cores: oversubscribed CPU threads slow every job many times
+            threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // len(devices)))
             with open(logs / f"{study.slug(job)}.log", "ab") as handle:
                 process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                           env={**os.environ, "CUDA_VISIBLE_DEVICES": device})
+                                           env={**os.environ, "CUDA_VISIBLE_DEVICES": device, "OMP_NUM_THREADS": threads})
             running[job] = (process, device, time.monotonic())
             log(f"{job}: started on device {device}")
         time.sleep(poll_s if running else 0)
