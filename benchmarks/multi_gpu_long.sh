@@ -3,7 +3,7 @@
 # batch, so the losses must match), and a sequence too long for one GPU trained with
 # context parallelism N (the one-GPU attempt at that length is expected to run out of memory).
 #   DATA64=<prepared at 64K> DATA_LONG=<prepared at LONG> LONG=384K CONFIG=<~1B config.json> \
-#   GPUS=0,1 OUT=results bash benchmarks/multi_gpu_long.sh
+#   GPUS=0,1 OUT=results bash benchmarks/multi_gpu_long.sh     (LONG_STEPS, LONG_TIMEOUT, SHORT_K optional)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # no NVLink multicast
 IFS=, read -ra IDS <<<"${GPUS:-0,1}"
@@ -25,7 +25,7 @@ CUDA_VISIBLE_DEVICES=${IDS[0]} timeout "${LONG_TIMEOUT:-240}" python3 -m longmix
   --seq-len "$LONG" --batch-tokens "$LONG" --steps 1 --activation-checkpointing 1 --out "$W/one-gpu-long" 2>"$OUT/one-gpu-long.err"
 echo "one GPU at $LONG: exit $?" >>"$OUT/one-gpu-long.err"
 keep one-gpu-long
-many $RUN --data "$DATA_LONG" --seq-len "$LONG" --batch-tokens "$LONG" --steps 2 --activation-checkpointing 1 \
+many $RUN --data "$DATA_LONG" --seq-len "$LONG" --batch-tokens "$LONG" --steps "${LONG_STEPS:-2}" --activation-checkpointing 1 \
   --context-parallel "$N" --out "$W/cp$N-long" 2>"$OUT/cp$N-long.err"
 keep "cp$N-long"
 python3 - "$OUT" "$N" "$LONG" <<'PY'
