@@ -47,6 +47,10 @@ def test_study_runs_every_step_and_resumes(tmp_path, capsys):
     report = (out / "report" / "report.md").read_text()
     assert "per-source" in report and "base model" in report and "Loss, context 0-4K" in report
     capsys.readouterr()
+    assert main(["study", str(path), "--status"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert status[0].split()[:3] == ["strategy", "prepared", "trained"]
+    assert status[1].split()[:3] == ["original", "yes", "done"] and status[-1].split()[0] == "base"
     assert main(["study", str(path), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "train original: done" in err and "eval per-source: done" in err and "prepare per-source: done" in err
@@ -70,6 +74,9 @@ def test_study_on_devices_runs_one_job_per_device(tmp_path, capsys):
         assert (out / "eval" / job / "needle" / "summary.json").is_file()
         assert (out / "logs" / f"{job}.log").is_file()
     assert not (out / "runs" / "per-source").exists()
+    assert main(["study", str(path), "--status"]) == 0
+    per_source = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("per-source"))
+    assert per_source.split()[1:4] == ["no", "no", "–"]  # not selected: neither prepared nor trained
     report = (out / "report" / "report.md").read_text()
     assert "global" in report and "base model" in report
 

@@ -373,11 +373,16 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", default="prepare,train,eval,report", help="which steps to run (default all)")
     p.add_argument("--strategies", help="comma-separated subset of the study's strategies ('base': the base model's evaluation)")
     p.add_argument("--devices", help="comma-separated GPU ids, e.g. 0,1,2,3: one strategy per GPU at a time")
+    p.add_argument("--status", action="store_true", help="print where each strategy stands and exit")
     p.add_argument("--quiet", action="store_true")
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .study import STEPS, Study, run_study, run_study_on_devices
+    from .study import STEPS, Study, format_status, run_study, run_study_on_devices, study_status
+
+    if args.status:
+        print(format_status(study_status(Study.load(args.config))))
+        return 0
 
     steps = tuple(s.strip() for s in args.steps.split(","))
     unknown = [s for s in steps if s not in STEPS]

@@ -167,6 +167,47 @@ def run_study_on_devices(config: str | Path, devices: list[str], steps: tuple[st
         raise StudyError(f"failed: {', '.join(failed)} (logs in {logs})")
 
 
+def study_status(study: Study) -> list[dict]:
+    """Where each strategy (and the base model's evaluation) stands, read from the study's folders."""
+    import json
+
+    rows = []
+    for name in [*study.strategies, BASE]:
+        if name == BASE and not study.eval.get("base_model"):
+            continue
+        slug = study.slug(name)
+        row = {"strategy": name}
+        if name != BASE:
+            row["prepared"] = (study.out / "data" / slug / "manifest.json").is_file()
+            run = study.out / "runs" / slug
+            log_rows = (run / "log.jsonl").read_text().splitlines() if (run / "log.jsonl").is_file() else []
+            last = json.loads(log_rows[-1]) if log_rows else None
+            row["trained"] = "done" if (run / "model" / "config.json").is_file() else (
+                f"step {last['step']}" if last else "no")
+            row["loss"] = round(last["loss"], 4) if last else None
+        for kind in ("needle", "ruler", "loss"):
+            if kind in study.eval:
+                folder = study.out / "eval" / slug / kind
+                done = (folder / "summary.json").is_file()
+                partial = (folder / "results.jsonl").is_file()
+                row[f"eval {kind}"] = "done" if done else ("partial" if partial else "no")
+        rows.append(row)
+    return rows
+
+
+def format_status(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = [columns] + [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "–" if value is None else str(value)
+
+
 def _prepare(study: Study, strategy: str, out: Path, inputs: list[str], log, progress: bool, validation: bool = False) -> None:
     from .mixture import MixtureConfig
     from .prepare import PrepareConfig, prepare
