@@ -25,6 +25,7 @@ Example (see docs/reproduction.md)::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -87,7 +88,7 @@ def run_study(study: Study, steps: tuple[str, ...] = STEPS, only: list[str] | No
         for strategy in strategies:
             _train(study, strategy, log)
     if "eval" in steps:
-        if study.eval.get("base_model") and (not only or BASE in only):
+        if base_selected(study, only):
             _evaluate(study, Path(study.eval["base_model"]), study.out / "eval" / "base", log, progress)
         for strategy in strategies:
             _evaluate(study, study.out / "runs" / study.slug(strategy) / "model", study.out / "eval" / study.slug(strategy),
@@ -113,6 +114,11 @@ def selected_strategies(study: Study, only: list[str] | None) -> list[str]:
     return [s for s in study.strategies if not only or s in only]
 
 
+def base_selected(study: Study, only: list[str] | None) -> bool:
+    """The base model is evaluated when the study names one and ``only`` is unset or names ``base``."""
+    return bool(study.eval.get("base_model")) and (not only or BASE in only)
+
+
 def run_study_on_devices(config: str | Path, devices: list[str], steps: tuple[str, ...] = STEPS,
                          only: list[str] | None = None, log: Callable[[str], None] | None = None,
                          poll_s: float = 2.0) -> None:
@@ -127,23 +133,24 @@ def run_study_on_devices(config: str | Path, devices: list[str], steps: tuple[st
     study = Study.load(config)
     if not devices:
         raise StudyError("no devices given")
-    jobs = selected_strategies(study, only)
     device_steps = tuple(s for s in steps if s in ("train", "eval"))
-    if "eval" in device_steps and study.eval.get("base_model") and (not only or BASE in only):
-        jobs.append(BASE)
+    queue = selected_strategies(study, only) if device_steps else []
+    if "eval" in device_steps and base_selected(study, only):
+        queue.append(BASE)
     if "prepare" in steps:
         run_study(study, ("prepare",), only, log)
     logs = study.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    queue, running, failed = list(jobs) if device_steps else [], {}, []
+    # each job gets its share of the cores: oversubscribed CPU threads slow every job many times
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // len(devices)))
+    running: dict[str, tuple[subprocess.Popen, str, float]] = {}
+    failed: list[str] = []
     free = list(devices)
     while queue or running:
         while queue and free:
             job, device = queue.pop(0), free.pop(0)
             command = [sys.executable, "-m", "longmix", "study", str(config), "--steps", ",".join(device_steps),
                        "--strategies", job, "--quiet"]
-            # each job gets its share of the cores: oversubscribed CPU threads slow every job many times
-            threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // len(devices)))
             with open(logs / f"{study.slug(job)}.log", "ab") as handle:
                 process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
                                            env={**os.environ, "CUDA_VISIBLE_DEVICES": device, "OMP_NUM_THREADS": threads})
@@ -169,8 +176,6 @@ def run_study_on_devices(config: str | Path, devices: list[str], steps: tuple[st
 
 def study_status(study: Study) -> list[dict]:
     """Where each strategy (and the base model's evaluation) stands, read from the study's folders."""
-    import json
-
     rows = []
     for name in [*study.strategies, BASE]:
         if name == BASE and not study.eval.get("base_model"):
