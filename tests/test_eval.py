@@ -200,6 +200,10 @@ def test_fitted_prompt_is_the_largest_that_fits(em):
             middle = (low + high + 1) // 2
             low, high = (middle, high) if len(tokens(middle)) <= length - GENERATE[task] else (low, middle - 1)
         assert fit_sample(em, task, length, 5, words, book)[1] == tokens(low)
+    # a word list that runs out: the prompt stops growing well below the length, and the search still ends
+    few = Words(" ".join(f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(120)))
+    sample, prompt = fit_sample(em, "cwe", 16384, 0, few, book)
+    assert len(prompt) < 8192 and sample.expected
 
 
 def test_prompts_fitted_in_worker_processes_match(em, tmp_path):

@@ -165,17 +165,19 @@ def fit_sample(em: EvalModel | Encoder, task: str, length: int, seed: int, words
     if not fits(1):
         raise EvalError(f"{task}: length {length} is too short for even the smallest prompt ({len(build(1)[1])} tokens)")
     smallest, guess = len(build(1)[1]), 17
+    # some prompts stop growing (a task's word list runs out): never look past this many units
+    limit = int(1.5 * budget / max(1.0, (len(build(guess)[1]) - smallest) / (guess - 1))) + 2
     for _ in range(4):
         per_unit = max(0.5, (len(build(guess)[1]) - smallest) / (guess - 1))
-        estimate = max(2, 1 + int((budget - smallest) / per_unit))
+        estimate = min(limit, max(2, 1 + int((budget - smallest) / per_unit)))
         if estimate == guess:
             break
         guess = estimate
     if fits(guess):
         low, step = guess, 1
-        while fits(low + step):
+        while low + step <= limit and fits(low + step):
             low, step = low + step, step * 2
-        high = low + step
+        high = low + step  # does not fit, or lies past the limit
     else:
         high, step = guess, 1
         while high - step > 1 and not fits(high - step):
