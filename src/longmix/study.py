@@ -185,8 +185,7 @@ def study_status(study: Study) -> list[dict]:
         if name != BASE:
             row["prepared"] = (study.out / "data" / slug / "manifest.json").is_file()
             run = study.out / "runs" / slug
-            log_rows = (run / "log.jsonl").read_text().splitlines() if (run / "log.jsonl").is_file() else []
-            last = json.loads(log_rows[-1]) if log_rows else None
+            last = _last_log_row(run / "log.jsonl")
             row["trained"] = "done" if (run / "model" / "config.json").is_file() else (
                 f"step {last['step']}" if last else "no")
             row["loss"] = round(last["loss"], 4) if last else None
@@ -198,6 +197,17 @@ def study_status(study: Study) -> list[dict]:
                 row[f"eval {kind}"] = "done" if done else ("partial" if partial else "no")
         rows.append(row)
     return rows
+
+
+def _last_log_row(path: Path) -> dict | None:
+    """The last complete line of a training log (a run may be writing the next one)."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    return None
 
 
 def format_status(rows: list[dict]) -> str:
