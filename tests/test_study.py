@@ -85,3 +85,13 @@ def test_study_names_unknown_strategies(tmp_path, capsys):
     path = _write_study(tmp_path)
     assert main(["study", str(path), "--strategies", "per-sauce"]) == 2
     assert "unknown strategies per-sauce" in capsys.readouterr().err
+
+
+def test_study_on_devices_names_a_failed_job_and_its_log(tmp_path, capsys):
+    path = _write_study(tmp_path)
+    # training without prepared data fails in its subprocess: the study says which job and where its log is
+    assert main(["study", str(path), "--devices", "0", "--steps", "train", "--strategies", "per-source"]) == 2
+    err = capsys.readouterr().err
+    assert "per-source: FAILED on device 0" in err and "failed: per-source" in err
+    log = (tmp_path / "study" / "logs" / "per-source.log").read_text()
+    assert "per-source" in log and "error" in log.lower()
