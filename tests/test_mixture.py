@@ -73,25 +73,28 @@ def test_parse_strategy_and_weights():
         parse_domain_weights("cc:0.5")
 
 
-def test_original_keeps_domain_and_length_mix_and_hits_budget():
-    budget = 2_000_000
-    plan, selection, table = run("original", budget)
+def assert_budget_and_domain_shares_kept(selection, table, budget) -> tuple[dict, dict]:
+    """The selection hits the budget within 1% and keeps every domain's share; returns long shares after and before."""
     total, domain_share, long_share = shares(selection, table)
     _, base_domain, base_long = original_shares(table)
     assert abs(total - budget) / budget < 0.01
     for name in base_domain:
         assert domain_share[name] == pytest.approx(base_domain[name], abs=0.01)
+    return long_share, base_long
+
+
+def test_original_keeps_domain_and_length_mix_and_hits_budget():
+    budget = 2_000_000
+    plan, selection, table = run("original", budget)
+    long_share, base_long = assert_budget_and_domain_shares_kept(selection, table, budget)
+    for name in base_long:
         assert long_share[name] == pytest.approx(base_long[name], abs=0.01)
 
 
 def test_per_source_keeps_domain_shares_and_raises_long_share_within_each_domain():
     budget = 3_000_000
     plan, selection, table = run("per-source", budget, long_fraction=0.7)
-    total, domain_share, long_share = shares(selection, table)
-    _, base_domain, base_long = original_shares(table)
-    assert abs(total - budget) / budget < 0.01
-    for name in base_domain:
-        assert domain_share[name] == pytest.approx(base_domain[name], abs=0.01)
+    long_share, base_long = assert_budget_and_domain_shares_kept(selection, table, budget)
     assert base_long["web"] < 0.3 and long_share["web"] == pytest.approx(0.7, abs=0.01)
     assert long_share["code"] == pytest.approx(0.7, abs=0.01)
     assert long_share["book"] == 1.0  # already all long: kept, never lowered
@@ -101,11 +104,7 @@ def test_per_source_keeps_domain_shares_and_raises_long_share_within_each_domain
 def test_per_source_with_a_fraction_in_its_name_sets_it_both_ways():
     budget = 3_000_000
     plan, selection, table = run("per-source:0.3", budget, long_fraction=0.7)
-    total, domain_share, long_share = shares(selection, table)
-    _, base_domain, base_long = original_shares(table)
-    assert abs(total - budget) / budget < 0.01
-    for name in base_domain:
-        assert domain_share[name] == pytest.approx(base_domain[name], abs=0.01)
+    long_share, base_long = assert_budget_and_domain_shares_kept(selection, table, budget)
     assert base_long["code"] > 0.3 and long_share["code"] == pytest.approx(0.3, abs=0.01)  # lowered
     assert long_share["web"] == pytest.approx(0.3, abs=0.01)
     assert long_share["book"] == 1.0  # no short documents to take instead
