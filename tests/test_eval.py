@@ -31,7 +31,15 @@ from longmix.eval.needle import (  # noqa: E402
     run_needle,
 )
 from longmix.eval.report import build_report  # noqa: E402
-from longmix.eval.tasks import TASKS, Words, effective_length, fit_sample, make_sample, string_match  # noqa: E402
+from longmix.eval.tasks import (  # noqa: E402
+    TASKS,
+    Words,
+    effective_length,
+    fit_sample,
+    make_sample,
+    string_match,
+    summarize_tasks,
+)
 from longmix.tokenize import builtin_tokenizer_dir  # noqa: E402
 
 
@@ -274,6 +282,26 @@ def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
     assert "| ≤ 1K | > 1K |" in text  # needle means within and beyond the training length
     assert "| per-source | 4 | – | – | – | 0.675 | 0.900 | 0.450 | – |" in text
     assert (tmp_path / "report" / "needle_heatmaps.png").is_file()
+
+
+def test_report_shows_an_interrupted_task_run_as_partial(tmp_path):
+    def run(name, samples):
+        folder = tmp_path / name / "ruler"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"tasks": ["vt", "cwe"], "lengths": [1024, 2048], "samples": 2,
+                                                        "threshold": 0.5}))
+        rows = [{"task": t, "length": n, "sample": i, "score": 1.0 if t == "vt" else 0.0}
+                for t in ("vt", "cwe") for n in (1024, 2048) for i in range(2)][:samples]
+        (folder / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        if samples == 8:
+            (folder / "summary.json").write_text(json.dumps({**summarize_tasks(rows, 0.5)}))
+        return folder.parent
+
+    text = build_report([run("done", 8), run("cut", 5)], tmp_path / "report")
+    assert "| done | 0.50 | 0.50 | 2048 (≥ 0.5) |" in text
+    # the cut run has both lengths of vt but only one cwe sample: its 2K mean is vt's alone
+    assert "| cut (partial: 5 of 8 samples) | 0.50 | 1.00 | 2048 (≥ 0.5) |" in text
+    assert "| done | 1.00 | 0.00 |" in text and "| cut (partial: 5 of 8 samples) | 1.00 | 0.00 |" in text
 
 
 def test_cli_eval_needle(tiny_model, tmp_path, capsys):

@@ -38,16 +38,9 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
         _heatmaps(runs, names, out / "needle_heatmaps.png")
         lines += ["", "![needle heatmaps](needle_heatmaps.png)", ""]
 
-    tasks = [_load(run / "ruler" / "summary.json") for run in runs]
+    tasks = [task_summary(run / "ruler") for run in runs]
     if any(tasks):
-        lengths = sorted({n for s in tasks if s for n in s["mean"]}, key=int)
-        lines += ["## Synthetic tasks (mean over tasks)", "", "| run | " + " | ".join(lengths) + " | effective length |",
-                  "|---|" + "---|" * (len(lengths) + 1)]
-        for name, s in zip(names, tasks):
-            if s:
-                lines.append(f"| {name} | " + " | ".join(f"{s['mean'].get(n, float('nan')):.2f}" for n in lengths)
-                             + f" | {s['effective_length'] or 'none'} (≥ {s['threshold']}) |")
-        lines.append("")
+        lines += task_tables(names, tasks)
 
     losses = [_load(run / "loss" / "summary.json") for run in runs]
     if any(losses):
@@ -66,6 +59,41 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+def task_summary(folder: Path) -> dict | None:
+    """The finished summary, or one made from the results so far (marked ``partial``) of an interrupted run."""
+    done = _load(folder / "summary.json")
+    if done or not (folder / "results.jsonl").is_file():
+        return done
+    from .tasks import summarize_tasks
+
+    rows = list(read_jsonl(folder / "results.jsonl"))
+    config = _load(folder / "config.json") or {}
+    if not rows:
+        return None
+    expected = len(config.get("tasks", [])) * len(config.get("lengths", [])) * config.get("samples", 0)
+    return {**summarize_tasks(rows, config.get("threshold", 0.85)), "partial": f"{len(rows)} of {expected or '?'} samples"}
+
+
+def task_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
+    """Mean over tasks by length, then each task's score averaged over the lengths (where the runs differ)."""
+    present = [(name, s) for name, s in zip(names, summaries) if s]
+    lengths = sorted({n for _, s in present for n in s["mean"]}, key=int)
+    tasks = list(dict.fromkeys(t for _, s in present for t in s["tasks"]))
+    label = {name: name + (f" (partial: {s['partial']})" if s.get("partial") else "") for name, s in present}
+    lines = ["## Synthetic tasks (mean over tasks)", "", "| run | " + " | ".join(_k(int(n)) for n in lengths)
+             + " | effective length |", "|---|" + "---|" * (len(lengths) + 1)]
+    for name, s in present:
+        lines.append(f"| {label[name]} | " + " | ".join(_fmt(s["mean"].get(n), 2) for n in lengths)
+                     + f" | {s['effective_length'] or 'none'} (≥ {s['threshold']}) |")
+    lines += ["", "Each task, mean over the lengths it was scored at (– not scored):", "",
+              "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for name, s in present:
+        cells = [s["tasks"].get(t) for t in tasks]
+        lines.append(f"| {label[name]} | " + " | ".join(
+            _fmt(sum(c.values()) / len(c), 2) if c else "–" for c in cells) + " |")
+    return [*lines, ""]
 
 
 def loss_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
