@@ -35,11 +35,11 @@ out, n, long = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rates = {}
 for run in ("one-gpu-64k", f"fsdp{n}-64k", "one-gpu-long", f"cp{n}-long"):
     log = out / f"{run}.jsonl"
-    if not log.is_file():
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    if not rows:  # the trainer opens its log before the first step: an empty one means no step finished
         err = (out / f"{run}.err").read_text().strip().splitlines()
         print(run, "no steps:", next((l for l in reversed(err) if "memory" in l.lower()), err[-1] if err else "?")[:200])
         continue
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
     rates[run] = rows[-1]["tokens_per_s"]
     print(run, [round(r["loss"], 5) for r in rows], "tok/s", round(rows[-1]["tokens_per_s"]),
           "MFU", round(100 * (rows[-1].get("mfu") or 0), 1), "GiB", round(rows[-1]["memory_gib"] or 0, 1))
