@@ -282,6 +282,7 @@ def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
     assert "| ≤ 1K | > 1K |" in text  # needle means within and beyond the training length
     assert "| per-source | 4 | – | – | – | 0.675 | 0.900 | 0.450 | – |" in text
     assert (tmp_path / "report" / "needle_heatmaps.png").is_file()
+    assert (tmp_path / "report" / "needle_by_length.png").is_file()
 
 
 def test_report_shows_an_interrupted_task_run_as_partial(tmp_path):

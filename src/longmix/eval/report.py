@@ -36,7 +36,9 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
                 lines.append(f"| {name} | {s['cells']} | {_fmt(m.get('token_accuracy'))} | {_fmt(acc[0])} | {_fmt(acc[1])} | "
                              f"{_fmt(m.get('exact'))} | {_fmt(exact[0])} | {_fmt(exact[1])} | {_fmt(m.get('logprob'), 2)} |")
         _heatmaps(runs, names, out / "needle_heatmaps.png")
-        lines += ["", "![needle heatmaps](needle_heatmaps.png)", ""]
+        metric = "token_accuracy" if any(s and "token_accuracy" in s["mean"] for s in needles) else "exact"
+        _needle_curves(needles, names, metric, split, out / "needle_by_length.png")
+        lines += ["", "![needle by length](needle_by_length.png)", "", "![needle heatmaps](needle_heatmaps.png)", ""]
 
     tasks = [task_summary(run / "ruler") for run in runs]
     if any(tasks):
@@ -158,6 +160,32 @@ def retention_lines(names: list[str], losses: list[dict | None], mmlu: list[dict
         if parts:
             lines.append(f"- {name}: " + "; ".join(parts))
     return [*lines, ""]
+
+
+def _needle_curves(summaries: list[dict | None], names: list[str], metric: str, train_length: int | None,
+                   path: Path) -> None:
+    """One line per run: the needle score at each length (mean over depths); the runs compare at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, s in zip(names, summaries):
+        points = sorted((int(n), v[metric]) for n, v in (s or {}).get("by_length", {}).items() if metric in v)
+        if points:
+            ax.plot([n / 1024 for n, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
+    if train_length:
+        ax.axvline(train_length / 1024, color="grey", linestyle="--", linewidth=1)
+        ax.annotate("training length", (train_length / 1024, 0.02), rotation=90, color="grey", fontsize=8,
+                    xytext=(3, 0), textcoords="offset points")
+    ax.set(xlabel="context length (K tokens)", ylabel=f"needle {metric.replace('_', ' ')} (mean over depths)",
+           ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def _heatmaps(runs: list[Path], names: list[str], path: Path) -> None:
