@@ -224,6 +224,9 @@ def test_prompts_fitted_in_worker_processes_match(em, tmp_path):
         run_tasks(em, config, text, tmp_path / str(workers), progress=False, workers=workers)
         rows[workers] = [json.loads(line) for line in (tmp_path / str(workers) / "results.jsonl").read_text().splitlines()]
     assert len(rows[0]) == 8
+    # sample-major order: a run stopped half-way has scored every (task, length) once
+    assert [(r["task"], r["length"], r["sample"]) for r in rows[0][:4]] == \
+        [(t, n, 0) for t in ("niah_single", "cwe") for n in (512, 768)]
     assert [(r["n_tokens"], r["expected"], r["response"]) for r in rows[0]] == \
         [(r["n_tokens"], r["expected"], r["response"]) for r in rows[2]]
 

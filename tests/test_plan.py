@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,6 +33,28 @@ def test_prediction_is_within_35_percent_of_the_measured_peak(row):
                    tied_embeddings=row["shape"] in TIED, compiled=row.get("compile", False))
     predicted = predict(run, mfu=0.4)["total_gib"]
     assert predicted == pytest.approx(row["peak_gib"], rel=0.35)
+
+
+# benchmarks/multi_gpu*.sh: the ~1B shape with the built-in tokenizer's vocabulary, eager, every layer checkpointed
+MULTI_GPU = [  # (log, sequence length, GPUs, context-parallel degree)
+    ("multi-gpu-h200x2/one-gpu-64k.jsonl", 32768, 1, 1),
+    ("multi-gpu-h200x2/fsdp2-64k.jsonl", 32768, 2, 1),
+    ("multi-gpu-h200x2/one-gpu-32k.jsonl", 32768, 1, 1),
+    ("multi-gpu-h200x2/cp2-32k.jsonl", 32768, 2, 2),
+    ("multi-gpu-h200x4/cp2-384k.jsonl", 393216, 2, 2),
+    ("multi-gpu-h200x4-64k-640k/one-gpu-64k.jsonl", 65536, 1, 1),
+    ("multi-gpu-h200x4-64k-640k/fsdp2-64k.jsonl", 65536, 2, 1),
+    ("multi-gpu-h200x4-64k-640k/cp2-long.jsonl", 655360, 2, 2),
+]
+
+
+@pytest.mark.parametrize(("log", "seq_len", "gpus", "cp"), MULTI_GPU, ids=[m[0] for m in MULTI_GPU])
+def test_multi_gpu_prediction_errs_on_the_safe_side_within_35_percent(log, seq_len, gpus, cp):
+    measured = json.loads((RESULTS / log).read_text().splitlines()[-1])["memory_gib"]
+    shape = dataclasses.replace(PRESETS["llama-1b"], vocab=49152)
+    run = RunShape(shape, seq_len, gpus=gpus, context_parallel=cp, compiled=False)
+    predicted = predict(run, mfu=0.4)["total_gib"]
+    assert measured <= predicted <= 1.35 * measured
 
 
 def test_sharding_and_context_parallel_reduce_per_gpu_memory():

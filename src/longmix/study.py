@@ -266,7 +266,8 @@ def _evaluate(study: Study, model: Path, out: Path, log, progress: bool) -> None
     if not (model / "config.json").is_file():
         log(f"eval {out.name}: no model at {model} yet, skipped")
         return
-    todo = [k for k in ("needle", "ruler", "loss") if k in settings and not (out / k / "summary.json").is_file()]
+    # quickest first (the synthetic tasks generate text and take longest): a stopped evaluation keeps the quick results
+    todo = [k for k in ("needle", "loss", "ruler") if k in settings and not (out / k / "summary.json").is_file()]
     if not todo:
         log(f"eval {out.name}: done")
         return
@@ -279,6 +280,14 @@ def _evaluate(study: Study, model: Path, out: Path, log, progress: bool) -> None
                               depths=tuple(parse_grid(str(n.pop("depths", "0:100:5")), lengths=False)), **n)
         log(f"eval {out.name}: needle")
         run_needle(em, config, out / "needle", progress=progress)
+    if "loss" in todo:
+        from .eval.loss import run_loss
+
+        data = study.out / "data" / "validation"
+        if not (data / "manifest.json").is_file():
+            raise StudyError("per-domain loss needs held-out data: set `validation:` corpus paths in the study")
+        log(f"eval {out.name}: loss by position")
+        run_loss(em, data, out / "loss", int(settings["loss"].get("sequences", 32)), progress=progress)
     if "ruler" in todo:
         from .eval.needle import load_haystack_text
         from .eval.tasks import TASKS, TaskConfig, run_tasks
@@ -290,11 +299,3 @@ def _evaluate(study: Study, model: Path, out: Path, log, progress: bool) -> None
                             threshold=float(r.get("threshold", 0.85)))
         log(f"eval {out.name}: synthetic tasks")
         run_tasks(em, config, load_haystack_text(r.get("haystack", "books")), out / "ruler", progress=progress)
-    if "loss" in todo:
-        from .eval.loss import run_loss
-
-        data = study.out / "data" / "validation"
-        if not (data / "manifest.json").is_file():
-            raise StudyError("per-domain loss needs held-out data: set `validation:` corpus paths in the study")
-        log(f"eval {out.name}: loss by position")
-        run_loss(em, data, out / "loss", int(settings["loss"].get("sequences", 32)), progress=progress)

@@ -227,7 +227,8 @@ def run_tasks(em: EvalModel, config: TaskConfig, haystack_text: str, out: Path, 
     words = Words(haystack_text)
     book = [s.strip() + " " for s in re.split(r"(?<=[.!?])\s+", haystack_text) if s.strip()]
     results = ResultsFile(out / "results.jsonl", ("task", "length", "sample"))
-    todo = [(t, n, i) for t in config.tasks for n in sorted(config.lengths) for i in range(config.samples)
+    # sample by sample over every (task, length): a stopped run has scored every cell, just fewer times
+    todo = [(t, n, i) for i in range(config.samples) for t in config.tasks for n in sorted(config.lengths)
             if (t, n, i) not in results.done]
     keys = [(task, length, config.seed * 100_003 + index) for task, length, index in todo]
     if workers is None:
