@@ -21,12 +21,10 @@ PY
 RUN="train --init-config $W/llama2-7b.json --rope-theta 5e5 --lr 2e-5 --schedule constant --warmup-steps 0
      --steps $STEPS --activation-checkpointing 1 --no-progress"
 # 48 x 80K = 3.93M and 32 x 128K = 4.19M tokens a batch: whole sequences on each of 8 GPUs
-torchrun --standalone --nproc-per-node 8 -m longmix $RUN --data "$DATA80" --seq-len 80K --batch-tokens 3840K \
-  --out "$W/7b-80k" 2>"$OUT/7b-80k.err"
-cp "$W/7b-80k/log.jsonl" "$OUT/7b-80k.jsonl" 2>/dev/null
-torchrun --standalone --nproc-per-node 8 -m longmix $RUN --data "$DATA128" --seq-len 128K --batch-tokens 4096K \
-  --out "$W/7b-128k" 2>"$OUT/7b-128k.err"
-cp "$W/7b-128k/log.jsonl" "$OUT/7b-128k.jsonl" 2>/dev/null
-for run in 7b-80k 7b-128k; do
-  echo "$run: $(tail -n 1 "$OUT/$run.jsonl" 2>/dev/null || tail -n 1 "$OUT/$run.err")"
+for setting in "7b-80k 80K 3840K $DATA80" "7b-128k 128K 4096K $DATA128"; do
+  read -r name len batch data <<<"$setting"
+  torchrun --standalone --nproc-per-node 8 -m longmix $RUN --data "$data" --seq-len "$len" --batch-tokens "$batch" \
+    --out "$W/$name" 2>"$OUT/$name.err"
+  cp "$W/$name/log.jsonl" "$OUT/$name.jsonl" 2>/dev/null
+  echo "$name: $(tail -n 1 "$OUT/$name.jsonl" 2>/dev/null || tail -n 1 "$OUT/$name.err")"
 done

@@ -298,7 +298,7 @@ def test_report_shows_an_interrupted_task_run_as_partial(tmp_path):
                 for t in ("vt", "cwe") for n in (1024, 2048) for i in range(2)][:samples]
         (folder / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
         if samples == 8:
-            (folder / "summary.json").write_text(json.dumps({**summarize_tasks(rows, 0.5)}))
+            (folder / "summary.json").write_text(json.dumps(summarize_tasks(rows, 0.5)))
         return folder.parent
 
     text = build_report([run("done", 8), run("cut", 5)], tmp_path / "report")

@@ -36,7 +36,7 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
                 lines.append(f"| {name} | {s['cells']} | {_fmt(m.get('token_accuracy'))} | {_fmt(acc[0])} | {_fmt(acc[1])} | "
                              f"{_fmt(m.get('exact'))} | {_fmt(exact[0])} | {_fmt(exact[1])} | {_fmt(m.get('logprob'), 2)} |")
         _heatmaps(runs, names, out / "needle_heatmaps.png")
-        metric = "token_accuracy" if any(s and "token_accuracy" in s["mean"] for s in needles) else "exact"
+        metric = next((s.get("metric", "exact") for s in needles if s), "exact")  # the heatmaps' metric
         _needle_curves(needles, names, metric, split, out / "needle_by_length.png")
         lines += ["", "![needle by length](needle_by_length.png)", "", "![needle heatmaps](needle_heatmaps.png)", ""]
 
@@ -71,9 +71,9 @@ def task_summary(folder: Path) -> dict | None:
     from .tasks import summarize_tasks
 
     rows = list(read_jsonl(folder / "results.jsonl"))
-    config = _load(folder / "config.json") or {}
     if not rows:
         return None
+    config = _load(folder / "config.json") or {}
     expected = len(config.get("tasks", [])) * len(config.get("lengths", [])) * config.get("samples", 0)
     return {**summarize_tasks(rows, config.get("threshold", 0.85)), "partial": f"{len(rows)} of {expected or '?'} samples"}
 
