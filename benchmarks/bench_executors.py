@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from longmix.cli import sample_corpus_dir
-from longmix.executor import default_workers
-from longmix.mixture import MixtureConfig
-from longmix.prepare import PrepareConfig, prepare
+from longmix.data.executor import default_workers
+from longmix.data.mixture import MixtureConfig
+from longmix.data.prepare import PrepareConfig, prepare
 
 
 def timed(corpus: Path, out: Path, executor: str) -> float:

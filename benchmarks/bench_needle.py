@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longmix.data.tokenize import builtin_tokenizer_dir
 from longmix.eval.common import EvalModel, parse_grid
 from longmix.eval.needle import NeedleConfig, run_needle
-from longmix.model import register_attention_backends
-from longmix.tokenize import builtin_tokenizer_dir
+from longmix.train.attention import register_attention_backends
 
 LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)

@@ -33,11 +33,11 @@ import tokenizers  # noqa: E402
 import zstandard  # noqa: E402
 
 from longmix.cli import sample_corpus_dir  # noqa: E402
-from longmix.corpus import ReaderOptions, discover_shards, iter_documents  # noqa: E402
-from longmix.executor import default_workers  # noqa: E402
-from longmix.mixture import MixtureConfig  # noqa: E402
-from longmix.prepare import PrepareConfig, prepare  # noqa: E402
-from longmix.tokenize import TokenizeTask, input_fingerprint, resolve_tokenizer, tokenize_shard  # noqa: E402
+from longmix.data.corpus import ReaderOptions, discover_shards, iter_documents  # noqa: E402
+from longmix.data.executor import default_workers  # noqa: E402
+from longmix.data.mixture import MixtureConfig  # noqa: E402
+from longmix.data.prepare import PrepareConfig, prepare  # noqa: E402
+from longmix.data.tokenize import TokenizeTask, input_fingerprint, resolve_tokenizer, tokenize_shard  # noqa: E402
 
 
 def build_corpus(root: Path, copies: int) -> list[str]:

@@ -28,7 +28,7 @@ import traceback
 
 import torch
 
-from longmix.model import CausalLMLoss, ModelShape, build_model, peak_flops
+from longmix.train.model import CausalLMLoss, ModelShape, build_model, peak_flops
 
 SHAPES = {
     # The SmolLM2-135M architecture (the reproduction model): 30 layers, d=576, 9/3 heads, tied 49K vocab.
@@ -110,7 +110,7 @@ def longmix_step_factory(config, seq_len: int, device, ckpt: int = 1, attention:
         kwargs = {"position_ids": positions[None], "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
                   "max_length_q": DOCUMENT, "max_length_k": DOCUMENT}
         if attention == "flex":
-            from longmix.model import document_block_mask
+            from longmix.train.attention import document_block_mask
 
             kwargs["flex_block_mask"] = document_block_mask(cu, seq_len, device)
         s_eff = DOCUMENT * DOCUMENT * (seq_len // DOCUMENT) / seq_len

@@ -11,7 +11,7 @@ import pytest
 import zstandard
 from conftest import write_jsonl
 
-from longmix.corpus import (
+from longmix.data.corpus import (
     BadInputError,
     Document,
     ReaderOptions,
@@ -20,8 +20,8 @@ from longmix.corpus import (
     iter_documents,
     normalize_domain,
 )
-from longmix.mixture import MixtureConfig
-from longmix.prepare import PrepareConfig, prepare
+from longmix.data.mixture import MixtureConfig
+from longmix.data.prepare import PrepareConfig, prepare
 
 SP = {"meta": {"redpajama_set_name": "RedPajamaBook"}}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 
-from longmix.corpus import Document, ReaderOptions, discover_shards, iter_documents
-from longmix.demo_corpus import (
+from longmix.data.corpus import Document, ReaderOptions, discover_shards, iter_documents
+from longmix.data.demo_corpus import (
     _B64,
     bible_books,
     dictionary_entries,

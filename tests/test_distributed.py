@@ -12,11 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from longmix.distributed import cp_chunks, cp_shard  # noqa: E402
+from longmix.train.distributed import cp_chunks, cp_shard  # noqa: E402
 
 RUNNER = """
 import sys
-from longmix.train import TrainConfig, train
+from longmix.train.loop import TrainConfig, train
 data, cfg, out, cp, resume = sys.argv[1:6]
 train(TrainConfig(data=data, out=out, init_config=cfg, seq_len=128, batch_tokens=512, steps=3, lr=1e-3, rope_theta=1e5,
                   progress=False, save_dtype="float32", context_parallel=int(cp), save_every=1, resume=resume == "1"))
@@ -49,9 +49,9 @@ def single_run(tmp_path_factory):
     from conftest import make_word_tokenizer, mixed_spec, synthetic_records, write_jsonl
     from test_train import tiny  # the tiny model config of the trainer tests
 
-    from longmix.mixture import MixtureConfig
-    from longmix.prepare import PrepareConfig, prepare
-    from longmix.train import TrainConfig, train
+    from longmix.data.mixture import MixtureConfig
+    from longmix.data.prepare import PrepareConfig, prepare
+    from longmix.train.loop import TrainConfig, train
 
     root = tmp_path_factory.mktemp("dist")
     tok = make_word_tokenizer(root / "tok")

@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from longmix.data.tokenize import builtin_tokenizer_dir  # noqa: E402
 from longmix.eval import needle as needle_mod  # noqa: E402
 from longmix.eval.common import (  # noqa: E402
     EvalModel,
@@ -40,7 +41,6 @@ from longmix.eval.tasks import (  # noqa: E402
     string_match,
     summarize_tasks,
 )
-from longmix.tokenize import builtin_tokenizer_dir  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -238,11 +238,11 @@ def test_effective_length():
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    from longmix.mixture import MixtureConfig
-    from longmix.prepare import PrepareConfig, prepare
+    from longmix.data.mixture import MixtureConfig
+    from longmix.data.prepare import PrepareConfig, prepare
 
     out = tmp_path_factory.mktemp("prep") / "data"
-    from longmix.cli import sample_corpus_dir
+    from longmix.data.corpus import sample_corpus_dir
 
     prepare(PrepareConfig(inputs=(str(sample_corpus_dir()),), out=str(out), seq_len=8192, workers=1,
                           mixture=MixtureConfig("original", tokens=60_000)), progress=False, log=lambda m: None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from longmix.mixture import (
+from longmix.data.mixture import (
     MixtureConfig,
     PlanError,
     make_plan,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from longmix.plan import PRESETS, TIED, RunShape, paper_configurations, predict
+from longmix.train.plan import PRESETS, TIED, RunShape, paper_configurations, predict
 
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 

@@ -16,9 +16,9 @@ import pytest
 from conftest import make_word_tokenizer, write_jsonl
 
 from longmix.cli import main
-from longmix.mixture import MixtureConfig
-from longmix.prepare import PrepareConfig, PrepareError, prepare
-from longmix.store import PackedDataset, export_megatron, read_megatron
+from longmix.data.mixture import MixtureConfig
+from longmix.data.prepare import PrepareConfig, PrepareError, prepare
+from longmix.data.store import PackedDataset, export_megatron, read_megatron
 
 THRESHOLD = 256
 

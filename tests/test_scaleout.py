@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 from test_prepare import config_for, run, tree_digest
 
-from longmix import prepare as prepare_module
-from longmix.executor import TaskFailed
-from longmix.prepare import PrepareError
+from longmix.data import prepare as prepare_module
+from longmix.data.executor import TaskFailed
+from longmix.data.prepare import PrepareError
 
 
 def test_ranks_then_finalize_equal_a_single_run(tmp_path, mixed_corpus, word_tokenizer):

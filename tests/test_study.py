@@ -8,8 +8,9 @@ import yaml
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from longmix.cli import main, sample_corpus_dir  # noqa: E402
-from longmix.tokenize import builtin_tokenizer_dir  # noqa: E402
+from longmix.cli import main  # noqa: E402
+from longmix.data.corpus import sample_corpus_dir  # noqa: E402
+from longmix.data.tokenize import builtin_tokenizer_dir  # noqa: E402
 
 
 def _write_study(tmp_path, strategies=("original", "per-source")):

@@ -15,8 +15,11 @@ transformers = pytest.importorskip("transformers")
 
 from conftest import make_word_tokenizer, mixed_spec, synthetic_records, write_jsonl  # noqa: E402
 
-from longmix.mixture import MixtureConfig  # noqa: E402
-from longmix.model import (  # noqa: E402
+from longmix.data.mixture import MixtureConfig  # noqa: E402
+from longmix.data.prepare import PrepareConfig, prepare  # noqa: E402
+from longmix.data.store import PackedDataset  # noqa: E402
+from longmix.train.loop import TrainConfig, TrainError, TrainWindows, micro_batch_tensors, train  # noqa: E402
+from longmix.train.model import (  # noqa: E402
     ModelError,
     ModelShape,
     apply_rope,
@@ -25,9 +28,6 @@ from longmix.model import (  # noqa: E402
     load_model,
     rope_settings,
 )
-from longmix.prepare import PrepareConfig, prepare  # noqa: E402
-from longmix.store import PackedDataset  # noqa: E402
-from longmix.train import TrainConfig, TrainError, TrainWindows, micro_batch_tensors, train  # noqa: E402
 
 VOCAB = 512
 

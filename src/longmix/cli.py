@@ -6,17 +6,12 @@ import argparse
 import json
 import signal
 import sys
-from importlib import resources
 from pathlib import Path
 
+from .data.corpus import sample_corpus_dir
 from .units import parse_count, parse_length
 
 STRATEGY_HELP = "original, per-source[:F], global[:F], upsample:DOMAIN[,DOMAIN], cut:N"
-
-
-def sample_corpus_dir() -> Path:
-    """The small multi-domain corpus shipped with the package (SlimPajama layout)."""
-    return Path(str(resources.files("longmix") / "assets" / "sample"))
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -58,9 +53,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare_config(args: argparse.Namespace):
-    from .corpus import ReaderOptions, normalize_domain
-    from .mixture import MixtureConfig, parse_domain_weights
-    from .prepare import PrepareConfig
+    from .data.corpus import ReaderOptions, normalize_domain
+    from .data.mixture import MixtureConfig, parse_domain_weights
+    from .data.prepare import PrepareConfig
 
     inputs = list(args.corpus)
     if args.sample:
@@ -99,15 +94,15 @@ def _prepare_config(args: argparse.Namespace):
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .prepare import prepare
+    from .data.prepare import prepare
 
     prepare(_prepare_config(args), progress=not args.quiet)
     return 0
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    from .data.stats import format_rejections, format_table
     from .fsutil import read_json
-    from .stats import format_rejections, format_table
 
     path = Path(args.dir) / "stats.json"
     if not path.is_file():
@@ -130,7 +125,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_megatron(args: argparse.Namespace) -> int:
-    from .store import PackedDataset, export_megatron
+    from .data.store import PackedDataset, export_megatron
 
     bin_path, idx_path = export_megatron(PackedDataset(args.dir), args.prefix)
     print(f"wrote {bin_path} and {idx_path}")
@@ -140,7 +135,7 @@ def _cmd_export_megatron(args: argparse.Namespace) -> int:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from dataclasses import fields
 
-    from .train_config import TrainConfig
+    from .train.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -160,8 +155,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from .train import train
-    from .train_config import TrainConfig, normalize_counts
+    from .train.config import TrainConfig, normalize_counts
+    from .train.loop import train
 
     types = {f.name: f.type for f in fields(TrainConfig)}
     overrides = {}
@@ -315,7 +310,7 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_model(args: argparse.Namespace) -> int:
-    from .gguf import find_smollm2_gguf, import_gguf
+    from .train.gguf import find_smollm2_gguf, import_gguf
 
     if not args.file and not args.smollm2:
         raise SystemExit("longmix model import-gguf: give a .gguf file or --smollm2")
@@ -343,8 +338,15 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .model import ModelShape
-    from .plan import PRESETS, TIED, RunShape, format_prediction, paper_configurations, predict
+    from .train.model import ModelShape
+    from .train.plan import (
+        PRESETS,
+        TIED,
+        RunShape,
+        format_prediction,
+        paper_configurations,
+        predict,
+    )
 
     if args.model in PRESETS:
         shape, tied = PRESETS[args.model], args.model in TIED
@@ -406,7 +408,7 @@ def _add_corpus(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_corpus(args: argparse.Namespace) -> int:
-    from .demo_corpus import build_demo_corpus
+    from .data.demo_corpus import build_demo_corpus
 
     report = build_demo_corpus(args.out, args.cache or Path(args.out) / ".sources", seed=args.seed)
     print(json.dumps(report["splits"]))
@@ -441,14 +443,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     errors: tuple[type[Exception], ...] = (FileNotFoundError, ValueError)
     if args.command == "prepare":
-        from .corpus import BadInputError
-        from .mixture import PlanError
-        from .prepare import PrepareError
+        from .data.corpus import BadInputError
+        from .data.mixture import PlanError
+        from .data.prepare import PrepareError
 
         errors = (*errors, PrepareError, PlanError, BadInputError)
     if args.command == "train":
-        from .model import ModelError
-        from .train_config import TrainError
+        from .train.config import TrainError
+        from .train.model import ModelError
 
         errors = (*errors, TrainError, ModelError)
     if args.command in ("eval", "study"):
@@ -456,11 +458,11 @@ def main(argv: list[str] | None = None) -> int:
 
         errors = (*errors, EvalError)
     if args.command == "study":
-        from .corpus import BadInputError
-        from .mixture import PlanError
-        from .model import ModelError
-        from .prepare import PrepareError
-        from .train_config import TrainError
+        from .data.corpus import BadInputError
+        from .data.mixture import PlanError
+        from .data.prepare import PrepareError
+        from .train.config import TrainError
+        from .train.model import ModelError
 
         errors = (*errors, BadInputError, PlanError, ModelError, PrepareError, TrainError)
     try:

@@ -224,8 +224,8 @@ def _cell(value) -> str:
 
 
 def _prepare(study: Study, strategy: str, out: Path, inputs: list[str], log, progress: bool, validation: bool = False) -> None:
-    from .mixture import MixtureConfig
-    from .prepare import PrepareConfig, prepare
+    from .data.mixture import MixtureConfig
+    from .data.prepare import PrepareConfig, prepare
 
     if (out / "manifest.json").is_file():
         log(f"prepare {out.name}: done")
@@ -243,8 +243,8 @@ def _prepare(study: Study, strategy: str, out: Path, inputs: list[str], log, pro
 
 
 def _train(study: Study, strategy: str, log) -> None:
-    from .train import TrainConfig, train
-    from .train_config import normalize_counts
+    from .train.config import normalize_counts
+    from .train.loop import TrainConfig, train
 
     out = study.out / "runs" / study.slug(strategy)
     if (out / "model" / "config.json").is_file():

@@ -42,7 +42,7 @@ def load_eval_model(path: str | Path, tokenizer: str | Path | None = None, devic
     from tokenizers import Tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..model import register_attention_backends
+    from ..train.attention import register_attention_backends
 
     path = Path(path)
     if not (path / "config.json").is_file():

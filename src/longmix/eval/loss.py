@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..store import PackedDataset
+from ..data.store import PackedDataset
 from .common import EvalModel
 
 SPLIT = 4096  # the paper's 0-4K / 4K-max split

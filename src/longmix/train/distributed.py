@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -130,29 +129,3 @@ def _gather_sequence(local: torch.Tensor, cp: int, group) -> torch.Tensor:
     heads = [p[:, :, :half] for p in pieces]
     tails = [p[:, :, half:] for p in reversed(pieces)]
     return torch.cat(heads + tails, dim=2)
-
-
-def context_parallel_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Causal attention of this rank's queries against the whole sequence's keys/values.
-
-    Keys and values are all-gathered inside the CP group (cheap with grouped-query
-    attention); each of the two local query chunks attends to the prefix that ends with
-    it, with the causal diagonal aligned bottom-right.
-    """
-    from torch.nn.attention.bias import causal_lower_right
-
-    from .model import repeat_kv_heads
-
-    cp, cp_rank, group = kwargs["cp_size"], kwargs["cp_rank"], kwargs["cp_group"]
-    full_key = _gather_sequence(key, cp, group)
-    full_value = _gather_sequence(value, cp, group)
-    length = full_key.shape[2]
-    full_key, full_value = repeat_kv_heads(full_key, full_value, query.shape[1])
-    outputs = []
-    half = query.shape[2] // 2
-    for i, (start, end) in enumerate(cp_chunks(length, cp, cp_rank)):
-        q = query[:, :, i * half : (i + 1) * half]
-        k, v = full_key[:, :, :end], full_value[:, :, :end]
-        mask = causal_lower_right(end - start, end)
-        outputs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling))
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None

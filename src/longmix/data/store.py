@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fsutil import atomic_write, read_json
+from ..fsutil import atomic_write, read_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -29,7 +29,7 @@ SPAN_FIELDS = {
     "span_start": np.int32,  # first position within the sequence
     "span_length": np.int32,  # tokens, including the trailing separator when present
     "span_domain": np.int16,  # index into manifest["domains"]
-    "span_doc_key": np.uint64,  # the document's id (see longmix.tokenize.doc_key)
+    "span_doc_key": np.uint64,  # the document's id (see longmix.data.tokenize.doc_key)
     "span_doc_offset": np.int64,  # offset within the document: 0 = the document starts here
     "span_repeat": np.int32,  # which copy of the document (upsampling repeats it)
 }

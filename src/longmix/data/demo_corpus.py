@@ -35,7 +35,7 @@ from pathlib import Path
 import orjson
 import zstandard
 
-from .fsutil import atomic_write
+from ..fsutil import atomic_write
 
 SET_NAMES = {"book": "RedPajamaBook", "github": "RedPajamaGithub", "cc": "RedPajamaCommonCrawl", "arxiv": "RedPajamaArXiv",
              "stackexchange": "RedPajamaStackExchange", "wikipedia": "RedPajamaWikipedia"}

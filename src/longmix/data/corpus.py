@@ -18,6 +18,7 @@ import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,11 @@ import orjson
 import zstandard
 
 RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+
+
+def sample_corpus_dir() -> Path:
+    """The small multi-domain corpus shipped with the package (SlimPajama layout)."""
+    return Path(str(resources.files("longmix") / "assets" / "sample"))
 
 # SlimPajama's set names, and the short names users type (`upsample:book`, `cc=0.5`).
 _DOMAIN_ALIASES = {

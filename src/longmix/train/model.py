@@ -6,7 +6,6 @@ Nothing here knows about the training loop or about distribution.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-# Attention backends: "sdpa" is plain causal attention over the packed sequence (the
-# paper's setting); the others keep attention within documents (--doc-mask).
-DOC_MASK_BACKENDS = ("varlen", "flex", "loop")
-ATTENTION_BACKENDS = ("sdpa", *DOC_MASK_BACKENDS)
+from .attention import register_attention_backends
+
 ROPE_SCALINGS = ("linear", "dynamic", "yarn")
 
 
@@ -155,150 +152,6 @@ def prepare_layers(model: nn.Module, checkpoint_every: int, compile_layers: bool
             layer.compile()
         if checkpoint_every and i % checkpoint_every == 0:
             layers[i] = checkpoint_wrapper(layer, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
-
-
-# ---------------------------------------------------------------------------- attention
-
-
-def _doc_lengths(kwargs: dict) -> tuple[torch.Tensor, int]:
-    cu = kwargs.get("cu_seq_lens_q")
-    if cu is None:
-        raise ModelError("document-masked attention needs cu_seq_lens_q (document boundaries) in the forward call")
-    return cu, int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
-
-
-def repeat_kv_heads(key: torch.Tensor, value: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grouped-query attention for kernels without it: repeat each KV head (dim 1) up to ``heads``."""
-    groups = heads // key.shape[1]
-    if groups == 1:
-        return key, value
-    return key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-
-
-def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
-    """Attention kernels run in bf16: custom ops do not follow autocast by themselves."""
-    if tensor.dtype == torch.float32 and tensor.is_cuda:
-        return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
-    return tensor.dtype
-
-
-def _causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Plain causal attention over the packed sequence, cuDNN first on the GPU.
-
-    cuDNN is the fastest causal kernel on Hopper (about 1.8x FlashAttention-2 in
-    benchmarks/) and handles grouped-query attention itself (``enable_gqa``). With a KV
-    cache (evaluation) the queries are the last positions: the causal diagonal is then
-    aligned bottom-right.
-    """
-    q_len, k_len = query.shape[2], key.shape[2]
-    mask = {"is_causal": True} if q_len == k_len else {}
-    if 1 < q_len < k_len:
-        from torch.nn.attention.bias import causal_lower_right
-
-        mask = {"attn_mask": causal_lower_right(q_len, k_len)}
-    gqa = key.shape[1] != query.shape[1]
-    if not query.is_cuda:
-        key, value = repeat_kv_heads(key, value, query.shape[1])
-        out = F.scaled_dot_product_attention(query, key, value, scale=scaling, **mask)
-        return out.transpose(1, 2).contiguous(), None
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    with sdpa_kernel(order, set_priority=True):
-        out = F.scaled_dot_product_attention(query, key, value, scale=scaling, enable_gqa=gqa, **mask)
-    return out.transpose(1, 2).contiguous(), None
-
-
-def _loop_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Reference document masking: causal SDPA on each document separately (any device)."""
-    cu, _ = _doc_lengths(kwargs)
-    outputs = []
-    key, value = repeat_kv_heads(key, value, query.shape[1])
-    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        k, v = key[:, :, a:b], value[:, :, a:b]
-        outputs.append(F.scaled_dot_product_attention(query[:, :, a:b], k, v, is_causal=True, scale=scaling))
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
-
-
-_VARLEN_HAS_GQA: bool | None = None
-
-
-def _varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """FlashAttention-2 varlen kernels (torch.nn.attention.varlen), causal within documents."""
-    global _VARLEN_HAS_GQA
-    from torch.nn.attention.varlen import varlen_attn
-
-    if _VARLEN_HAS_GQA is None:
-        _VARLEN_HAS_GQA = "enable_gqa" in inspect.signature(varlen_attn).parameters
-    cu, max_len = _doc_lengths(kwargs)
-    batch, heads, seq, dim = query.shape
-    q = query.transpose(1, 2).reshape(batch * seq, heads, dim)
-    k = key.transpose(1, 2).reshape(batch * seq, key.shape[1], dim)
-    v = value.transpose(1, 2).reshape(batch * seq, key.shape[1], dim)
-    extra = {}
-    if key.shape[1] != heads:
-        if _VARLEN_HAS_GQA:
-            extra["enable_gqa"] = True
-        else:  # torch 2.11 has no GQA in varlen: repeat the KV heads
-            k, v = repeat_kv_heads(k, v, heads)
-    cu = cu.to(device=q.device, dtype=torch.int32)
-    dtype = _compute_dtype(q)
-    out = varlen_attn(q.to(dtype), k.to(dtype), v.to(dtype), cu, cu, max_len, max_len, scale=scaling,
-                      window_size=(-1, 0), **extra)
-    return out.reshape(batch, seq, heads, dim).to(query.dtype), None
-
-
-_FLEX_COMPILED = None
-
-
-def _flex_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """flex_attention with a document BlockMask (compiled on GPU, eager elsewhere)."""
-    global _FLEX_COMPILED
-    from torch.nn.attention.flex_attention import flex_attention
-
-    block_mask = kwargs.get("flex_block_mask")
-    if block_mask is None:
-        block_mask = document_block_mask(_doc_lengths(kwargs)[0], query.shape[2], query.device)
-    fn = flex_attention
-    if query.is_cuda:
-        if _FLEX_COMPILED is None:
-            _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
-        fn = _FLEX_COMPILED
-    dtype = _compute_dtype(query)
-    out = fn(query.to(dtype), key.to(dtype), value.to(dtype), block_mask=block_mask, scale=scaling,
-             enable_gqa=key.shape[1] != query.shape[1])
-    return out.transpose(1, 2).contiguous().to(query.dtype), None
-
-
-def document_block_mask(cu_seqlens: torch.Tensor, length: int, device: torch.device):
-    """A flex BlockMask: causal, and only within the document of each position."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    doc = torch.zeros(length, dtype=torch.int32, device=device)
-    doc[cu_seqlens[1:-1].to(device=device, dtype=torch.long)] = 1
-    doc = doc.cumsum(0)
-
-    def mask(b, h, q, kv):
-        return (q >= kv) & (doc[q] == doc[kv])
-
-    return create_block_mask(mask, B=None, H=None, Q_LEN=length, KV_LEN=length, device=device)
-
-
-def register_attention_backends() -> None:
-    """Make our attention functions known to transformers as ``longmix_<name>``.
-
-    They are not given a mask function, so transformers builds no (dense) mask for them:
-    the document boundaries travel as ``cu_seq_lens_q`` keyword arguments.
-    """
-    from transformers import AttentionInterface
-
-    from .distributed import context_parallel_attention
-
-    AttentionInterface.register("longmix_sdpa", _causal_attention)
-    AttentionInterface.register("longmix_cp", context_parallel_attention)
-    AttentionInterface.register("longmix_loop", _loop_attention)
-    AttentionInterface.register("longmix_varlen", _varlen_attention)
-    AttentionInterface.register("longmix_flex", _flex_attention)
 
 
 # ---------------------------------------------------------------------------- loss

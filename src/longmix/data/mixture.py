@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..units import parse_length
 from .corpus import normalize_domain
-from .units import parse_length
 
 STRATEGIES = ("original", "per-source[:F]", "global[:F]", "upsample:DOMAIN[,DOMAIN]", "cut:N")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .units import parse_count, parse_length
+from ..units import parse_count, parse_length
 
 
 class TrainError(Exception):

@@ -3,11 +3,11 @@
 The three stages (Fu et al.'s recipe, engineered):
 
 1. **tokenize** (parallel map over shards): every document tokenized once; tokens and a
-   document table per shard (:mod:`longmix.tokenize`). Finished shards are skipped on a rerun.
+   document table per shard (:mod:`longmix.data.tokenize`). Finished shards are skipped on a rerun.
 2. **plan** (one small reduce): per-domain length statistics -> a plan from the chosen
-   strategy -> a repeat count per document (:mod:`longmix.mixture`).
+   strategy -> a repeat count per document (:mod:`longmix.data.mixture`).
 3. **pack** (parallel map over output parts): seeded shuffle, concatenation with
-   separators, cut into ``seq_len`` sequences (:mod:`longmix.pack`), then statistics,
+   separators, cut into ``seq_len`` sequences (:mod:`longmix.data.pack`), then statistics,
    the report and ``manifest.json`` (written last: its presence means "complete").
 
 Output depends only on the inputs and the settings, never on ``workers``; a killed run
@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..fsutil import as_json_types, read_json, remove_stale_temporaries, write_json
+from ..units import parse_length
 from .corpus import ReaderOptions, discover_shards
 from .executor import make_executor
-from .fsutil import as_json_types, read_json, remove_stale_temporaries, write_json
 from .mixture import MixtureConfig, long_fraction_of, make_plan, parse_strategy, select, summarize
 from .pack import PartTask, compute_layout, shuffled_pieces, write_part
 from .stats import (
@@ -49,7 +50,6 @@ from .tokenize import (
     shard_stem,
     tokenize_shard,
 )
-from .units import parse_length
 
 # Outputs of a prepared folder, removed by ``overwrite`` (the tokenized cache is kept).
 _OUTPUTS = (MANIFEST, "params.json", "stats.json", "plan.json", "report.md", "plots", "tokens", "index")

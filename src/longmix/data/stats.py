@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .units import format_count
+from ..units import format_count
 
 PERCENTILES = (25, 50, 75, 90, 99)
 # Length buckets of the report (tokens per document): <4K, 4-32K, 32-128K, >128K

@@ -1,7 +1,7 @@
 """`longmix train`: continual pretraining of a HF LLaMA-family model at long context.
 
 Read top to bottom: the config, the data (windows of the packed store), the loop.
-Parallelism wraps the model (:mod:`longmix.distributed`); the loop only sums losses.
+Parallelism wraps the model (:mod:`longmix.train.distributed`); the loop only sums losses.
 """
 
 from __future__ import annotations
@@ -18,18 +18,17 @@ import numpy as np
 import torch
 import yaml
 
+from ..data.store import PackedDataset
 from . import distributed
+from .attention import BACKENDS
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_hf_model
+from .config import TrainConfig, TrainError
 from .model import (
-    ATTENTION_BACKENDS,
-    DOC_MASK_BACKENDS,
     CausalLMLoss,
     ModelShape,
     load_model,
     peak_flops,
 )
-from .store import PackedDataset
-from .train_config import TrainConfig, TrainError
 
 __all__ = ["TrainConfig", "TrainError", "train"]
 
@@ -115,12 +114,17 @@ def resolve(config: TrainConfig, d: distributed.Dist, dataset: PackedDataset) ->
     attention = config.attention
     if attention == "auto":
         attention = ("varlen" if d.device.type == "cuda" else "loop") if config.doc_mask else "sdpa"
-    if attention not in ATTENTION_BACKENDS:
-        raise TrainError(f"unknown attention {attention!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
-    if config.doc_mask != (attention in DOC_MASK_BACKENDS):
+    choices = {name: b for name, b in BACKENDS.items() if b.selectable}
+    if attention not in choices:
+        raise TrainError(f"unknown attention {attention!r}: choose one of {', '.join(choices)}")
+    chosen = choices[attention]
+    if config.doc_mask != chosen.doc_mask:
         raise TrainError(f"attention {attention!r} does not match doc_mask={config.doc_mask}")
-    if attention == "varlen" and d.device.type != "cuda":
-        raise TrainError("varlen attention needs a CUDA GPU; use --attention loop or flex on CPU")
+    if d.device.type not in chosen.devices:
+        others = [n for n, b in choices.items() if b.doc_mask == chosen.doc_mask and d.device.type in b.devices]
+        need = "a CUDA GPU" if chosen.devices == ("cuda",) else f"a {' or '.join(chosen.devices)} device"
+        raise TrainError(f"{attention} attention needs {need}; "
+                         f"on {d.device.type} use --attention {' or '.join(others)}")
     if config.context_parallel > 1 and config.doc_mask:
         raise TrainError("context parallelism works with plain causal packing only, not with --doc-mask")
     per_micro = config.seq_len * config.micro_batch * d.dp
@@ -144,7 +148,7 @@ def check_tokenizer(config: TrainConfig, dataset: PackedDataset, vocab_size: int
                          f"{vocab_size} embeddings: prepare the data with the model's tokenizer")
     model_tokenizer = Path(config.model or "") / "tokenizer.json"
     if config.model and model_tokenizer.is_file():
-        from .tokenize import vocab_digest
+        from ..data.tokenize import vocab_digest
 
         if vocab_digest(model_tokenizer) != info.get("vocab_sha256"):
             raise TrainError(f"{config.data} was tokenized by {info['name']}, whose vocabulary differs from the "

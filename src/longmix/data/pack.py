@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fsutil import atomic_write
+from ..fsutil import atomic_write
 from .mixture import seeded_hash
 
 _ORDER_SALT = 1  # the shuffle uses a different hash than the selection
