@@ -155,7 +155,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from .train.config import TrainConfig, normalize_counts
+    from .settings import from_mapping
+    from .train.config import TrainConfig
     from .train.loop import train
 
     types = {f.name: f.type for f in fields(TrainConfig)}
@@ -176,7 +177,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.config:
         config = TrainConfig.from_yaml(args.config, **overrides)
     else:
-        config = TrainConfig(**normalize_counts({k: v for k, v in overrides.items() if v is not None}))
+        config = from_mapping(TrainConfig, {}, "command line", **overrides)
     if not config.data or not config.out:
         raise SystemExit("longmix train: --data and --out are required (or set them in --config)")
     record = train(config)

@@ -243,18 +243,18 @@ def _prepare(study: Study, strategy: str, out: Path, inputs: list[str], log, pro
 
 
 def _train(study: Study, strategy: str, log) -> None:
-    from .train.config import normalize_counts
-    from .train.loop import TrainConfig, train
+    from .settings import from_mapping
+    from .train.config import TrainConfig
+    from .train.loop import train
 
     out = study.out / "runs" / study.slug(strategy)
     if (out / "model" / "config.json").is_file():
         log(f"train {strategy}: done")
         return
-    settings = normalize_counts(dict(study.train))
     resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step-*"))
     log(f"train {strategy}{' (resuming)' if resume else ''}")
-    record = train(TrainConfig(**{**settings, "data": str(study.out / "data" / study.slug(strategy)), "out": str(out),
-                                  "resume": resume}))
+    record = train(from_mapping(TrainConfig, study.train, "study train", data=str(study.out / "data" / study.slug(strategy)),
+                                out=str(out), resume=resume))
     if record.get("stopped"):
         raise StudyError(f"training of {strategy} was stopped ({record['stopped']}); rerun the study to resume")
 

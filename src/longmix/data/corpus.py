@@ -25,6 +25,8 @@ from typing import Any
 import orjson
 import zstandard
 
+from ..settings import setting
+
 RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 
 
@@ -94,20 +96,32 @@ class Rejection:
         return f"{where}: {self.reason.replace('_', ' ')}" + (f" ({self.detail})" if self.detail else "")
 
 
+def _parse_domain_rules(text: str) -> tuple[tuple[str, str], ...]:
+    rules = []
+    for rule in filter(None, (r.strip() for r in text.split(";"))):
+        pattern, sep, domain = rule.rpartition("=")
+        if not sep or not pattern or not domain:
+            raise ValueError(f"bad domain rule {rule!r}: write GLOB=DOMAIN")
+        rules.append((pattern, domain))
+    return tuple(rules)
+
+
 @dataclass(frozen=True)
 class ReaderOptions:
     """How records map to documents; every field is a `longmix prepare` option."""
 
-    text_field: str = "text"
-    # Dotted path; a JSON-string ``meta`` (as in some parquet mirrors) is parsed on the way.
-    domain_field: str = "meta.redpajama_set_name"
-    # One domain for every document (for corpora without a domain field).
-    domain: str | None = None
-    # For plain-text files: (glob over the relative path, domain); first match wins.
+    text_field: str = setting("text", help="the records' text field")
+    # A JSON-string ``meta`` (as in some parquet mirrors) is parsed on the way.
+    domain_field: str = setting("meta.redpajama_set_name", help="dotted path of the records' domain label")
+    domain: str | None = setting(None, help="one domain for every document (corpora without labels)")
     # Without a match the first folder under the corpus root names the domain.
-    domain_rules: tuple[tuple[str, str], ...] = ()
-    # When set, documents of other domains are rejected as ``unknown_domain``.
-    allowed_domains: tuple[str, ...] | None = None
+    domain_rules: tuple[tuple[str, str], ...] = setting(
+        (), parse=_parse_domain_rules, flag="--domain-rule", metavar="GLOB=DOMAIN", repeatable=True,
+        help="plain-text files: domain by path pattern (repeatable), first match wins; "
+        "default: the first folder under the corpus root")
+    allowed_domains: tuple[str, ...] | None = setting(
+        None, parse=lambda text: tuple(normalize_domain(d) for d in text.split(",") if d.strip()), flag="--domains",
+        help="comma-separated known domains; documents of others are rejected as unknown_domain")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..settings import setting
 from ..units import parse_length
 from .corpus import normalize_domain
 
@@ -40,17 +41,32 @@ class PlanError(ValueError):
     """A strategy or its parameters cannot be applied to this corpus."""
 
 
+def _check_strategy(text: str) -> str | None:
+    try:
+        parse_strategy(text)
+    except PlanError as err:
+        return str(err)
+    return None
+
+
 @dataclass(frozen=True)
 class MixtureConfig:
     """The mixture knobs of `longmix prepare`."""
 
-    strategy: str = "per-source"
-    tokens: int = 0  # the token budget; 0 means "as many as the corpus has" (original size)
-    long_threshold: int = 4096  # a document is long when it has more tokens than this
-    long_fraction: float = 0.7  # per-source / global: target share of tokens from long documents
-    domain_weight: float = 0.6  # upsample: raw weight of each upsampled domain before normalising
-    domain_weights: tuple[tuple[str, float], ...] | None = None  # explicit starting domain mix
-    seed: int = 0
+    strategy: str = setting("per-source", check=_check_strategy,
+                            help=f"mixture strategy, one of {', '.join(STRATEGIES)} (the paper's Table 5)")
+    tokens: int = setting(0, unit="count", check=lambda v: None if v >= 0 else "must be 0 or more",
+                          help="token budget, e.g. 500M or 5B; 0: the corpus' own size")
+    long_threshold: int = setting(4096, unit="length", check=lambda v: None if v > 0 else "must be positive",
+                                  help="a document is long when it has more tokens than this")
+    long_fraction: float = setting(0.7, check=lambda v: None if 0.0 <= v <= 1.0 else "must be within 0..1",
+                                   help="per-source / global: target share of tokens from long documents")
+    domain_weight: float = setting(0.6, check=lambda v: None if v > 0 else "must be positive",
+                                   help="upsample: raw weight of each named domain before normalising (Fu's code: 0.6)")
+    domain_weights: tuple[tuple[str, float], ...] | None = setting(
+        None, parse=lambda text: parse_domain_weights(text), metavar="D=W,...",
+        help="explicit starting domain mix, e.g. cc=0.67,c4=0.15,github=0.045")
+    seed: int = setting(0, help="seed of the selection and of the packing order")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..fsutil import as_json_types, read_json, remove_stale_temporaries, write_json
+from ..settings import setting
 from ..units import parse_length
 from .corpus import ReaderOptions, discover_shards
 from .executor import make_executor
@@ -61,26 +62,30 @@ class PrepareError(Exception):
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """Every knob of `longmix prepare`; saved (less ``workers``) as ``params.json``."""
+    """Every knob of `longmix prepare`; saved (less how and where it runs) in the manifest."""
 
-    inputs: tuple[str, ...]  # corpus files or folders
-    out: str  # the prepared folder
-    tokenizer: str = "smollm2"  # tokenizer.json, a HF tokenizer folder, or "smollm2" (built in)
-    separator: str | None = None  # token between packed documents; default: the tokenizer's EOS
-    seq_len: int = 81920  # tokens per packed sequence (the paper: 80K)
+    inputs: tuple[str, ...] = setting(positional=True, aliases=("corpus",), metavar="CORPUS",
+                                      help="corpus files or folders: .jsonl[.gz|.zst], .parquet, or plain-text files")
+    out: str = setting(help="the prepared folder")
+    tokenizer: str = setting("smollm2", help="tokenizer.json, a HF tokenizer folder, or 'smollm2' (built in)")
+    separator: str | None = setting(None, help="token between packed documents (default: the tokenizer's EOS); '' for none")
+    seq_len: int = setting(81920, unit="length", check=lambda v: None if v > 1 else "must be at least 2",
+                           help="tokens per packed sequence (80K = 81,920, the paper's)")
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     reader: ReaderOptions = field(default_factory=ReaderOptions)
-    cache: str | None = None  # where tokenized shards live; share it between strategies
-    workers: int | None = None  # processes; default: all cores. Does not change the output.
-    strict: bool = False  # stop at the first bad document instead of skipping and counting it
-    part_bytes: int = 1 << 29  # size of one tokens/part-NNNNN.bin file (whole sequences)
-    text_files_per_shard: int = 256  # plain-text documents per tokenization task
-    overwrite: bool = False  # replace a prepared folder made with other settings
-    executor: str = "local"  # local (processes) or ray; does not change the output
-    ray_address: str | None = None  # a running Ray cluster ("auto", "ray://host:10001"); default: start one here
-    rank: int | None = None  # with world_size: tokenize only shards i with i % world_size == rank ...
-    world_size: int | None = None  # ... (a Slurm job array or several machines on a shared file system)
-    finalize: bool = False  # after the ranks: check every shard is done, then plan and pack
+    cache: str | None = setting(None, help="folder for tokenized shards, shared between runs with different strategies")
+    workers: int | None = setting(None, check=lambda v: None if v is None or v > 0 else "must be positive",
+                                  help="processes (default: all cores); the output does not depend on it")
+    strict: bool = setting(False, help="stop at the first bad document instead of skipping and counting it")
+    part_bytes: int = setting(1 << 29, unit="length", flag="--part-size",
+                              help="size of one tokens/part-NNNNN.bin file (whole sequences)")
+    text_files_per_shard: int = setting(256, cli=False, help="plain-text documents per tokenization task")
+    overwrite: bool = setting(False, help="replace a prepared folder made with other settings")
+    executor: str = setting("local", choices=("local", "ray"), help="local processes or a Ray cluster; same output")
+    ray_address: str | None = setting(None, help="a running Ray cluster ('auto', 'ray://host:10001'); default: start one here")
+    rank: int | None = setting(None, help="with --world-size: tokenize only shards i with i % world_size == rank")
+    world_size: int | None = setting(None, help="ranks sharing the tokenization (a Slurm job array, several machines)")
+    finalize: bool = setting(False, help="after the ranks: check every shard is done, then plan and pack")
 
     def params(self) -> dict:
         """The settings that determine the output (not how or where the work runs)."""

@@ -16,10 +16,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runtime import EvalModel
 
 import numpy as np
 
-from .common import EvalError, EvalModel, ResultsFile, generate
+from .common import EvalError, ResultsFile
 
 PROMPT = "Read the book below and answer a question.\n\n{context}\n\nQuestion: {question}\n\nAnswer:"
 
@@ -93,6 +97,8 @@ def f1_score(prediction: str, answer: str) -> float:
 def run_bookqa(em: EvalModel, data: str | Path, out: Path, max_length: int, generate_tokens: int = 40,
                limit: int | None = None, progress: bool = True) -> dict:
     from tqdm import tqdm
+
+    from .runtime import generate
 
     examples = read_examples(data)[:limit]
     results = ResultsFile(out / "results.jsonl", ("id",))

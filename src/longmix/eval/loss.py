@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runtime import EvalModel
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..data.store import PackedDataset
-from .common import EvalModel
 
 SPLIT = 4096  # the paper's 0-4K / 4K-max split
 
@@ -30,17 +31,20 @@ def bucket_edges(seq_len: int) -> list[int]:
     return edges
 
 
-@torch.no_grad()
 def token_losses(em: EvalModel, tokens: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """Next-token NLL of every position but the last (float64, length ``len(tokens) - 1``)."""
-    ids = torch.from_numpy(tokens.astype(np.int64))[None].to(em.device)
-    hidden = em.model.model(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
-    targets = ids[0, 1:]
-    out = []
-    for start in range(0, hidden.shape[0], chunk):
-        logits = em.model.lm_head(hidden[start : start + chunk]).float()
-        out.append(F.cross_entropy(logits, targets[start : start + chunk], reduction="none").double().cpu())
-    return torch.cat(out).numpy()
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        ids = torch.from_numpy(tokens.astype(np.int64))[None].to(em.device)
+        hidden = em.model.model(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
+        targets = ids[0, 1:]
+        out = []
+        for start in range(0, hidden.shape[0], chunk):
+            logits = em.model.lm_head(hidden[start : start + chunk]).float()
+            out.append(F.cross_entropy(logits, targets[start : start + chunk], reduction="none").double().cpu())
+        return torch.cat(out).numpy()
 
 
 def run_loss(em: EvalModel, data: str | Path, out: Path, max_sequences: int = 64, progress: bool = True) -> dict:

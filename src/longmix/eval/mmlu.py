@@ -13,11 +13,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runtime import EvalModel
 
 import numpy as np
-import torch
 
-from .common import EvalError, EvalModel, ResultsFile
+from .common import EvalError, ResultsFile
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -68,11 +71,13 @@ def few_shot_prompt(subject: str, shots: list[Question], question: Question) -> 
     return header + "".join(format_question(s, True) for s in shots) + format_question(question, False)
 
 
-@torch.no_grad()
 def choose(em: EvalModel, prompt: list[int], letter_ids: list[int]) -> tuple[str, list[float]]:
-    ids = torch.tensor([prompt], device=em.device)
-    hidden = em.model.model(input_ids=ids, use_cache=False).last_hidden_state[0, -1]
-    logprobs = torch.log_softmax(em.model.lm_head(hidden).float(), -1)[letter_ids]
+    import torch
+
+    with torch.no_grad():
+        ids = torch.tensor([prompt], device=em.device)
+        hidden = em.model.model(input_ids=ids, use_cache=False).last_hidden_state[0, -1]
+        logprobs = torch.log_softmax(em.model.lm_head(hidden).float(), -1)[letter_ids]
     return LETTERS[int(logprobs.argmax())], logprobs.tolist()
 
 

@@ -12,10 +12,14 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runtime import EvalModel
 
 import numpy as np
 
-from .common import EvalError, EvalModel, ResultsFile, answer_scores_batch, generate, word_recall
+from .common import EvalError, ResultsFile, word_recall
 
 NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
 QUESTION = "What is the best thing to do in San Francisco?"
@@ -133,6 +137,18 @@ def build_cell(em: EvalModel, haystack: Haystack, config: NeedleConfig, length: 
     context = haystack.tokens[:at] + needle + haystack.tokens[at:room]
     prompt = header + context + footer
     return Cell(length, depth, prompt, answer, len(header) + at)
+
+
+def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[int]) -> list[dict]:
+    from .runtime import answer_scores_batch as scores  # torch, imported on first use
+
+    return scores(em, prompts, answer)
+
+
+def generate(em: EvalModel, prompt: list[int], max_new_tokens: int) -> list[int]:
+    from .runtime import generate as greedy
+
+    return greedy(em, prompt, max_new_tokens)
 
 
 def run_needle(em: EvalModel, config: NeedleConfig, out: Path, progress: bool = True) -> dict:

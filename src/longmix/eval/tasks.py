@@ -20,10 +20,14 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runtime import EvalModel
 
 import numpy as np
 
-from .common import EvalError, EvalModel, ResultsFile, generate
+from .common import EvalError, ResultsFile
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
@@ -221,6 +225,8 @@ def run_tasks(em: EvalModel, config: TaskConfig, haystack_text: str, out: Path, 
               workers: int | None = None) -> dict:
     """Score every (task, length, sample); ``workers`` processes fit the prompts (default: the cores, for >= 16 samples)."""
     from tqdm import tqdm
+
+    from .runtime import generate
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({**asdict(config), "model": em.name}, indent=2))

@@ -2,74 +2,77 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
+from ..errors import LongmixError
+from ..settings import from_mapping, read_yaml_mapping, setting
 
-from ..units import parse_count, parse_length
 
-
-class TrainError(Exception):
+class TrainError(LongmixError):
     """Settings or inputs that cannot work; raised before any GPU work starts."""
+
+
+def _attention_choices() -> tuple[str, ...]:
+    from .attention import BACKENDS  # torch: read only when a value is checked
+
+    return ("auto", *(name for name, b in BACKENDS.items() if b.selectable))
+
+
+def _every_nth(text: str) -> int:
+    return {"true": 1, "false": 0}.get(text.strip().lower()) if text.strip().lower() in ("true", "false") else int(text)
 
 
 @dataclass
 class TrainConfig:
     """Every knob of `longmix train`. Saved, resolved, as ``config.yaml`` in the run folder."""
 
-    data: str = ""  # a folder written by `longmix prepare`
-    out: str = ""  # the run folder: config.yaml, log.jsonl, checkpoints/, model/, loss.png
-    model: str | None = None  # a local HF checkpoint folder (LLaMA family)
-    init_config: str | None = None  # or a config.json: random weights (tests, benchmarks)
-    seq_len: int = 32768  # training length; at most the prepared sequence length
-    rope_theta: float | None = None  # new RoPE base (the paper's method); None keeps the model's
-    rope_scaling: str | None = None  # linear | dynamic | yarn (dynamic is frozen at seq_len)
-    rope_factor: float = 1.0  # factor of the scaling above
-    lr: float = 2e-5  # the paper's constant learning rate
-    schedule: str = "constant"  # constant | cosine (to min_lr_ratio·lr), after warmup
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
-    batch_tokens: int = 4 * 2**20  # tokens per optimizer step (the paper: 4M), by gradient accumulation
-    micro_batch: int = 1  # sequences per forward pass on one rank
-    tokens: int = 0  # training budget in tokens (steps = tokens / batch_tokens) ...
-    steps: int = 0  # ... or a number of optimizer steps
-    doc_mask: bool = False  # attention stays within documents (boundaries from the prepared data)
-    attention: str = "auto"  # sdpa | varlen | flex | loop; auto: sdpa, or varlen (GPU) / loop (CPU) with doc_mask
-    activation_checkpointing: int = 1  # recompute every N-th decoder layer in backward (1: all, 0: none)
-    compile: bool = True  # torch.compile each decoder layer (GPU only; +20-45% speed, ~1 min start-up)
-    loss_chunk: int = 8192  # tokens per chunk of the LM head + cross-entropy
-    context_parallel: int = 1  # ranks that share one sequence (torchrun)
-    seed: int = 0
-    save_every: int = 0  # steps between checkpoints (0: only at the end and on SIGTERM)
-    keep_checkpoints: int = 2
-    resume: bool = False  # continue from the latest checkpoint in `out`
-    save_dtype: str = "bfloat16"  # dtype of the final HF model
-    tensorboard: bool = False
-    device: str = "auto"
-    progress: bool = True
+    data: str = setting("", help="a folder written by `longmix prepare`")
+    out: str = setting("", help="the run folder: config.yaml, log.jsonl, checkpoints/, model/, loss.png")
+    model: str | None = setting(None, help="a local HF checkpoint folder (LLaMA family)")
+    init_config: str | None = setting(None, help="or a config.json: random weights (tests, benchmarks)")
+    seq_len: int = setting(32768, unit="length", help="training length; at most the prepared sequence length")
+    rope_theta: float | None = setting(None, help="new RoPE base (the paper's method); None keeps the model's")
+    rope_scaling: str | None = setting(None, choices=(None, "linear", "dynamic", "yarn"),
+                                       help="linear | dynamic | yarn (dynamic is frozen at seq_len)")
+    rope_factor: float = setting(1.0, help="factor of the scaling above")
+    lr: float = setting(2e-5, help="the paper's constant learning rate")
+    schedule: str = setting("constant", choices=("constant", "cosine"),
+                            help="constant | cosine (to min_lr_ratio·lr), after warmup")
+    warmup_steps: int = setting(0, help="optimizer steps of linear warm-up")
+    min_lr_ratio: float = setting(0.1, help="cosine: the final LR as a share of --lr")
+    weight_decay: float = setting(0.0, help="AdamW weight decay")
+    beta1: float = setting(0.9, help="AdamW beta1")
+    beta2: float = setting(0.95, help="AdamW beta2")
+    grad_clip: float = setting(1.0, help="max global gradient norm; 0 turns clipping off")
+    batch_tokens: int = setting(4 * 2**20, unit="binary_count",
+                                help="tokens per optimizer step (the paper: 4M), by gradient accumulation")
+    micro_batch: int = setting(1, help="sequences per forward pass on one rank")
+    tokens: int = setting(0, unit="count", help="training budget in tokens (steps = tokens / batch_tokens) ...")
+    steps: int = setting(0, help="... or a number of optimizer steps")
+    doc_mask: bool = setting(False, help="attention stays within documents (boundaries from the prepared data)")
+    attention: str = setting("auto", choices=_attention_choices,
+                             help="auto (sdpa; with --doc-mask varlen on GPU, loop on CPU) or a backend of "
+                             "longmix.train.attention (sdpa, varlen, flex, loop)")
+    activation_checkpointing: int = setting(1, parse=_every_nth,
+                                            help="recompute every N-th decoder layer in backward (1: all, 0: none)")
+    compile: bool = setting(True, help="torch.compile each decoder layer (GPU only; +20-45% speed, ~1 min start-up)")
+    loss_chunk: int = setting(8192, unit="length", help="tokens per chunk of the LM head + cross-entropy")
+    context_parallel: int = setting(1, help="ranks that share one sequence (torchrun)")
+    seed: int = setting(0, help="seed of the model's random init and the data order")
+    save_every: int = setting(0, help="steps between checkpoints (0: only at the end and on SIGTERM)")
+    keep_checkpoints: int = setting(2, help="checkpoints kept on disk (older ones are deleted)")
+    resume: bool = setting(False, help="continue from the latest checkpoint in `out`")
+    save_dtype: str = setting("bfloat16", choices=("bfloat16", "float32", "float16"),
+                              help="dtype of the final HF model")
+    tensorboard: bool = setting(False, help="also log to TensorBoard (RUN_DIR/tb)")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
+    progress: bool = setting(True, help="show a progress bar")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TrainError(f"{path}: unknown settings {', '.join(unknown)}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**normalize_counts(data))
+        """Settings from a YAML file (names with underscores), ``overrides`` on top; checked by type."""
+        return from_mapping(cls, read_yaml_mapping(path), str(path), **overrides)
 
-
-def normalize_counts(data: dict) -> dict:
-    """Accept `32K`, `4M`, `500M` style strings for the count settings."""
-    for key in ("seq_len", "loss_chunk"):
-        if isinstance(data.get(key), str):
-            data[key] = parse_length(data[key])
-    for key in ("batch_tokens", "tokens"):
-        if isinstance(data.get(key), str):
-            data[key] = parse_count(data[key], binary=key == "batch_tokens")
-    return data
+    def to_dict(self) -> dict:
+        return asdict(self)
