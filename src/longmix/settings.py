@@ -253,7 +253,7 @@ def check_keys(cls: type, data: Mapping[str, Any], source: str, extra: tuple[str
             raise SettingsError(f"{source}: unknown setting {key!r}{hint} (valid: {', '.join(sorted(valid))})")
 
 
-def from_mapping(cls: type, data: Mapping[str, Any] | None, source: str = "settings", **overrides: Any) -> Any:
+def from_mapping(cls: type, data: Mapping[str, Any] | None, source: str = "settings", /, **overrides: Any) -> Any:
     """An instance of ``cls`` from a flat mapping (YAML, a study section), ``overrides`` on top.
 
     Keys may use ``-`` or ``_``; nested settings classes take their keys from the same mapping.
@@ -353,7 +353,7 @@ def args_mapping(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return out
 
 
-def from_args(cls: type, args: argparse.Namespace, config_file: str | Path | None = None,
+def from_args(cls: type, args: argparse.Namespace, config_file: str | Path | None = None, /,
               **overrides: Any) -> Any:
     """Settings from ``--config`` YAML (if any), the command line on top, then ``overrides``."""
     data: dict[str, Any] = {}
