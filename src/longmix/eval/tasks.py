@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 import numpy as np
 
-from .common import EvalError, ResultsFile
+from ..settings import setting
+from .common import EvalError, ResultsFile, parse_grid
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
@@ -45,13 +46,26 @@ class TaskSample:
     expected: list[str]
 
 
+def _task_names(text: str) -> tuple[str, ...]:
+    return TASKS if text.strip() == "all" else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _check_tasks(tasks: tuple[str, ...]) -> str | None:
+    unknown = [t for t in tasks if t not in TASKS]
+    return f"unknown tasks {', '.join(unknown)} (choose from {', '.join(TASKS)}, or all)" if unknown else None
+
+
 @dataclass(frozen=True)
 class TaskConfig:
-    tasks: tuple[str, ...]
-    lengths: tuple[int, ...]
-    samples: int = 20
-    seed: int = 0
-    threshold: float = 0.85  # a length is "effective" when the mean score over tasks reaches this
+    """Settings of `longmix eval ruler`."""
+
+    tasks: tuple[str, ...] = setting(TASKS, parse=_task_names, check=_check_tasks, help="comma-separated tasks, or all")
+    lengths: tuple[int, ...] = setting((4096, 8192, 16384, 32768), parse=lambda text: tuple(parse_grid(text, lengths=True)),
+                                       metavar="GRID", help="prompt lengths: a list (4K,8K) or START:END:COUNT")
+    samples: int = setting(20, check=lambda v: None if v > 0 else "must be positive", help="samples per task and length")
+    seed: int = setting(0, help="seed of the generated samples")
+    threshold: float = setting(0.85, help="a length is effective when the mean score over tasks reaches this")
+    haystack: str = setting("books", help="text for the word pools and book haystacks: books (built in), a path, or essays")
 
 
 class Words:
