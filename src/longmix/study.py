@@ -18,9 +18,16 @@ Example (see docs/reproduction.md)::
     train: {model: smollm2-hf, seq_len: 32K, rope_theta: 1e6, lr: 2e-5, batch_tokens: 256K}
     eval:
       base_model: smollm2-hf
-      needle: {lengths: "1K:64K:8", depths: "0:100:5", generate_tokens: 0}
+      needle: {lengths: "1K:64K:8", depths: "0:100:11", generate_tokens: 0}
       ruler: {tasks: all, lengths: "4K,8K,16K,32K", samples: 10}
       loss: {sequences: 32}
+
+Each section takes the settings of its command, with the same names, defaults and checks
+(``longmix prepare/train/eval NAME --help``): ``prepare`` those of `longmix prepare` but the
+corpus, output and strategy (the study sets them) plus ``validation_tokens``; ``train`` those of
+`longmix train` but data, out and resume; ``eval`` one key per evaluation (needle, loss, ruler,
+mmlu, bookqa, ...) plus ``base_model`` and ``tokenizer``. The whole file is checked when it is
+loaded: an unknown key or a bad value fails before any work, naming the key.
 """
 
 from __future__ import annotations
@@ -35,16 +42,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from .units import parse_count, parse_length
+from .errors import LongmixError
+from .settings import from_mapping, read_yaml_mapping
 
 STEPS = ("prepare", "train", "eval", "report")
 BASE = "base"  # in --strategies: the base model's evaluation
 
 
-class StudyError(ValueError):
+class StudyError(LongmixError, ValueError):
     """A study file that cannot be run."""
+
+
+_TOP = ("out", "corpus", "strategies", "validation", "tokenizer", "prepare", "train", "eval")
+PREPARE_SET_BY_STUDY = ("inputs", "out", "cache", "strategy", "tokenizer")
+TRAIN_SET_BY_STUDY = ("data", "out", "resume")
+EVAL_KEYS = ("base_model", "tokenizer")
 
 
 @dataclass
@@ -60,19 +72,85 @@ class Study:
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_yaml_mapping(path)
         missing = [k for k in ("out", "corpus", "strategies") if k not in data]
         if missing:
             raise StudyError(f"{path}: missing {', '.join(missing)}")
-        unknown = sorted(set(data) - {"out", "corpus", "strategies", "validation", "tokenizer", "prepare", "train", "eval"})
-        if unknown:
-            raise StudyError(f"{path}: unknown keys {', '.join(unknown)}")
+        check_keys_in(data, _TOP, str(path))
         data["out"] = Path(data["out"])
-        data["corpus"] = list(data["corpus"]) if isinstance(data["corpus"], list) else [data["corpus"]]
-        return cls(**data)
+        for key in ("corpus", "validation", "strategies"):
+            if key in data:
+                data[key] = list(data[key]) if isinstance(data[key], list) else [data[key]]
+        for key in ("prepare", "train", "eval"):
+            if data.get(key) is None:
+                data[key] = {}
+            elif not isinstance(data[key], dict):
+                raise StudyError(f"{path}: {key} must be a mapping of settings")
+        study = cls(**data)
+        study.check(str(path))
+        return study
+
+    def check(self, source: str) -> None:
+        """Convert and check every section now, so that a typo fails before hours of work."""
+        from .data.mixture import MixtureConfig
+        from .eval.registry import evaluations
+        from .train.config import TrainConfig
+
+        for strategy in self.strategies:
+            from_mapping(MixtureConfig, {"strategy": strategy}, f"{source}: strategies")
+        self.prepare_settings("original", [source], source, validation=True)
+        for key in TRAIN_SET_BY_STUDY:
+            if key in self.train:
+                raise StudyError(f"{source}: train.{key} is set by the study; remove it")
+        from_mapping(TrainConfig, self.train, f"{source}: train")
+        registry = evaluations()
+        check_keys_in(self.eval, (*EVAL_KEYS, *registry), f"{source}: eval")
+        for name in self.evaluations():
+            self.eval_settings(name, Path("held-out"), f"{source}: eval.{name}")
 
     def slug(self, strategy: str) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", strategy).strip("-")
+
+    def prepare_settings(self, strategy: str, inputs: list[str], out: str, validation: bool = False):
+        """`longmix prepare` settings of one strategy (or of the held-out data)."""
+        from .data.prepare import PrepareConfig
+
+        section = dict(self.prepare)
+        for key in PREPARE_SET_BY_STUDY:
+            if key in section:
+                raise StudyError(f"prepare.{key} is set by the study; remove it")
+        validation_tokens = section.pop("validation_tokens", 0)
+        if validation:
+            section["tokens"] = validation_tokens
+        cache = self.out / "cache" / ("validation" if validation else "train")
+        return from_mapping(PrepareConfig, section, "study prepare", inputs=tuple(inputs), out=str(out),
+                            tokenizer=self.tokenizer, strategy=strategy, cache=str(cache))
+
+    def evaluations(self) -> list[str]:
+        """The study's evaluations in the registry's order (quickest first)."""
+        from .eval.registry import evaluations
+
+        return [name for name in evaluations() if name in self.eval]
+
+    def eval_settings(self, name: str, heldout: Path, source: str = "study eval"):
+        from .eval.registry import evaluations
+
+        item = evaluations()[name]
+        section = self.eval.get(name) or {}
+        if not isinstance(section, dict):
+            raise StudyError(f"{source}: expected a mapping of settings")
+        defaults = {"data": str(heldout)} if item.uses_heldout and "data" not in section else {}
+        return from_mapping(item.settings, {**defaults, **section}, source)
+
+
+def check_keys_in(data: dict, valid: tuple[str, ...], source: str) -> None:
+    import difflib
+
+    for key in data:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise StudyError(f"{source}: unknown key {key!r}{hint} (valid: {', '.join(valid)})")
 
 
 def run_study(study: Study, steps: tuple[str, ...] = STEPS, only: list[str] | None = None,
@@ -189,12 +267,11 @@ def study_status(study: Study) -> list[dict]:
             row["trained"] = "done" if (run / "model" / "config.json").is_file() else (
                 f"step {last['step']}" if last else "no")
             row["loss"] = round(last["loss"], 4) if last else None
-        for kind in ("needle", "ruler", "loss"):
-            if kind in study.eval:
-                folder = study.out / "eval" / slug / kind
-                done = (folder / "summary.json").is_file()
-                partial = (folder / "results.jsonl").is_file()
-                row[f"eval {kind}"] = "done" if done else ("partial" if partial else "no")
+        for kind in study.evaluations():
+            folder = study.out / "eval" / slug / kind
+            done = (folder / "summary.json").is_file()
+            partial = (folder / "results.jsonl").is_file()
+            row[f"eval {kind}"] = "done" if done else ("partial" if partial else "no")
         rows.append(row)
     return rows
 
@@ -224,22 +301,13 @@ def _cell(value) -> str:
 
 
 def _prepare(study: Study, strategy: str, out: Path, inputs: list[str], log, progress: bool, validation: bool = False) -> None:
-    from .data.mixture import MixtureConfig
-    from .data.prepare import PrepareConfig, prepare
+    from .data.prepare import prepare
 
     if (out / "manifest.json").is_file():
         log(f"prepare {out.name}: done")
         return
-    p = study.prepare
-    tokens = parse_count(str(p.get("validation_tokens" if validation else "tokens", 0)))
-    mixture = MixtureConfig(strategy=strategy, tokens=tokens, long_threshold=parse_length(str(p.get("long_threshold", "4K"))),
-                            long_fraction=float(p.get("long_fraction", 0.7)), domain_weight=float(p.get("domain_weight", 0.6)),
-                            seed=int(p.get("seed", 0)))
     log(f"prepare {out.name} ({strategy})")
-    prepare(PrepareConfig(inputs=tuple(inputs), out=str(out), tokenizer=study.tokenizer,
-                          seq_len=parse_length(str(p.get("seq_len", "32K"))), mixture=mixture,
-                          cache=str(study.out / "cache" / ("validation" if validation else "train")),
-                          workers=p.get("workers")), progress=progress, log=log)
+    prepare(study.prepare_settings(strategy, inputs, str(out), validation), progress=progress, log=log)
 
 
 def _train(study: Study, strategy: str, log) -> None:
@@ -260,42 +328,24 @@ def _train(study: Study, strategy: str, log) -> None:
 
 
 def _evaluate(study: Study, model: Path, out: Path, log, progress: bool) -> None:
-    from .eval.common import load_eval_model, parse_grid
+    from .eval.registry import run_evaluation
 
-    settings = study.eval
     if not (model / "config.json").is_file():
         log(f"eval {out.name}: no model at {model} yet, skipped")
         return
-    # quickest first (the synthetic tasks generate text and take longest): a stopped evaluation keeps the quick results
-    todo = [k for k in ("needle", "loss", "ruler") if k in settings and not (out / k / "summary.json").is_file()]
+    heldout = study.out / "data" / "validation"
+    todo = [name for name in study.evaluations() if not (out / name / "summary.json").is_file()]
     if not todo:
         log(f"eval {out.name}: done")
         return
-    em = load_eval_model(model, settings.get("tokenizer"))
-    if "needle" in todo:
-        from .eval.needle import NeedleConfig, run_needle
+    settings = {name: study.eval_settings(name, heldout) for name in todo}
+    for name, config in settings.items():
+        data = getattr(config, "data", None)
+        if data == str(heldout) and not (heldout / "manifest.json").is_file():
+            raise StudyError(f"the {name} evaluation needs held-out data: set `validation:` corpus paths in the study")
+    from .eval.runtime import load_eval_model
 
-        n = dict(settings["needle"])
-        config = NeedleConfig(lengths=tuple(parse_grid(str(n.pop("lengths", "1K:32K:8")), lengths=True)),
-                              depths=tuple(parse_grid(str(n.pop("depths", "0:100:5")), lengths=False)), **n)
-        log(f"eval {out.name}: needle")
-        run_needle(em, config, out / "needle", progress=progress)
-    if "loss" in todo:
-        from .eval.loss import run_loss
-
-        data = study.out / "data" / "validation"
-        if not (data / "manifest.json").is_file():
-            raise StudyError("per-domain loss needs held-out data: set `validation:` corpus paths in the study")
-        log(f"eval {out.name}: loss by position")
-        run_loss(em, data, out / "loss", int(settings["loss"].get("sequences", 32)), progress=progress)
-    if "ruler" in todo:
-        from .eval.needle import load_haystack_text
-        from .eval.tasks import TASKS, TaskConfig, run_tasks
-
-        r = dict(settings["ruler"])
-        tasks = TASKS if r.get("tasks", "all") == "all" else tuple(r["tasks"])
-        config = TaskConfig(tasks=tasks, lengths=tuple(parse_grid(str(r.get("lengths", "4K,8K")), lengths=True)),
-                            samples=int(r.get("samples", 10)), seed=int(r.get("seed", 0)),
-                            threshold=float(r.get("threshold", 0.85)))
-        log(f"eval {out.name}: synthetic tasks")
-        run_tasks(em, config, load_haystack_text(r.get("haystack", "books")), out / "ruler", progress=progress)
+    em = load_eval_model(model, study.eval.get("tokenizer"))
+    for name, config in settings.items():  # quickest first: a stopped evaluation keeps the quick results
+        log(f"eval {out.name}: {name}")
+        run_evaluation(name, em, config, out, progress=progress)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import InvalidInputError
+
 # K/M/B/T are decimal for token budgets (5B = 5e9), but sequence lengths are
 # conventionally binary (80K = 81,920, 128K = 131,072), so the caller chooses.
 _DECIMAL = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -19,11 +21,11 @@ def parse_count(value: str | int, *, binary: bool = False) -> int:
     """
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"count must not be negative: {value}")
+            raise InvalidInputError(f"count must not be negative: {value}")
         return value
     match = _PATTERN.match(str(value))
     if not match:
-        raise ValueError(
+        raise InvalidInputError(
             f"cannot read {value!r} as a count: use an integer or a number with a "
             "K/M/B/T suffix, e.g. 4096, 80K, 5B"
         )
@@ -31,7 +33,7 @@ def parse_count(value: str | int, *, binary: bool = False) -> int:
     scale = (_BINARY if binary else _DECIMAL)[suffix.upper()]
     result = float(number) * scale
     if result != int(result):
-        raise ValueError(f"{value!r} is not a whole number")
+        raise InvalidInputError(f"{value!r} is not a whole number")
     return int(result)
 
 

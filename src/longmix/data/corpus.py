@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 import zstandard
 
+from ..errors import InputNotFoundError, LongmixError
 from ..settings import setting
 
 RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
@@ -59,7 +60,7 @@ REJECT_REASONS = (
 )
 
 
-class BadInputError(Exception):
+class BadInputError(LongmixError):
     """Raised in strict mode at the first bad record; names file and line."""
 
     def __init__(self, rejection: Rejection):
@@ -154,7 +155,7 @@ def discover_shards(inputs: list[str | Path], text_files_per_shard: int = 256) -
     for raw in inputs:
         root = Path(raw)
         if not root.exists():
-            raise FileNotFoundError(f"corpus path does not exist: {root}")
+            raise InputNotFoundError(f"corpus path does not exist: {root}")
         if root.is_file():
             target = records if is_record_file(root) else texts
             target.append((str(root), root.name, ""))
@@ -168,7 +169,7 @@ def discover_shards(inputs: list[str | Path], text_files_per_shard: int = 256) -
             target = records if is_record_file(path) else texts
             target.append((str(path), label, root.name))
     if not records and not texts:
-        raise FileNotFoundError(f"no input files under {', '.join(map(str, inputs))}")
+        raise InputNotFoundError(f"no input files under {', '.join(map(str, inputs))}")
     records.sort(key=lambda item: item[1])
     texts.sort(key=lambda item: item[1])
     shards = [Shard(i, "records", (p,), (label,), (root,)) for i, (p, label, root) in enumerate(records)]

@@ -15,6 +15,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..errors import InvalidInputError, LongmixError
+
 
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -63,7 +65,7 @@ class _Named:
             raise TaskFailed(f"task {task_name(task)} failed: {type(err).__name__}: {err}") from err
 
 
-class TaskFailed(RuntimeError):
+class TaskFailed(LongmixError, RuntimeError):
     """A task failed (after retries); names the task so the user knows which file to look at."""
 
 
@@ -79,7 +81,7 @@ class RayExecutor:
         try:
             import ray
         except ImportError as err:
-            raise RuntimeError("the Ray executor needs `pip install -e .[ray]`") from err
+            raise LongmixError("the Ray executor needs `pip install -e .[ray]`") from err
         self.ray = ray
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
@@ -132,4 +134,4 @@ def make_executor(kind: str, workers: int | None = None, address: str | None = N
         return LocalExecutor(workers)
     if kind == "ray":
         return RayExecutor(address=address, num_cpus=workers)
-    raise ValueError(f"unknown executor {kind!r}: local or ray")
+    raise InvalidInputError(f"unknown executor {kind!r}: local or ray")

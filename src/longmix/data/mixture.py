@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import LongmixError
 from ..settings import setting
 from ..units import parse_length
 from .corpus import normalize_domain
@@ -37,7 +38,7 @@ from .corpus import normalize_domain
 STRATEGIES = ("original", "per-source[:F]", "global[:F]", "upsample:DOMAIN[,DOMAIN]", "cut:N")
 
 
-class PlanError(ValueError):
+class PlanError(LongmixError, ValueError):
     """A strategy or its parameters cannot be applied to this corpus."""
 
 

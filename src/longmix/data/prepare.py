@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..errors import LongmixError
 from ..fsutil import as_json_types, read_json, remove_stale_temporaries, write_json
 from ..settings import setting
 from ..units import parse_length
@@ -56,7 +57,7 @@ from .tokenize import (
 _OUTPUTS = (MANIFEST, "params.json", "stats.json", "plan.json", "report.md", "plots", "tokens", "index")
 
 
-class PrepareError(Exception):
+class PrepareError(LongmixError):
     """A problem with the settings or the inputs, found before or during `prepare`."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputNotFoundError, InvalidInputError
 from ..fsutil import atomic_write, read_json
 
 MANIFEST = "manifest.json"
@@ -81,13 +82,13 @@ class PackedDataset:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"{self.path} is not a finished prepared dataset (no {MANIFEST}); run `longmix prepare` "
                 "(a rerun with the same arguments resumes an interrupted one)"
             )
         self.manifest = read_json(manifest_path)
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{self.path}: unsupported format version {self.manifest.get('format_version')}")
+            raise InvalidInputError(f"{self.path}: unsupported format version {self.manifest.get('format_version')}")
         self.seq_len: int = self.manifest["seq_len"]
         self.dtype = np.dtype(self.manifest["dtype"])
         self.domains: list[str] = self.manifest["domains"]
@@ -177,12 +178,12 @@ def read_megatron(prefix: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     prefix = Path(prefix)
     raw = _with(prefix, ".idx").read_bytes()
     if raw[:9] != _MEGATRON_MAGIC:
-        raise ValueError(f"{prefix}.idx is not a Megatron index (bad magic)")
+        raise InvalidInputError(f"{prefix}.idx is not a Megatron index (bad magic)")
     (version,) = struct.unpack_from("<Q", raw, 9)
     (code,) = struct.unpack_from("<B", raw, 17)
     n_seq, n_doc = struct.unpack_from("<QQ", raw, 18)
     if version != 1:
-        raise ValueError(f"{prefix}.idx: unsupported version {version}")
+        raise InvalidInputError(f"{prefix}.idx: unsupported version {version}")
     dtype = {v: k for k, v in _MEGATRON_DTYPE_CODE.items()}[code]
     offset = 34
     lengths = np.frombuffer(raw, np.int32, n_seq, offset)

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import InputNotFoundError, InvalidInputError
 from ..fsutil import as_json_types, atomic_write, read_json, write_json
 from .corpus import BadInputError, Document, ReaderOptions, Rejection, Shard, iter_documents
 
@@ -75,7 +76,7 @@ def resolve_tokenizer(spec: str | Path | None, separator: str | None = None) -> 
     folder = path if path.is_dir() else path.parent
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"no tokenizer at {spec}: give a tokenizer.json file, a folder holding one "
             f"(a Hugging Face model or tokenizer folder), or '{BUILTIN_TOKENIZER}'"
         )
@@ -94,7 +95,7 @@ def resolve_tokenizer(spec: str | Path | None, separator: str | None = None) -> 
     if separator is not None and separator != "":
         separator_id = tokenizer.token_to_id(separator)
         if separator_id is None:
-            raise ValueError(f"separator token {separator!r} is not in the vocabulary of {file}")
+            raise InvalidInputError(f"separator token {separator!r} is not in the vocabulary of {file}")
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     name = BUILTIN_TOKENIZER if builtin else (folder.name if file.name == "tokenizer.json" else file.stem)
     return TokenizerInfo(

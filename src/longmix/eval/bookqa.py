@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 import numpy as np
 
+from ..settings import setting
 from .common import EvalError, ResultsFile
+from .registry import evaluation
 
 PROMPT = "Read the book below and answer a question.\n\n{context}\n\nQuestion: {question}\n\nAnswer:"
 
@@ -122,3 +124,25 @@ def run_bookqa(em: EvalModel, data: str | Path, out: Path, max_length: int, gene
                "note": "recall = the paper's score (Table 4: 27.4 for its 7B, 31.1 for 13B); f1 = InfiniteBench's metric"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+@dataclass(frozen=True)
+class BookQAConfig:
+    """Settings of `longmix eval bookqa`."""
+
+    data: str = setting(help="InfiniteBench's longbook_qa_eng.jsonl (fields context, input, answer)")
+    max_length: int = setting(131072, unit="length", help="prompt + answer tokens; the book's middle is cut")
+    generate_tokens: int = setting(40, check=lambda v: None if v > 0 else "must be positive",
+                                   help="greedy answer tokens")
+    limit: int | None = setting(None, help="the first N examples only")
+
+
+def _describe(summary: dict) -> str:
+    return json.dumps(summary, indent=2)
+
+
+@evaluation("bookqa", BookQAConfig, doc="long-book QA (InfiniteBench En.QA), recall and F1", describe=_describe,
+            order=60)
+def run_bookqa_eval(em: EvalModel, config: BookQAConfig, out: Path, progress: bool = True) -> dict:
+    return run_bookqa(em, config.data, out, config.max_length, config.generate_tokens, config.limit,
+                      progress=progress)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 import numpy as np
 
 from ..data.store import PackedDataset
+from ..settings import setting
+from .registry import evaluation
 
 SPLIT = 4096  # the paper's 0-4K / 4K-max split
 
@@ -121,3 +124,26 @@ def plot_loss_curve(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Settings of `longmix eval loss`."""
+
+    data: str = setting(help="held-out data: a folder written by `longmix prepare`")
+    sequences: int = setting(64, check=lambda v: None if v > 0 else "must be positive",
+                             help="sequences to evaluate (the first ones of the folder)")
+
+
+def _describe(summary: dict) -> str:
+    def show(value: float | None) -> str:
+        return "–" if value is None else f"{value:.4f}"
+
+    return "\n".join(f"{domain:<14} loss {show(row['loss'])}  0-4K {show(row['0-4K'])}  4K-max {show(row['4K-max'])}"
+                     f"  ({row['tokens']} tokens)" for domain, row in summary["domains"].items())
+
+
+@evaluation("loss", LossConfig, doc="per-domain loss by context position on held-out prepared data",
+            describe=_describe, order=20, uses_heldout=True)
+def run_loss_eval(em: EvalModel, config: LossConfig, out: Path, progress: bool = True) -> dict:
+    return run_loss(em, config.data, out, config.sequences, progress=progress)

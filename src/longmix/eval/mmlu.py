@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 import numpy as np
 
+from ..settings import setting
 from .common import EvalError, ResultsFile
+from .registry import evaluation
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -118,3 +120,25 @@ def run_mmlu(em: EvalModel, data: str | Path, out: Path, shots: int = 5, limit: 
                "note": "the paper: 43.3 (7B-80K), 52.4 (13B-64K)"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+@dataclass(frozen=True)
+class MMLUConfig:
+    """Settings of `longmix eval mmlu`."""
+
+    data: str = setting(help="folder with dev/ and test/ <subject>_{dev,test}.csv (the MMLU release layout)")
+    shots: int = setting(5, check=lambda v: None if v >= 0 else "must be 0 or more", help="examples from dev/")
+    limit: int | None = setting(None, help="the first N test questions per subject")
+    subjects: tuple[str, ...] | None = setting(None, help="comma-separated subset of subjects")
+
+
+def _describe(summary: dict) -> str:
+    return (f"MMLU {summary['shots']}-shot: macro {summary['macro_accuracy']:.1f}, "
+            f"micro {summary['micro_accuracy']:.1f} over {len(summary['subjects'])} subjects")
+
+
+@evaluation("mmlu", MMLUConfig, doc="MMLU few-shot by answer-letter log-likelihood (short-context check)",
+            describe=_describe, order=30)
+def run_mmlu_eval(em: EvalModel, config: MMLUConfig, out: Path, progress: bool = True) -> dict:
+    return run_mmlu(em, config.data, out, config.shots, config.limit,
+                    list(config.subjects) if config.subjects else None, progress=progress)

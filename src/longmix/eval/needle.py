@@ -21,6 +21,7 @@ import numpy as np
 
 from ..settings import setting
 from .common import EvalError, ResultsFile, parse_grid, word_recall
+from .registry import evaluation
 
 NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
 QUESTION = "What is the best thing to do in San Francisco?"
@@ -40,9 +41,9 @@ def _depths(text: str) -> tuple[int, ...]:
 class NeedleConfig:
     """Settings of `longmix eval needle`."""
 
-    lengths: tuple[int, ...] = setting(parse=_lengths, metavar="GRID",
+    lengths: tuple[int, ...] = setting(_lengths("1K:32K:8"), parse=_lengths, metavar="GRID",
                                        help="prompt lengths in tokens: START:END:COUNT (1K:32K:8) or a list (4K,8K)")
-    depths: tuple[int, ...] = setting(parse=_depths, metavar="GRID",
+    depths: tuple[int, ...] = setting(_depths("0:100:11"), parse=_depths, metavar="GRID",
                                       help="needle depths in percent of the haystack: START:END:COUNT or a list")
     needle: str = setting(NEEDLE, help="the needle sentence")
     question: str = setting(QUESTION, help="the question asked after the haystack")
@@ -264,3 +265,11 @@ def plot_heatmap(rows: list[dict], metric: str, path: Path, train_length: int | 
 
 def _k(value: int) -> str:
     return f"{value / 1024:.0f}K" if value >= 1024 else str(value)
+
+
+def _describe(summary: dict) -> str:
+    return json.dumps(summary["mean"])
+
+
+evaluation("needle", NeedleConfig, doc="needle in a haystack: a length × depth grid", describe=_describe,
+           order=10)(run_needle)

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..settings import setting
 from .common import EvalError, ResultsFile, parse_grid
+from .registry import evaluation
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
@@ -306,3 +307,11 @@ def task_table(summary: dict) -> str:
                  f"{summary['effective_length'] or 'none'}")
     return "\n".join(lines)
 
+
+@evaluation("ruler", TaskConfig, doc="synthetic retrieval tasks (RULER-style), task × length", describe=task_table,
+            order=40)
+def run_ruler(em: EvalModel, config: TaskConfig, out: Path, progress: bool = True) -> dict:
+    """:func:`run_tasks` on the haystack text the settings name."""
+    from .needle import load_haystack_text
+
+    return run_tasks(em, config, load_haystack_text(config.haystack), out, progress=progress)

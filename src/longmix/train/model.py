@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import LongmixError
 from .attention import register_attention_backends
 
 ROPE_SCALINGS = ("linear", "dynamic", "yarn")
 
 
-class ModelError(Exception):
+class ModelError(LongmixError):
     """A model that cannot be loaded or configured as asked."""
 
 

@@ -1,0 +1,73 @@
+"""Every evaluation declared once: name, settings class, run function, terminal summary, docs.
+
+An evaluation module registers itself with :func:`evaluation`; the CLI (`longmix eval NAME`),
+the study (`eval: {NAME: {...}}`) and the report iterate over :data:`EVALUATIONS`. Modules
+of this package are discovered and imported here (they import torch only when they run),
+so adding an evaluation is one new file in ``longmix/eval/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..settings import setting
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    name: str  # the CLI subcommand, the study's key and the results subfolder
+    settings: type  # the settings dataclass (fields declared with longmix.settings.setting)
+    run: Callable[..., dict]  # run(em, settings, out_dir, progress) -> summary (written to out_dir/summary.json)
+    describe: Callable[[dict], str]  # the summary as text for the terminal
+    doc: str  # one line for --help
+    order: int  # the study runs quick evaluations first: a stopped evaluation keeps the quick results
+    uses_heldout: bool = False  # its `data` setting defaults, in a study, to the study's held-out prepared data
+
+
+EVALUATIONS: dict[str, Evaluation] = {}
+
+
+def evaluation(name: str, settings: type, *, doc: str, describe: Callable[[dict], str], order: int = 50,
+               uses_heldout: bool = False) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
+    """Declare ``run(em, settings, out_dir, progress) -> summary`` as evaluation ``name``."""
+
+    def register(run: Callable[..., dict]) -> Callable[..., dict]:
+        EVALUATIONS[name] = Evaluation(name, settings, run, describe, doc, order, uses_heldout)
+        return run
+
+    return register
+
+
+_LOADED = False
+
+
+def evaluations() -> dict[str, Evaluation]:
+    """The registered evaluations, quickest first (importing every module of this package once)."""
+    global _LOADED
+    if not _LOADED:
+        package = Path(__file__).parent
+        for module in pkgutil.iter_modules([str(package)]):
+            if module.name not in ("registry", "runtime"):
+                importlib.import_module(f"{__package__}.{module.name}")
+        _LOADED = True
+    return dict(sorted(EVALUATIONS.items(), key=lambda item: (item[1].order, item[0])))
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """What every evaluation command takes besides its own settings."""
+
+    model: str = setting(help="a HF model folder")
+    out: str = setting(help="results folder: one subfolder per evaluation (a rerun resumes)")
+    tokenizer: str | None = setting(None, help="tokenizer.json or a folder holding one (default: the model's)")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
+
+
+def run_evaluation(name: str, em: Any, settings: Any, out: Path, progress: bool = True) -> dict:
+    """Run one registered evaluation into ``out/NAME``."""
+    return evaluations()[name].run(em, settings, Path(out) / name, progress)
