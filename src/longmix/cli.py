@@ -185,7 +185,6 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .train.model import ModelShape
     from .train.plan import (
         PRESETS,
         TIED,
@@ -194,6 +193,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         paper_configurations,
         predict,
     )
+    from .train.shape import ModelShape
 
     if args.model in PRESETS:
         shape, tied = PRESETS[args.model], args.model in TIED

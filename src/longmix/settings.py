@@ -36,9 +36,10 @@ def setting(default: Any = MISSING, *, help: str, default_factory: Callable[[], 
             unit: str | None = None, choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
             check: Callable[[Any], str | None] | None = None, parse: Callable[[str], Any] | None = None,
             flag: str | None = None, aliases: tuple[str, ...] = (), positional: bool = False,
-            cli: bool = True, metavar: str | None = None, repeatable: bool = False) -> Any:
+            cli: bool = True, metavar: str | None = None, repeatable: bool = False, parse_any: bool = False) -> Any:
     """A documented dataclass field.
 
+    ``parse_any``: ``parse`` reads YAML values of any type, not only strings.
     ``unit``: ``count`` (decimal K/M/B: budgets), ``binary_count`` or ``length`` (binary K/M:
     sequence lengths) for integer fields given as ``4K`` or ``500M``. ``choices``: allowed
     values (or a function returning them, read when a value is checked). ``check``: returns an
@@ -52,7 +53,7 @@ def setting(default: Any = MISSING, *, help: str, default_factory: Callable[[], 
         raise ValueError(f"unknown unit {unit!r}")
     metadata = {"help": help, "unit": unit, "choices": choices, "check": check, "parse": parse, "flag": flag,
                 "aliases": aliases, "positional": positional, "cli": cli, "metavar": metavar,
-                "repeatable": repeatable}
+                "repeatable": repeatable, "parse_any": parse_any}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -153,7 +154,7 @@ def convert(spec: Spec, value: Any, source: str = "") -> Any:
         raise SettingsError(f"{label}: a value is required")
     parse = spec.meta.get("parse")
     try:
-        if parse is not None and isinstance(value, str):
+        if parse is not None and (isinstance(value, str) or spec.meta.get("parse_any")):
             result = parse(value)
         elif parse is not None and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             result = tuple(item for text in value for item in parse(text))  # a repeated option

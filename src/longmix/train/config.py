@@ -19,8 +19,10 @@ def _attention_choices() -> tuple[str, ...]:
     return ("auto", *(name for name, b in BACKENDS.items() if b.selectable))
 
 
-def _every_nth(text: str) -> int:
-    return {"true": 1, "false": 0}.get(text.strip().lower()) if text.strip().lower() in ("true", "false") else int(text)
+def _every_nth(value: str | int | bool) -> int:
+    """Checkpointing as N (every N-th layer) or, as it used to be, true (all) / false (none)."""
+    text = str(value).strip().lower()
+    return {"true": 1, "false": 0}[text] if text in ("true", "false") else int(text)
 
 
 @dataclass
@@ -54,7 +56,7 @@ class TrainConfig:
     attention: str = setting("auto", choices=_attention_choices,
                              help="auto (sdpa; with --doc-mask varlen on GPU, loop on CPU) or a backend of "
                              "longmix.train.attention (sdpa, varlen, flex, loop)")
-    activation_checkpointing: int = setting(1, parse=_every_nth,
+    activation_checkpointing: int = setting(1, parse=_every_nth, parse_any=True,
                                             help="recompute every N-th decoder layer in backward (1: all, 0: none)")
     compile: bool = setting(True, help="torch.compile each decoder layer (GPU only; +20-45% speed, ~1 min start-up)")
     loss_chunk: int = setting(8192, unit="length", help="tokens per chunk of the LM head + cross-entropy")

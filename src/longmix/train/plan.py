@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import ModelShape
+from .shape import ModelShape
 
 GIB = 2**30
 
