@@ -21,13 +21,13 @@ from longmix.data.store import PackedDataset  # noqa: E402
 from longmix.train.loop import TrainConfig, TrainError, TrainWindows, micro_batch_tensors, train  # noqa: E402
 from longmix.train.model import (  # noqa: E402
     ModelError,
-    ModelShape,
     apply_rope,
     chunked_cross_entropy,
     dynamic_ntk_theta,
     load_model,
     rope_settings,
 )
+from longmix.train.shape import ModelShape  # noqa: E402
 
 VOCAB = 512
 

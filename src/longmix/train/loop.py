@@ -23,12 +23,8 @@ from . import distributed
 from .attention import BACKENDS
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_hf_model
 from .config import TrainConfig, TrainError
-from .model import (
-    CausalLMLoss,
-    ModelShape,
-    load_model,
-    peak_flops,
-)
+from .model import CausalLMLoss, load_model, peak_flops
+from .shape import ModelShape
 
 __all__ = ["TrainConfig", "TrainError", "train"]
 
