@@ -62,3 +62,45 @@ def test_ray_executor_output_is_byte_identical_to_local(tmp_path, mixed_corpus, 
     finally:
         ray.shutdown()
     assert tree_digest(on_ray) == tree_digest(local)
+
+
+class _FakeRay:
+    """Just enough of Ray's API to count the tasks in flight."""
+
+    def __init__(self):
+        self.in_flight: set[int] = set()
+        self.most_in_flight = 0
+
+    def remote(self, **_options):
+        def wrap(fn):
+            fake = self
+
+            class Remote:
+                @staticmethod
+                def remote(task):
+                    ref = ("ref", task, fn(task))
+                    fake.in_flight.add(task)
+                    fake.most_in_flight = max(fake.most_in_flight, len(fake.in_flight))
+                    return ref
+
+            return Remote
+
+        return wrap
+
+    def wait(self, refs, num_returns):
+        first = min(refs, key=lambda ref: ref[1])
+        self.in_flight.discard(first[1])
+        return [first], refs[1:]
+
+    def get(self, ref):
+        return ref[2]
+
+
+def test_ray_executor_keeps_a_bounded_window_of_tasks_in_flight():
+    from longmix.data.executor import RayExecutor
+
+    executor = object.__new__(RayExecutor)
+    executor.ray, executor.max_retries, executor.window = _FakeRay(), 0, 3
+    results = sorted(executor._run(lambda task: task * 10, list(range(20)), "test"))
+    assert results == [task * 10 for task in range(20)]
+    assert executor.ray.most_in_flight == 3

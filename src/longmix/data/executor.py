@@ -89,6 +89,7 @@ class RayExecutor:
                      runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
         self.max_retries = max_retries
         self.workers = int(ray.cluster_resources().get("CPU", 1))
+        self.window = 2 * self.workers  # enough to keep every CPU busy while results come back
 
     def map(self, fn: Callable[[Any], Any], tasks: list, *, desc: str = "", progress: bool = True,
             unit: str = "shard", postfix: Callable[[Any], dict] | None = None) -> Iterator[Any]:
@@ -96,8 +97,17 @@ class RayExecutor:
 
     def _run(self, fn: Callable[[Any], Any], tasks: list, desc: str) -> Iterator[Any]:
         remote = self.ray.remote(max_retries=self.max_retries, retry_exceptions=True)(fn)
-        pending = {remote.remote(task): task for task in tasks}
-        while pending:
+        # A bounded window of tasks in flight: submitting all of SlimPajama's ~59K shard tasks
+        # at once and waiting on the whole list each time is quadratic in the task count.
+        queue = iter(tasks)
+        pending: dict[Any, Any] = {}
+        while True:
+            for task in queue:
+                pending[remote.remote(task)] = task
+                if len(pending) >= self.window:
+                    break
+            if not pending:
+                return
             done, _ = self.ray.wait(list(pending), num_returns=1)
             task = pending.pop(done[0])
             try:
