@@ -109,24 +109,33 @@ class PartTask:
     span_doc_tokens: np.ndarray  # document length (after any cut), without the separator
 
 
-def write_part(task: PartTask) -> int:
-    """Copy the tokens of each span into place; returns the number of tokens written."""
+CHUNK_BYTES = 64 << 20  # a worker holds one chunk of its part, not the whole part (512 MiB by default)
+
+
+def write_part(task: PartTask, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Copy the tokens of each span into place, chunk by chunk; returns the number of tokens written."""
     dtype = np.dtype(task.dtype)
-    sources = {}
-    out = np.zeros((task.last - task.first, task.seq_len), dtype=dtype)
-    for i in range(len(task.span_start)):
-        shard = int(task.span_shard[i])
-        if shard not in sources:
-            sources[shard] = np.memmap(task.shard_files[shard], dtype=dtype, mode="r")
-        row = out[int(task.span_seq[i]) - task.first]
-        start, length = int(task.span_start[i]), int(task.span_length[i])
-        doc_from = int(task.span_doc_offset[i])
-        doc_to = min(doc_from + length, int(task.span_doc_tokens[i]))
-        base = int(task.span_shard_offset[i])
-        n_text = max(0, doc_to - doc_from)
-        row[start : start + n_text] = sources[shard][base + doc_from : base + doc_to]
-        if n_text < length:  # the rest of the span is the separator
-            row[start + n_text : start + length] = task.separator_id
+    sources: dict[int, np.memmap] = {}
+    per_chunk = max(1, chunk_bytes // (task.seq_len * dtype.itemsize))
+    # Spans are sorted by sequence: the spans of sequences [a, b) are one contiguous slice.
+    bounds = np.searchsorted(task.span_seq, np.arange(task.first, task.last + per_chunk, per_chunk).clip(max=task.last))
+    written = 0
     with atomic_write(Path(task.path)) as sink:
-        sink.write(out.tobytes())
-    return out.size
+        for chunk, first in enumerate(range(task.first, task.last, per_chunk)):
+            out = np.zeros((min(per_chunk, task.last - first), task.seq_len), dtype=dtype)
+            for i in range(int(bounds[chunk]), int(bounds[chunk + 1])):
+                shard = int(task.span_shard[i])
+                if shard not in sources:
+                    sources[shard] = np.memmap(task.shard_files[shard], dtype=dtype, mode="r")
+                row = out[int(task.span_seq[i]) - first]
+                start, length = int(task.span_start[i]), int(task.span_length[i])
+                doc_from = int(task.span_doc_offset[i])
+                doc_to = min(doc_from + length, int(task.span_doc_tokens[i]))
+                base = int(task.span_shard_offset[i])
+                n_text = max(0, doc_to - doc_from)
+                row[start : start + n_text] = sources[shard][base + doc_from : base + doc_to]
+                if n_text < length:  # the rest of the span is the separator
+                    row[start + n_text : start + length] = task.separator_id
+            sink.write(memoryview(out).cast("B"))  # no bytes copy of the chunk
+            written += out.size
+    return written
