@@ -19,7 +19,7 @@ from conftest import make_word_tokenizer, synthetic_records, write_jsonl
 from longmix import fsutil
 from longmix.cli import main
 from longmix.data.corpus import ReaderOptions
-from longmix.data.executor import LocalExecutor
+from longmix.data.executor import LocalExecutor, progress_bar
 from longmix.data.mixture import MixtureConfig, PlanError
 from longmix.data.prepare import PrepareConfig, PrepareError, prepare
 from longmix.data.verify import verify_prepared
@@ -334,6 +334,8 @@ def test_progress_bars_are_drawn_only_on_a_terminal(monkeypatch, stream, drawn):
     assert sorted(LocalExecutor(1).map(abs, [-1, -2, -3], desc="work", progress=True)) == [1, 2, 3]
     assert ("work" in err.getvalue()) == drawn
     assert ("\r" in err.getvalue()) == drawn
+    assert list(progress_bar(range(3), desc="loop")) == [0, 1, 2]
+    assert ("loop" in err.getvalue()) == drawn
 
 
 def test_resume_truncates_the_training_log_to_the_checkpoint(small):

@@ -101,6 +101,8 @@ def folder_lock(folder: str | Path, shared: bool = False) -> Iterator[Path]:
             raise FolderLockedError(
                 f"{folder} is being written by {who}; wait for it to finish, stop it, or use another folder"
             ) from None
+        except OSError as err:  # e.g. a network file system without locks
+            raise OutputError(f"cannot lock {path}: {err.strerror or err}; use a folder on a local file system") from err
         if not shared:
             _replace_contents(handle, f"{os.getpid()}\n")
         try:

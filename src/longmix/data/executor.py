@@ -119,10 +119,10 @@ def _with_progress(results: Iterable[Any], total: int, desc: str, progress: bool
         bar.close()
 
 
-def progress_bar(*, enabled: bool = True, **options: Any) -> tqdm:
-    """A tqdm bar, drawn only on a terminal: redirected to a file, its ``\r`` updates would
-    flood the log. Every progress bar of longmix comes from here."""
-    return tqdm(disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, **options)
+def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool = True, **options: Any) -> tqdm:
+    """A tqdm bar (over ``iterable``, or updated by hand), drawn only on a terminal: redirected
+    to a file, its ``\r`` updates would flood the log. Every progress bar of longmix comes from here."""
+    return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, **options)
 
 
 def task_name(task: Any) -> str:

@@ -8,7 +8,11 @@ The three stages (Fu et al.'s recipe, engineered):
    strategy -> a repeat count per document (:mod:`longmix.data.mixture`).
 3. **pack** (parallel map over output parts): seeded shuffle, concatenation with
    separators, cut into ``seq_len`` sequences (:mod:`longmix.data.pack`), then statistics,
-   the report and ``manifest.json`` (written last: its presence means "complete").
+   the report and ``manifest.json`` (written last, with every file's size and checksum: a
+   rerun checks them and redoes what is damaged, see :mod:`longmix.data.verify`).
+
+One process writes a folder at a time (a lock on ``OUT/.lock``); the ranks of a job array
+share it. Every setting is checked before the corpus is read.
 
 Output depends only on the inputs and the settings, never on ``workers``; a killed run
 rerun with the same arguments resumes and ends byte-identical to an uninterrupted one.
