@@ -33,7 +33,14 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import LongmixError
-from ..fsutil import as_json_types, folder_lock, read_json, remove_stale_temporaries, write_json
+from ..fsutil import (
+    as_json_types,
+    atomic_write,
+    folder_lock,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+)
 from ..settings import setting, specs
 from ..units import parse_length
 from .corpus import ReaderOptions, discover_shards, normalize_domain
@@ -225,7 +232,8 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
     stats["manifest"] = manifest
     write_json(out / "plan.json", stats["plan"])
     write_json(out / "stats.json", stats)
-    (out / "report.md").write_text(markdown_report(stats))
+    with atomic_write(out / "report.md", "w") as sink:
+        sink.write(markdown_report(stats))
     plot_length_distribution(table["domains"], table["names"], table["n_tokens"], plan_result["lengths"],
                              plan_result["selection"].repeats, config.mixture.long_threshold, out / "plots" / "length_distribution.png")
     plot_domain_shares(stats["before"], stats["after"], out / "plots" / "domain_shares.png")
