@@ -53,7 +53,6 @@ from .mixture import (
     parse_strategy,
     select,
     summarize,
-    upsample_shares,
 )
 from .pack import PartTask, compute_layout, shuffled_pieces, write_part
 from .stats import (
@@ -269,13 +268,14 @@ def _check_config(config: PrepareConfig) -> None:
             raise PrepareError(f"{spec.flag} {value!r}: {problem}")
     name, argument = parse_strategy(config.mixture.strategy)
     known = _known_domains(config.reader)
-    if known is not None and name == "upsample":
-        upsample_shares(dict.fromkeys(known, 1.0), argument or "", config.mixture.domain_weight)
-    if known is not None and config.mixture.domain_weights:
-        unknown = sorted({d for d, _ in config.mixture.domain_weights} - known)
-        if unknown:
-            raise PlanError(f"domain weights name domains no document can have: {', '.join(unknown)} "
-                            f"(possible: {', '.join(sorted(known))})")
+    if known is None:
+        return
+    named = {"upsample": {normalize_domain(d) for d in (argument or "").split(",") if d.strip()} if name == "upsample" else set(),
+             "domain weights": {d for d, _ in config.mixture.domain_weights or ()}}
+    for what, domains in named.items():
+        if domains - known:
+            raise PlanError(f"{what} names domains no document can have: {', '.join(sorted(domains - known))} "
+                            f"(--domain / --domains allow only {', '.join(sorted(known))})")
     if config.seq_len < 2:
         raise PrepareError(f"seq_len must be at least 2, got {config.seq_len}")
     if config.mixture.long_threshold < 1:
