@@ -266,31 +266,32 @@ def _check_config(config: PrepareConfig) -> None:
                    else check(value) if check is not None else None)
         if problem:
             raise PrepareError(f"{spec.flag} {value!r}: {problem}")
-    name, argument = parse_strategy(config.mixture.strategy)
-    known = _known_domains(config.reader)
-    if known is None:
-        return
-    named = {"upsample": {normalize_domain(d) for d in (argument or "").split(",") if d.strip()} if name == "upsample" else set(),
-             "domain weights": {d for d, _ in config.mixture.domain_weights or ()}}
-    for what, domains in named.items():
-        if domains - known:
-            raise PlanError(f"{what} names domains no document can have: {', '.join(sorted(domains - known))} "
-                            f"(--domain / --domains allow only {', '.join(sorted(known))})")
     if config.seq_len < 2:
         raise PrepareError(f"seq_len must be at least 2, got {config.seq_len}")
     if config.mixture.long_threshold < 1:
         raise PrepareError("long threshold must be positive")
     if not config.inputs:
         raise PrepareError("no corpus given")
+    _check_named_domains(config)
 
 
-def _known_domains(reader: ReaderOptions) -> set[str] | None:
-    """The domains documents can have, when the settings alone decide it (else None)."""
+def _check_named_domains(config: PrepareConfig) -> None:
+    """Domains named by the mixture that no document can have, when the reader settings alone
+    decide the domains (``--domain``, ``--domains``); otherwise only the corpus can tell."""
+    reader = config.reader
     if reader.domain is not None:
-        return {normalize_domain(reader.domain)}
-    if reader.allowed_domains is not None:
-        return set(reader.allowed_domains)
-    return None
+        known = {normalize_domain(reader.domain)}
+    elif reader.allowed_domains is not None:
+        known = set(reader.allowed_domains)
+    else:
+        return
+    name, argument = parse_strategy(config.mixture.strategy)
+    named = {"upsample": {normalize_domain(d) for d in (argument or "").split(",") if d.strip()} if name == "upsample" else set(),
+             "domain weights": {d for d, _ in config.mixture.domain_weights or ()}}
+    for what, domains in named.items():
+        if domains - known:
+            raise PlanError(f"{what} names domains no document can have: {', '.join(sorted(domains - known))} "
+                            f"(--domain / --domains allow only {', '.join(sorted(known))})")
 
 
 # A field holding a document's text, by the names corpora commonly use for it.
@@ -319,7 +320,10 @@ def explain_no_documents(summaries: list[dict]) -> str:
     reasons = []
     for reason, count in top[:3]:
         where = example.get(reason)
-        place = f" (e.g. {where['file']}:{where['line']}{': ' + where['detail'] if where and where['detail'] else ''})" if where else ""
+        place = ""
+        if where:
+            line = f":{where['line']}" if where["line"] else ""  # 0: a whole file
+            place = f" (e.g. {where['file']}{line}{': ' + where['detail'] if where['detail'] else ''})"
         reasons.append(f"{reason.replace('_', ' ')} ×{count}{place}")
     return (f"no usable document: {read} read, all rejected: {'; '.join(reasons)}; "
             f"{_likely_fix(top[0][0], example.get(top[0][0]))}")
