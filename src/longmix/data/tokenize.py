@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,9 @@ import pyarrow.parquet as pq
 from ..errors import InputNotFoundError, InvalidInputError
 from ..fsutil import as_json_types, atomic_write, read_json, write_json
 from .corpus import BadInputError, Document, ReaderOptions, Rejection, Shard, iter_documents
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 BUILTIN_TOKENIZER = "smollm2"
 # Rejections listed one by one per shard (all are counted; a corpus with millions of bad
@@ -102,7 +106,7 @@ def resolve_tokenizer(spec: str | Path | None, separator: str | None = None) -> 
     )
 
 
-def load_tokenizer_file(file: str | Path):
+def load_tokenizer_file(file: str | Path) -> Tokenizer:
     """``Tokenizer.from_file``, with a damaged file (empty, truncated, not a tokenizer) as one clear line."""
     from tokenizers import Tokenizer
 
@@ -184,7 +188,8 @@ def shard_is_done(task: TokenizeTask, fingerprint: dict) -> bool:
     except (OSError, ValueError, pa.ArrowException):
         return False
     return (
-        summary.get("fingerprint") == as_json_types(fingerprint)
+        isinstance(summary, dict)
+        and summary.get("fingerprint") == as_json_types(fingerprint)
         and tokens_bytes == summary.get("tokens", -1) * token_dtype(task.vocab_size).itemsize
         and table_rows == summary.get("documents_used")
     )
