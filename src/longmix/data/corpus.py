@@ -208,7 +208,8 @@ def _record_to_document(record: Any, label: str, line: int, options: ReaderOptio
         return Rejection("broken_json", label, line, "a line must hold a JSON object")
     text = record.get(options.text_field)
     if text is None:
-        return Rejection("missing_text", label, line, f"no field {options.text_field!r}")
+        fields = ", ".join(sorted(map(str, record))[:10])  # names the field to pass as --text-field
+        return Rejection("missing_text", label, line, f"no field {options.text_field!r}; fields: {fields}")
     if not isinstance(text, str):
         return Rejection("non_string_text", label, line, f"{options.text_field!r} is {type(text).__name__}")
     if not text.strip():

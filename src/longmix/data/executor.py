@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -55,12 +56,10 @@ class _Named:
         self.fn = fn
 
     def __call__(self, task: Any) -> Any:
-        from .corpus import BadInputError
-
         try:
             return self.fn(task)
-        except BadInputError:
-            raise  # already names file and line
+        except LongmixError:
+            raise  # already one clear line naming the file (a bad record, an unwritable output)
         except Exception as err:
             raise TaskFailed(f"task {task_name(task)} failed: {type(err).__name__}: {err}") from err
 
@@ -119,7 +118,7 @@ class RayExecutor:
 def _with_progress(results: Iterable[Any], total: int, desc: str, progress: bool, unit: str,
                    postfix: Callable[[Any], dict] | None) -> Iterator[Any]:
     """Pass results through, advancing a progress bar (with an optional running postfix)."""
-    bar = tqdm(total=total, desc=desc, unit=unit, disable=not progress or not total, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=desc, unit=unit, enabled=progress and total > 0)
     try:
         for result in results:
             bar.update(1)
@@ -128,6 +127,12 @@ def _with_progress(results: Iterable[Any], total: int, desc: str, progress: bool
             yield result
     finally:
         bar.close()
+
+
+def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool = True, **options: Any) -> tqdm:
+    """A tqdm bar (over ``iterable``, or updated by hand), drawn only on a terminal: redirected
+    to a file, its ``\r`` updates would flood the log. Every progress bar of longmix comes from here."""
+    return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, **options)
 
 
 def task_name(task: Any) -> str:

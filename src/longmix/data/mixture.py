@@ -56,8 +56,9 @@ class MixtureConfig:
 
     strategy: str = setting("per-source", check=_check_strategy,
                             help=f"mixture strategy, one of {', '.join(STRATEGIES)} (the paper's Table 5)")
-    tokens: int = setting(0, unit="count", check=lambda v: None if v >= 0 else "must be 0 or more",
-                          help="token budget, e.g. 500M or 5B; 0: the corpus' own size")
+    tokens: int | None = setting(None, unit="count",
+                                 check=lambda v: None if v is None or v > 0 else "must be positive (leave it out for the corpus' own size)",
+                                 help="token budget, e.g. 500M or 5B; default: the corpus' own size")
     long_threshold: int = setting(4096, unit="length", check=lambda v: None if v > 0 else "must be positive",
                                   help="a document is long when it has more tokens than this")
     long_fraction: float = setting(0.7, check=lambda v: None if 0.0 <= v <= 1.0 else "must be within 0..1",
@@ -101,7 +102,15 @@ def parse_strategy(text: str) -> tuple[str, str | None]:
         return name, None
     if name in ("per-source", "global") and _fraction(argument) is not None:
         return name, argument
-    if name in ("upsample", "cut") and argument:
+    if name == "upsample" and any(d.strip() for d in argument.split(",")):
+        return name, argument
+    if name == "cut" and argument:
+        try:
+            length = parse_length(argument)
+        except ValueError:
+            length = 0
+        if length < 1:
+            raise PlanError(f"bad strategy {text!r}: cut needs a positive token count, e.g. cut:4K")
         return name, argument
     raise PlanError(f"unknown strategy {text!r}: choose one of {', '.join(STRATEGIES)}")
 

@@ -8,7 +8,11 @@ The three stages (Fu et al.'s recipe, engineered):
    strategy -> a repeat count per document (:mod:`longmix.data.mixture`).
 3. **pack** (parallel map over output parts): seeded shuffle, concatenation with
    separators, cut into ``seq_len`` sequences (:mod:`longmix.data.pack`), then statistics,
-   the report and ``manifest.json`` (written last: its presence means "complete").
+   the report and ``manifest.json`` (written last, with every file's size and checksum: a
+   rerun checks them and redoes what is damaged, see :mod:`longmix.data.verify`).
+
+One process writes a folder at a time (a lock on ``OUT/.lock``); the ranks of a job array
+share it. Every setting is checked before the corpus is read.
 
 Output depends only on the inputs and the settings, never on ``workers``; a killed run
 rerun with the same arguments resumes and ends byte-identical to an uninterrupted one.
@@ -16,6 +20,8 @@ rerun with the same arguments resumes and ends byte-identical to an uninterrupte
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import sys
 import time
@@ -27,12 +33,27 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import LongmixError
-from ..fsutil import as_json_types, read_json, remove_stale_temporaries, write_json
-from ..settings import setting
+from ..fsutil import (
+    as_json_types,
+    atomic_write,
+    folder_lock,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+)
+from ..settings import setting, specs
 from ..units import parse_length
-from .corpus import ReaderOptions, discover_shards
+from .corpus import ReaderOptions, discover_shards, normalize_domain
 from .executor import make_executor
-from .mixture import MixtureConfig, long_fraction_of, make_plan, parse_strategy, select, summarize
+from .mixture import (
+    MixtureConfig,
+    PlanError,
+    long_fraction_of,
+    make_plan,
+    parse_strategy,
+    select,
+    summarize,
+)
 from .pack import PartTask, compute_layout, shuffled_pieces, write_part
 from .stats import (
     format_rejections,
@@ -44,6 +65,7 @@ from .stats import (
 )
 from .store import FORMAT_VERSION, MANIFEST, part_path, write_index
 from .tokenize import (
+    BUILTIN_TOKENIZER,
     TokenizerInfo,
     TokenizeTask,
     input_fingerprint,
@@ -52,6 +74,7 @@ from .tokenize import (
     shard_stem,
     tokenize_shard,
 )
+from .verify import digest_files, digest_job, find_damage, recorded_files
 
 # Outputs of a prepared folder, removed by ``overwrite`` (the tokenized cache is kept).
 _OUTPUTS = (MANIFEST, "params.json", "stats.json", "plan.json", "report.md", "plots", "tokens", "index")
@@ -89,11 +112,20 @@ class PrepareConfig:
     finalize: bool = setting(False, help="after the ranks: check every shard is done, then plan and pack")
 
     def params(self) -> dict:
-        """The settings that determine the output (not how or where the work runs)."""
+        """The settings that determine the output (not how or where the work runs), by meaning:
+        paths are resolved, so ``data``, ``./data`` and ``/abs/data`` compare equal, and the
+        output folder itself is left out (it is where the record lives, wherever it moved)."""
         data = asdict(self)
-        for key in ("workers", "overwrite", "executor", "ray_address", "rank", "world_size", "finalize"):
+        for key in ("out", "workers", "overwrite", "executor", "ray_address", "rank", "world_size", "finalize"):
             data.pop(key)
+        data["inputs"] = [_real_path(p) for p in self.inputs]
+        data["cache"] = _real_path(self.cache) if self.cache else None
+        data["tokenizer"] = self.tokenizer if self.tokenizer == BUILTIN_TOKENIZER else _real_path(self.tokenizer)
         return as_json_types(data)
+
+
+def _real_path(path: str) -> str:
+    return os.path.realpath(os.path.expanduser(path))
 
 
 def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
@@ -104,12 +136,29 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
     _check_config(config)
     if config.world_size is not None and (config.rank is None or not 0 <= config.rank < config.world_size):
         raise PrepareError(f"--rank must be within 0..{config.world_size - 1}")
+    tokenizer = resolve_tokenizer(config.tokenizer, config.separator)
+    # One writer per folder; the ranks of a job array share theirs.
+    with folder_lock(out, shared=config.world_size is not None):
+        if config.cache:
+            with folder_lock(config.cache, shared=config.world_size is not None):
+                return _prepare_locked(config, out, tokenizer, started, progress, log)
+        return _prepare_locked(config, out, tokenizer, started, progress, log)
+
+
+def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, started: float, progress: bool,
+                    log: Callable[[str], None]) -> dict:
     _claim_output(out, config)
     if (out / MANIFEST).is_file():
-        log(f"{out} is already complete; delete it or pass --overwrite to redo it")
-        return read_json(out / "stats.json")
+        damage = find_damage(out)
+        if not damage:
+            log(f"{out} is already complete (every file checked); delete it or pass --overwrite to redo it")
+            return read_json(out / "stats.json")
+        more = f" and {len(damage) - 1} more" if len(damage) > 1 else ""
+        log(f"{out} is damaged ({damage[0].describe(out)}{more}): redoing the damaged files")
+        for item in damage:
+            item.path.unlink(missing_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)
 
-    tokenizer = resolve_tokenizer(config.tokenizer, config.separator)
     shards = discover_shards(list(config.inputs), config.text_files_per_shard)
     tokenized = Path(config.cache) if config.cache else out / "tokenized"
     tokenized.mkdir(parents=True, exist_ok=True)
@@ -138,6 +187,8 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
     rejected = sum(s["documents_rejected"] for s in summaries)
     if read != used + rejected:
         raise PrepareError(f"document accounting broke: read {read} != used {used} + rejected {rejected}")
+    if not sum(s["tokens"] for s in summaries):
+        raise PrepareError(explain_no_documents(summaries))
     if used != len(table["n_tokens"]):
         raise PrepareError(f"document table has {len(table['n_tokens'])} rows but shards report {used} documents")
 
@@ -180,10 +231,14 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
     stats["manifest"] = manifest
     write_json(out / "plan.json", stats["plan"])
     write_json(out / "stats.json", stats)
-    (out / "report.md").write_text(markdown_report(stats))
+    with atomic_write(out / "report.md", "w") as sink:
+        sink.write(markdown_report(stats))
     plot_length_distribution(table["domains"], table["names"], table["n_tokens"], plan_result["lengths"],
                              plan_result["selection"].repeats, config.mixture.long_threshold, out / "plots" / "length_distribution.png")
     plot_domain_shares(stats["before"], stats["after"], out / "plots" / "domain_shares.png")
+    # Sizes and checksums let a rerun (and `longmix verify`) tell a whole folder from a damaged one.
+    paths = [str(p) for p in recorded_files(out)]
+    manifest["files"] = digest_files(out, executor.map(digest_job, paths, desc="checksum", progress=progress, unit="file"))
     write_json(out / MANIFEST, manifest)
 
     log(format_table(stats["before"], stats["after"]))
@@ -197,13 +252,93 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
 
 
 def _check_config(config: PrepareConfig) -> None:
-    parse_strategy(config.mixture.strategy)
+    """Everything that can be checked before reading the corpus (settings built in Python skip
+    the checks of the command line and the YAML file, so each field's check runs here too)."""
+    for spec in specs(PrepareConfig):
+        value = config
+        for name in (*spec.path, spec.name):
+            value = getattr(value, name)
+        if value is None:
+            continue
+        choices = spec.choices()
+        check = spec.meta.get("check")
+        problem = (f"{value!r} is not one of {', '.join(map(str, choices))}" if choices is not None and value not in choices
+                   else check(value) if check is not None else None)
+        if problem:
+            raise PrepareError(f"{spec.flag} {value!r}: {problem}")
     if config.seq_len < 2:
         raise PrepareError(f"seq_len must be at least 2, got {config.seq_len}")
     if config.mixture.long_threshold < 1:
         raise PrepareError("long threshold must be positive")
     if not config.inputs:
         raise PrepareError("no corpus given")
+    _check_named_domains(config)
+
+
+def _check_named_domains(config: PrepareConfig) -> None:
+    """Domains named by the mixture that no document can have, when the reader settings alone
+    decide the domains (``--domain``, ``--domains``); otherwise only the corpus can tell."""
+    reader = config.reader
+    if reader.domain is not None:
+        known = {normalize_domain(reader.domain)}
+    elif reader.allowed_domains is not None:
+        known = set(reader.allowed_domains)
+    else:
+        return
+    name, argument = parse_strategy(config.mixture.strategy)
+    named = {"upsample": {normalize_domain(d) for d in (argument or "").split(",") if d.strip()} if name == "upsample" else set(),
+             "domain weights": {d for d, _ in config.mixture.domain_weights or ()}}
+    for what, domains in named.items():
+        if domains - known:
+            raise PlanError(f"{what} names domains no document can have: {', '.join(sorted(domains - known))} "
+                            f"(--domain / --domains allow only {', '.join(sorted(known))})")
+
+
+# A field holding a document's text, by the names corpora commonly use for it.
+_TEXT_FIELD_NAMES = ("content", "raw_content", "contents", "body", "document", "article", "markdown", "passage", "story")
+# What usually causes each rejection when every document is rejected.
+_LIKELY_FIX = {
+    "missing_domain": "pass --domain NAME (one domain for all) or --domain-field with the records' domain path",
+    "unknown_domain": "widen --domains, or leave it out",
+    "broken_json": "the files are not JSON lines: give plain-text files another suffix than .jsonl",
+    "invalid_utf8": "the files are not UTF-8 text",
+    "non_string_text": "--text-field names a field that is not text",
+    "empty_document": "the documents are empty (or only whitespace the tokenizer drops)",
+    "truncated_archive": "the compressed files are truncated: download them again",
+    "unreadable_file": "the files cannot be read: check their permissions and format",
+}
+
+
+def explain_no_documents(summaries: list[dict]) -> str:
+    """Why no document survived: the top reasons with counts and one place each, and a fix."""
+    rejections = _collect_rejections(summaries, examples_per_reason=1)
+    read = sum(s["documents_read"] for s in summaries)
+    if not rejections["counts"]:
+        return f"the corpus has no tokens: {read} documents read, none with text"
+    top = sorted(rejections["counts"].items(), key=lambda item: (-item[1], item[0]))
+    example = {item["reason"]: item for item in rejections["examples"]}
+    reasons = []
+    for reason, count in top[:3]:
+        where = example.get(reason)
+        place = ""
+        if where:
+            line = f":{where['line']}" if where["line"] else ""  # 0: a whole file
+            place = f" (e.g. {where['file']}{line}{': ' + where['detail'] if where['detail'] else ''})"
+        reasons.append(f"{reason.replace('_', ' ')} ×{count}{place}")
+    return (f"no usable document: {read} read, all rejected: {'; '.join(reasons)}; "
+            f"{_likely_fix(top[0][0], example.get(top[0][0]))}")
+
+
+def _likely_fix(reason: str, example: dict | None) -> str:
+    if reason == "missing_text":
+        match = re.search(r"no field '([^']*)'; fields: (.*)$", example["detail"] if example else "")
+        if match:
+            fields = match.group(2).split(", ")
+            guess = next((f for f in _TEXT_FIELD_NAMES if f in fields), None)
+            choice = f"--text-field {guess}" if guess else "--text-field with the one holding the text"
+            return f"the records have no {match.group(1)!r} field but {', '.join(fields)}: pass {choice}"
+        return "pass --text-field with the field that holds the text"
+    return _LIKELY_FIX.get(reason, "see the examples above")
 
 
 def _claim_output(out: Path, config: PrepareConfig) -> None:
@@ -227,7 +362,6 @@ def _claim_output(out: Path, config: PrepareConfig) -> None:
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
     if not params_file.is_file() or read_json(params_file) != config.params():
         write_json(params_file, config.params())  # ranks of a job array all arrive here: write once
 

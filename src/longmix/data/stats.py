@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fsutil import atomic_write
 from ..units import format_count
 
 PERCENTILES = (25, 50, 75, 90, 99)
@@ -192,8 +193,8 @@ def plot_length_distribution(domains: np.ndarray, names: list[str], before_lengt
     axes.flat[0].legend()
     fig.suptitle(f"Where each domain's tokens come from (dashed: long threshold {threshold})")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    with atomic_write(path) as sink:  # a full disk leaves no half image behind
+        fig.savefig(sink, format="png", dpi=90)
     plt.close(fig)
 
 
@@ -217,6 +218,6 @@ def plot_domain_shares(before: dict, after: dict, path: Path) -> None:
     ax.set_title("Domain shares before and after (hatched: documents longer than the threshold)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    with atomic_write(path) as sink:  # a full disk leaves no half image behind
+        fig.savefig(sink, format="png", dpi=90)
     plt.close(fig)

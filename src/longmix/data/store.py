@@ -2,7 +2,8 @@
 
 Layout of a prepared folder::
 
-    manifest.json            everything needed to read and reproduce it (written last)
+    manifest.json            everything needed to read and reproduce it, and each file's size
+                             and checksum (written last; see longmix.data.verify)
     stats.json, report.md    the mixture before/after; plots/*.png
     plan.json                the sampling plan and what each cell achieved
     tokens/part-NNNNN.bin    whole sequences, flat little-endian uint16/uint32

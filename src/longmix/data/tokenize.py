@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,9 @@ import pyarrow.parquet as pq
 from ..errors import InputNotFoundError, InvalidInputError
 from ..fsutil import as_json_types, atomic_write, read_json, write_json
 from .corpus import BadInputError, Document, ReaderOptions, Rejection, Shard, iter_documents
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 BUILTIN_TOKENIZER = "smollm2"
 # Rejections listed one by one per shard (all are counted; a corpus with millions of bad
@@ -69,8 +73,6 @@ def resolve_tokenizer(spec: str | Path | None, separator: str | None = None) -> 
     The separator defaults to the folder's ``eos_token`` (``tokenizer_config.json``), else
     to a well-known end-of-text token the vocabulary has.
     """
-    from tokenizers import Tokenizer
-
     builtin = spec is None or str(spec) == BUILTIN_TOKENIZER
     path = builtin_tokenizer_dir() if builtin else Path(spec)
     folder = path if path.is_dir() else path.parent
@@ -80,11 +82,11 @@ def resolve_tokenizer(spec: str | Path | None, separator: str | None = None) -> 
             f"no tokenizer at {spec}: give a tokenizer.json file, a folder holding one "
             f"(a Hugging Face model or tokenizer folder), or '{BUILTIN_TOKENIZER}'"
         )
-    tokenizer = Tokenizer.from_file(str(file))
+    tokenizer = load_tokenizer_file(file)
     if separator is None:
         config = folder / "tokenizer_config.json"
         if config.is_file():
-            eos = read_json(config).get("eos_token")
+            eos = _read_tokenizer_config(config).get("eos_token")
             separator = eos.get("content") if isinstance(eos, dict) else eos
     if separator is None:
         separator = next(
@@ -104,11 +106,34 @@ def resolve_tokenizer(spec: str | Path | None, separator: str | None = None) -> 
     )
 
 
-def vocab_digest(tokenizer_json: str | Path) -> str:
-    """SHA-256 of the sorted token -> id map of a ``tokenizer.json``."""
+def load_tokenizer_file(file: str | Path) -> Tokenizer:
+    """``Tokenizer.from_file``, with a damaged file (empty, truncated, not a tokenizer) as one clear line."""
     from tokenizers import Tokenizer
 
-    vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab(with_added_tokens=True)
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as err:  # the Rust side raises a bare Exception with a serde message
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        size = Path(file).stat().st_size
+        raise InvalidInputError(
+            f"{file} is not a usable tokenizer.json ({'empty file' if size == 0 else reason}): "
+            "it may be truncated; download it again or give another --tokenizer"
+        ) from None
+
+
+def _read_tokenizer_config(path: Path) -> dict:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as err:
+        raise InvalidInputError(f"{path} is not readable JSON ({err}): repair it, delete it, or pass --separator") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path} must hold a JSON object: repair it, delete it, or pass --separator")
+    return data
+
+
+def vocab_digest(tokenizer_json: str | Path) -> str:
+    """SHA-256 of the sorted token -> id map of a ``tokenizer.json``."""
+    vocab = load_tokenizer_file(tokenizer_json).get_vocab(with_added_tokens=True)
     return hashlib.sha256("\n".join(f"{t}\t{i}" for t, i in sorted(vocab.items())).encode()).hexdigest()
 
 
@@ -146,18 +171,28 @@ def input_fingerprint(task: TokenizeTask, tokenizer_sha: str) -> dict:
     files = []
     for path in task.shard.paths:
         stat = os.stat(path)
-        files.append([path, stat.st_size, stat.st_mtime_ns])
+        # The real path: the same corpus named another way (relative, via a link) is the same input.
+        files.append([os.path.realpath(path), stat.st_size, stat.st_mtime_ns])
     return {"files": files, "tokenizer_sha256": tokenizer_sha, "reader": asdict(task.reader)}
 
 
 def shard_is_done(task: TokenizeTask, fingerprint: dict) -> bool:
-    summary = Path(task.out_dir) / f"{shard_stem(task.shard.index)}.json"
-    if not summary.is_file():
-        return False
+    """Done: its summary matches the inputs and its files are whole (a truncated or deleted
+    tokens file or document table makes the shard be tokenized again)."""
+    out = Path(task.out_dir)
+    stem = shard_stem(task.shard.index)
     try:
-        return read_json(summary).get("fingerprint") == as_json_types(fingerprint)
-    except ValueError:
+        summary = read_json(out / f"{stem}.json")
+        tokens_bytes = (out / f"{stem}.tokens").stat().st_size
+        table_rows = pq.read_metadata(out / f"{stem}.docs.parquet").num_rows
+    except (OSError, ValueError, pa.ArrowException):
         return False
+    return (
+        isinstance(summary, dict)
+        and summary.get("fingerprint") == as_json_types(fingerprint)
+        and tokens_bytes == summary.get("tokens", -1) * token_dtype(task.vocab_size).itemsize
+        and table_rows == summary.get("documents_used")
+    )
 
 
 def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from ..data.store import PackedDataset
+from ..fsutil import atomic_write
 from . import distributed
 from .attention import BACKENDS
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_hf_model
@@ -188,6 +189,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     start_step = 0
     if config.resume and (checkpoint := latest_checkpoint(out)) is not None:
         start_step = load_checkpoint(checkpoint, module, optimizer, d)
+    if config.resume and d.is_main:
+        truncate_log(out / "log.jsonl", start_step)
 
     windows = TrainWindows(dataset, config.seq_len, config.seed)
     samples_per_step = plan["accumulation"] * config.micro_batch * d.dp
@@ -305,6 +308,23 @@ class _Log:
             self.handle.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the records up to ``step`` (the checkpoint a run resumes from): the steps after it
+    are run again, and a run killed hard (SIGKILL) logged them without saving them."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by the kill
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    with atomic_write(path, "w") as handle:
+        handle.writelines(kept)
 
 
 def read_log(path: Path) -> list[dict]:

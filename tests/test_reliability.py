@@ -1,0 +1,378 @@
+"""Faults a hostile user or a crash can cause: each ends in one clear line, never in damage."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import make_word_tokenizer, synthetic_records, write_jsonl
+
+from longmix import fsutil
+from longmix.cli import main
+from longmix.data.corpus import ReaderOptions
+from longmix.data.executor import LocalExecutor, progress_bar
+from longmix.data.mixture import MixtureConfig, PlanError
+from longmix.data.prepare import PrepareConfig, PrepareError, prepare
+from longmix.data.verify import verify_prepared
+from longmix.errors import InputNotFoundError, InvalidInputError, LongmixError
+from longmix.fsutil import FolderLockedError, OutputError, folder_lock
+from longmix.settings import SettingsError, from_mapping
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    """Two small JSONL files (book long, c4 short) and a word tokenizer, under ``tmp_path``."""
+    records = synthetic_records({"Book": [300] * 4, "C4": [40] * 40}, seed=3)
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", records[::2])
+    write_jsonl(tmp_path / "corpus" / "b.jsonl", records[1::2])
+    make_word_tokenizer(tmp_path / "tok")
+    return tmp_path
+
+
+def small_config(root: Path, out: str | Path = "out", **kw) -> PrepareConfig:
+    mixture = kw.pop("mixture", MixtureConfig("per-source", long_threshold=100))
+    return PrepareConfig(inputs=(kw.pop("corpus", str(root / "corpus")),), out=str(out if Path(out).is_absolute() else root / out),
+                         tokenizer=kw.pop("tokenizer", str(root / "tok")), seq_len=128, mixture=mixture,
+                         part_bytes=2048, workers=1, **kw)
+
+
+def run(config: PrepareConfig, messages: list[str] | None = None) -> dict:
+    return prepare(config, progress=False, log=(messages.append if messages is not None else lambda m: None))
+
+
+def tree_digest(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name != "params.json"}
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run the CLI, expect exit status 2 and a single line on stderr; return that line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+# ---------------------------------------------------------------------------- tokenizer files
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_damaged_tokenizer_json_is_one_line_naming_it(small, capsys, damage):
+    file = small / "tok" / "tokenizer.json"
+    text = file.read_text()
+    file.write_text("" if damage == "empty" else text[: len(text) // 2])
+    with pytest.raises(InvalidInputError, match="not a usable tokenizer.json") as caught:
+        run(small_config(small))
+    assert str(file) in str(caught.value)
+    assert not (small / "out").exists()  # refused before anything was written
+    line = one_line_error(capsys, ["prepare", str(small / "corpus"), "--out", str(small / "o"), "--tokenizer", str(file), "--quiet"])
+    assert str(file) in line and ("empty file" in line) == (damage == "empty")
+
+
+def test_a_missing_tokenizer_or_broken_tokenizer_config_is_one_line(small, capsys):
+    missing = small / "nowhere" / "tokenizer.json"
+    with pytest.raises(InputNotFoundError, match="no tokenizer at"):
+        run(small_config(small, tokenizer=str(missing)))
+    line = one_line_error(capsys, ["prepare", str(small / "corpus"), "--out", str(small / "o"), "--tokenizer", str(missing)])
+    assert str(missing) in line
+    (small / "tok" / "tokenizer_config.json").write_text("{ not json")
+    with pytest.raises(InvalidInputError, match="tokenizer_config.json is not readable JSON"):
+        run(small_config(small))
+
+
+# ---------------------------------------------------------------------------- unwritable outputs
+
+
+def test_out_that_is_a_file_is_refused_in_one_line(small, capsys):
+    target = small / "a-file"
+    target.write_text("keep me")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        run(small_config(small, target))
+    line = one_line_error(capsys, ["prepare", str(small / "corpus"), "--out", str(target), "--tokenizer", str(small / "tok")])
+    assert str(target) in line and target.read_text() == "keep me"
+
+
+def test_read_only_out_is_refused_in_one_line(small, monkeypatch):
+    real_open = open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(small / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    (small / "ro").mkdir()
+    monkeypatch.setattr(fsutil, "open", read_only, raising=False)
+    with pytest.raises(OutputError, match="not writable") as caught:
+        run(small_config(small, "ro"))
+    assert str(small / "ro") in str(caught.value)
+    assert list((small / "ro").iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not bind root")
+def test_read_only_permissions_are_refused_in_one_line(small):
+    (small / "ro").mkdir()
+    (small / "ro").chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match="Permission denied"):
+            run(small_config(small, "ro"))
+    finally:
+        (small / "ro").chmod(0o755)
+
+
+@pytest.mark.parametrize("victim", ["part-00001", "shard-00001.tokens", "report.md", "domain_shares.png"])
+def test_full_disk_is_one_line_leaves_no_temporaries_and_a_rerun_resumes(small, monkeypatch, victim):
+    reference = small / "reference"
+    run(small_config(small, reference))
+    real_fsync = os.fsync
+    failed = []
+
+    def full_disk(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if victim in path:
+            failed.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsutil.os, "fsync", full_disk)
+    with pytest.raises(OutputError, match="No space left on device") as caught:
+        run(small_config(small, "full"))
+    assert failed and victim in str(caught.value) and "rerun the same command" in str(caught.value)
+    assert not list((small / "full").rglob("*.tmp"))
+    assert not (small / "full" / "manifest.json").exists()
+    monkeypatch.setattr(fsutil.os, "fsync", real_fsync)
+    run(small_config(small, "full"))
+    assert tree_digest(small / "full") == tree_digest(reference)
+
+
+# ---------------------------------------------------------------------------- all documents rejected
+
+
+def test_all_rejected_names_reasons_places_and_the_text_field_to_use(tmp_path):
+    rows = [orjson.dumps({"content": f"w{i} " + "w2 w3 " * 40, "meta": {"redpajama_set_name": "Book"}}) for i in range(5)]
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", [*rows, b"{broken", b"[1, 2]"])
+    make_word_tokenizer(tmp_path / "tok")
+    with pytest.raises(PrepareError) as caught:
+        run(small_config(tmp_path))
+    message = str(caught.value)
+    assert "7 read, all rejected" in message
+    assert message.index("missing text ×5") < message.index("broken json ×2")
+    assert "corpus/a.jsonl:1" in message and "corpus/a.jsonl:6" in message
+    assert "fields: content, meta" in message and "pass --text-field content" in message
+    assert "\n" not in message
+    stats = run(small_config(tmp_path, "fixed", reader=ReaderOptions(text_field="content")))
+    assert stats["documents"]["used"] == 5
+
+
+def test_all_rejected_for_another_reason_suggests_its_fix(tmp_path):
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", [{"text": "w1 w2 w3"}] * 3)  # no domain label
+    make_word_tokenizer(tmp_path / "tok")
+    with pytest.raises(PrepareError, match=r"missing domain ×3 .*corpus/a.jsonl:1.*--domain NAME"):
+        run(small_config(tmp_path))
+
+
+# ---------------------------------------------------------------------------- settings before work
+
+
+def test_zero_tokens_is_refused_and_a_budget_still_reads_with_units(small, capsys):
+    def settings(data: dict) -> PrepareConfig:
+        return from_mapping(PrepareConfig, data, "test", inputs=("c",), out="o")
+
+    with pytest.raises(SettingsError, match="tokens: must be positive"):
+        settings({"tokens": 0})
+    assert settings({"tokens": "500M"}).mixture.tokens == 500_000_000
+    assert settings({}).mixture.tokens is None
+    line = one_line_error(capsys, ["prepare", str(small / "corpus"), "--out", str(small / "o"), "--tokens", "0"])
+    assert "tokens" in line and not (small / "o").exists()
+    with pytest.raises(PrepareError, match="--tokens 0: must be positive"):
+        run(small_config(small, mixture=MixtureConfig("original", tokens=0)))
+    assert not (small / "out").exists()
+
+
+@pytest.mark.parametrize("mixture, reader, match", [
+    (MixtureConfig(long_fraction=1.5), ReaderOptions(), "--long-fraction 1.5: must be within 0..1"),
+    (MixtureConfig("cut:-5"), ReaderOptions(), "cut needs a positive token count"),
+    (MixtureConfig("upsample:nonexistent"), ReaderOptions(domain="Book"), "upsample names domains no document can have: "
+                                                                            r"nonexistent .*allow only book\)$"),
+    (MixtureConfig("upsample:wiki,book"), ReaderOptions(allowed_domains=("book", "c4")), "no document can have: wikipedia "),
+    (MixtureConfig(domain_weights=(("wiki", 1.0),)), ReaderOptions(allowed_domains=("book", "c4")),
+     "domain weights names domains no document can have: wiki "),
+])
+def test_settings_are_checked_before_any_tokenization(small, mixture, reader, match):
+    config = small_config(small, mixture=mixture, reader=reader)
+    with pytest.raises((PrepareError, PlanError), match=match):
+        run(config)
+    assert not (small / "out").exists()
+
+
+# ---------------------------------------------------------------------------- damaged outputs
+
+
+def test_manifest_checksums_detect_damage_and_a_rerun_redoes_it(small):
+    out = small / "out"
+    run(small_config(small))
+    manifest = json.loads((out / "manifest.json").read_text())
+    part = out / "tokens" / "part-00001.bin"
+    assert manifest["files"]["tokens/part-00001.bin"]["size"] == part.stat().st_size > 0
+    assert {"index/seq_offsets.npy", "stats.json", "plan.json"} <= set(manifest["files"])
+    assert not any(name.startswith("tokenized/") for name in manifest["files"])
+    assert verify_prepared(out) == []
+    reference = tree_digest(out)
+
+    part.write_bytes(part.read_bytes()[:100])
+    (out / "index" / "span_length.npy").unlink()
+    flipped = out / "index" / "span_start.npy"
+    data = bytearray(flipped.read_bytes())
+    data[-1] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    problems = verify_prepared(out)
+    assert any(p.startswith("tokens/part-00001.bin: 100 bytes") for p in problems)
+    assert "index/span_length.npy: missing" in problems
+    assert "index/span_start.npy: contents differ from the manifest's checksum" in problems
+
+    messages: list[str] = []
+    run(small_config(small), messages)
+    assert any("damaged" in m and "part-00001.bin" in m for m in messages)
+    assert verify_prepared(out) == [] and tree_digest(out) == reference
+    messages.clear()
+    run(small_config(small), messages)
+    assert any("already complete" in m for m in messages)
+
+
+def test_a_damaged_tokenized_shard_is_tokenized_again(small):
+    out = small / "out"
+    run(small_config(small))
+    reference = tree_digest(out)
+    shard = out / "tokenized" / "shard-00000.tokens"
+    shard.write_bytes(shard.read_bytes()[:10])
+    (out / "manifest.json").unlink()
+    messages: list[str] = []
+    run(small_config(small), messages)
+    assert any("1 of 2 shards already tokenized" in m for m in messages)
+    assert tree_digest(out) == reference
+
+
+def test_verify_names_a_folder_that_is_not_prepared(tmp_path):
+    assert verify_prepared(tmp_path) == ["manifest.json: missing: not a finished prepared folder (run or rerun `longmix prepare`)"]
+    (tmp_path / "manifest.json").write_text("{trunc")
+    assert verify_prepared(tmp_path)[0].startswith("manifest.json: unreadable")
+
+
+# ---------------------------------------------------------------------------- one writer per folder
+
+
+def test_a_second_writer_fails_at_once_naming_the_holder(small):
+    out = small / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom longmix.fsutil import folder_lock\n"
+         f"with folder_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+        env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderLockedError, match=f"process {holder.pid}"):
+            run(small_config(small))
+        assert not (out / "tokenized").exists()
+    finally:
+        holder.kill()  # a killed holder frees the folder: the lock ends with its process
+        holder.wait()
+    assert run(small_config(small))["packing"]["n_sequences"] > 0
+    assert (out / ".lock").read_text() == ""  # no pid left behind: outputs never depend on the writer
+
+
+def test_job_array_ranks_share_the_folder_but_exclude_a_full_run(tmp_path):
+    with (folder_lock(tmp_path, shared=True), folder_lock(tmp_path, shared=True),
+          pytest.raises(FolderLockedError, match="ranks of a job array"), folder_lock(tmp_path)):
+        pass
+    with (folder_lock(tmp_path), pytest.raises(FolderLockedError, match=f"process {os.getpid()}"),
+          folder_lock(tmp_path, shared=True)):
+        pass
+
+
+# ---------------------------------------------------------------------------- resume by meaning
+
+
+def test_the_same_folder_by_another_spelling_or_a_copy_resumes(small, monkeypatch):
+    monkeypatch.chdir(small)
+    relative = PrepareConfig(inputs=("corpus",), out="out", tokenizer="tok", seq_len=128,
+                             mixture=MixtureConfig("per-source", long_threshold=100), part_bytes=2048, workers=1)
+    run(relative)
+    for config in (small_config(small), small_config(small, corpus=str(small / "corpus" / ".." / "corpus"))):
+        messages: list[str] = []
+        run(config, messages)
+        assert any("already complete" in m for m in messages)
+    shutil.copytree(small / "out", small / "copy")
+    messages = []
+    run(small_config(small, "copy"), messages)
+    assert any("already complete" in m for m in messages)
+
+    shutil.copytree(small / "corpus", small / "other-corpus")
+    with pytest.raises(PrepareError, match=r"other settings \(inputs differ\)"):
+        run(small_config(small, corpus=str(small / "other-corpus")))
+    with pytest.raises(PrepareError, match=r"other settings \(mixture, seq_len differ\)"):
+        run(PrepareConfig(inputs=("corpus",), out="out", tokenizer="tok", seq_len=256, part_bytes=2048, workers=1))
+
+
+# ---------------------------------------------------------------------------- logs
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream, drawn", [(io.StringIO, False), (_Terminal, True)])
+def test_progress_bars_are_drawn_only_on_a_terminal(monkeypatch, stream, drawn):
+    err = stream()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert sorted(LocalExecutor(1).map(abs, [-1, -2, -3], desc="work", progress=True)) == [1, 2, 3]
+    assert ("work" in err.getvalue()) == drawn
+    assert ("\r" in err.getvalue()) == drawn
+    assert list(progress_bar(range(3), desc="loop")) == [0, 1, 2]
+    assert ("loop" in err.getvalue()) == drawn
+
+
+def test_resume_truncates_the_training_log_to_the_checkpoint(small):
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from longmix.train.loop import TrainConfig, read_log, train
+
+    run(small_config(small, "data"))
+    transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                             num_key_value_heads=1, vocab_size=512, max_position_embeddings=64).save_pretrained(small / "cfg")
+
+    def settings(name: str, **kw) -> TrainConfig:
+        return TrainConfig(data=str(small / "data"), out=str(small / name), init_config=str(small / "cfg" / "config.json"),
+                           seq_len=64, batch_tokens=128, steps=3, save_every=2, lr=3e-3, progress=False,
+                           save_dtype="float32", **kw)
+
+    train(settings("straight"))
+    train(settings("killed"))
+    # A SIGKILL after step 3 was logged but before its checkpoint, halfway through a line:
+    killed = small / "killed"
+    shutil.rmtree(killed / "checkpoints" / "step-000003")
+    shutil.rmtree(killed / "model")
+    with open(killed / "log.jsonl", "a") as log:
+        log.write('{"step": 4, "lo')
+    train(settings("killed", resume=True))
+    lines = (killed / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert [r["loss"] for r in read_log(killed / "log.jsonl")] == [r["loss"] for r in read_log(small / "straight" / "log.jsonl")]
+
+
+def test_errors_raised_in_workers_stay_one_clear_line(tmp_path):
+    def fail(task):
+        raise OutputError(f"cannot write {task}: No space left on device")
+
+    with pytest.raises(OutputError, match="cannot write x: No space"):
+        list(LocalExecutor(1).map(fail, ["x"], progress=False))
+    assert issubclass(OutputError, LongmixError) and issubclass(FolderLockedError, LongmixError)
