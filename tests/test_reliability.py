@@ -226,7 +226,7 @@ def test_manifest_checksums_detect_damage_and_a_rerun_redoes_it(small):
     assert manifest["files"]["tokens/part-00001.bin"]["size"] == part.stat().st_size > 0
     assert {"index/seq_offsets.npy", "stats.json", "plan.json"} <= set(manifest["files"])
     assert not any(name.startswith("tokenized/") for name in manifest["files"])
-    assert verify_prepared(out) == []
+    assert verify_prepared(out) == [] and main(["verify", str(out)]) == 0
     reference = tree_digest(out)
 
     part.write_bytes(part.read_bytes()[:100])
@@ -237,6 +237,7 @@ def test_manifest_checksums_detect_damage_and_a_rerun_redoes_it(small):
     flipped.write_bytes(bytes(data))
     problems = verify_prepared(out)
     assert any(p.startswith("tokens/part-00001.bin: 100 bytes") for p in problems)
+    assert main(["verify", str(out)]) == 1
     assert "index/span_length.npy: missing" in problems
     assert "index/span_start.npy: contents differ from the manifest's checksum" in problems
 

@@ -54,7 +54,7 @@ def test_study_runs_every_step_and_resumes(tmp_path, capsys):
     assert status[1].split()[:3] == ["original", "yes", "done"] and status[-1].split()[0] == "base"
     assert main(["study", str(path), "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "train original: done" in err and "eval per-source: done" in err and "prepare per-source: done" in err
+    assert "train original: done" in err and "eval per-source: done" in err and "data/per-source is already complete" in err
 
 
 def test_study_file_errors(tmp_path, capsys):

@@ -71,6 +71,17 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .data.verify import verify_prepared
+
+    problems = verify_prepared(args.dir)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"{args.dir}: every file is whole")
+    return 1 if problems else 0
+
+
 def _cmd_export_megatron(args: argparse.Namespace) -> int:
     from .data.store import PackedDataset, export_megatron
 
@@ -278,13 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="show the mixture tables of a prepared folder")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true", help="print stats.json")
+    verify = sub.add_parser("verify", help="check every file of a prepared folder against its manifest (sizes, checksums)")
+    verify.add_argument("dir")
     export = sub.add_parser("export-megatron", help="write a prepared folder as Megatron-LM .bin/.idx")
     export.add_argument("dir")
     export.add_argument("prefix", help="output path without suffix")
     return parser
 
 
-_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "export-megatron": _cmd_export_megatron, "train": _cmd_train,
+_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "verify": _cmd_verify, "export-megatron": _cmd_export_megatron, "train": _cmd_train,
              "eval": _cmd_eval, "model": _cmd_model, "plan": _cmd_plan, "study": _cmd_study, "corpus": _cmd_corpus}
 
 

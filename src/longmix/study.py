@@ -119,7 +119,7 @@ class Study:
         for key in PREPARE_SET_BY_STUDY:
             if key in section:
                 raise StudyError(f"prepare.{key} is set by the study; remove it")
-        validation_tokens = section.pop("validation_tokens", 0)
+        validation_tokens = section.pop("validation_tokens", None)
         if validation:
             section["tokens"] = validation_tokens
         cache = self.out / "cache" / ("validation" if validation else "train")
@@ -303,9 +303,7 @@ def _cell(value) -> str:
 def _prepare(study: Study, strategy: str, out: Path, inputs: list[str], log, progress: bool, validation: bool = False) -> None:
     from .data.prepare import prepare
 
-    if (out / "manifest.json").is_file():
-        log(f"prepare {out.name}: done")
-        return
+    # No shortcut on an existing manifest: prepare checks every file of a finished folder and redoes damage.
     log(f"prepare {out.name} ({strategy})")
     prepare(study.prepare_settings(strategy, inputs, str(out), validation), progress=progress, log=log)
 
