@@ -34,7 +34,7 @@ from longmix.eval.needle import (  # noqa: E402
 from longmix.eval.report import build_report  # noqa: E402
 from longmix.eval.tasks import (  # noqa: E402
     TASKS,
-    Words,
+    TaskInputs,
     effective_length,
     fit_sample,
     make_sample,
@@ -169,55 +169,48 @@ def test_batched_teacher_forcing_equals_one_cell_at_a_time(em):
 
 
 def test_task_generators_are_seeded_and_answers_are_in_the_text():
-    text = load_haystack_text("books")
-    words = Words(text)
-    book = [s + " " for s in text.split(". ")[:500]]
-    for task in TASKS:
-        a = make_sample(task, 40, random.Random(7), words, book)
-        b = make_sample(task, 40, random.Random(7), words, book)
-        c = make_sample(task, 40, random.Random(8), words, book)
+    inputs = TaskInputs.from_text(load_haystack_text("books"))
+    for task in (t for t in TASKS if not TASKS[t].needs):
+        a = make_sample(task, 40, random.Random(7), inputs)
+        b = make_sample(task, 40, random.Random(7), inputs)
+        c = make_sample(task, 40, random.Random(8), inputs)
         assert a == b and a.prompt != c.prompt
         assert a.expected and all(e.lower() in a.prompt.lower() for e in a.expected)
         assert string_match(" ".join(a.expected), a.expected) == 1.0
 
 
 def test_task_prompts_are_fitted_to_the_length(em):
-    text = load_haystack_text("books")
-    words = Words(text)
-    book = [s + " " for s in text.split(". ")[:500]]
-    for task in ("niah_single", "vt", "cwe", "fwe"):
-        sample, prompt = fit_sample(em, task, 2048, 0, words, book)
-        from longmix.eval.tasks import GENERATE
-
-        assert 2048 - GENERATE[task] - 200 < len(prompt) <= 2048 - GENERATE[task]
+    inputs = TaskInputs.from_text(load_haystack_text("books"))
+    for task in ("niah_single_1", "niah_single_2", "vt", "cwe", "fwe"):
+        sample, prompt = fit_sample(em, task, 2048, 0, inputs)
+        budget = 2048 - TASKS[task].answer_tokens
+        assert budget - 200 < len(prompt) <= budget
 
 
 def test_fitted_prompt_is_the_largest_that_fits(em):
     """Same answer as a plain bisection over the whole range of haystack sizes."""
-    from longmix.eval.tasks import GENERATE
+    inputs = TaskInputs.from_text(load_haystack_text("books"))
+    for task, length in (("niah_multikey_1", 3000), ("cwe", 1500), ("fwe", 4096), ("vt", 1200)):
+        budget = length - TASKS[task].answer_tokens
 
-    text = load_haystack_text("books")
-    words = Words(text)
-    book = [s + " " for s in text.split(". ")[:500]]
-    for task, length in (("niah_multikey", 3000), ("cwe", 1500), ("fwe", 4096), ("vt", 700)):
         def tokens(units, task=task, length=length):
-            return em.encode(make_sample(task, units, random.Random(f"{task}-{length}-5"), words, book).prompt)
+            return em.encode(make_sample(task, units, random.Random(f"{task}-{length}-5"), inputs, length, 5).prompt)
 
         low, high = 1, 4 * length
         while low < high:
             middle = (low + high + 1) // 2
-            low, high = (middle, high) if len(tokens(middle)) <= length - GENERATE[task] else (low, middle - 1)
-        assert fit_sample(em, task, length, 5, words, book)[1] == tokens(low)
+            low, high = (middle, high) if len(tokens(middle)) <= budget else (low, middle - 1)
+        assert fit_sample(em, task, length, 5, inputs)[1] == tokens(low)
     # a word list that runs out: the prompt stops growing well below the length, and the search still ends
-    few = Words(" ".join(f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(120)))
-    sample, prompt = fit_sample(em, "cwe", 16384, 0, few, book)
+    few = TaskInputs.from_text(" ".join(f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(120)))
+    sample, prompt = fit_sample(em, "cwe", 16384, 0, few)
     assert len(prompt) < 8192 and sample.expected
 
 
 def test_prompts_fitted_in_worker_processes_match(em, tmp_path):
     from longmix.eval.tasks import TaskConfig, run_tasks
 
-    config = TaskConfig(tasks=("niah_single", "cwe"), lengths=(512, 768), samples=2, seed=3)
+    config = TaskConfig(tasks=("niah_single_1", "fwe"), lengths=(512, 768), samples=2, seed=3)
     text = load_haystack_text("books")
     rows = {}
     for workers in (0, 2):
@@ -226,7 +219,7 @@ def test_prompts_fitted_in_worker_processes_match(em, tmp_path):
     assert len(rows[0]) == 8
     # sample-major order: a run stopped half-way has scored every (task, length) once
     assert [(r["task"], r["length"], r["sample"]) for r in rows[0][:4]] == \
-        [(t, n, 0) for t in ("niah_single", "cwe") for n in (512, 768)]
+        [(t, n, 0) for t in ("niah_single_1", "fwe") for n in (512, 768)]
     assert [(r["n_tokens"], r["expected"], r["response"]) for r in rows[0]] == \
         [(r["n_tokens"], r["expected"], r["response"]) for r in rows[2]]
 
@@ -322,9 +315,9 @@ def test_cli_eval_needle(tiny_model, tmp_path, capsys):
 def test_cli_eval_ruler_loss_and_report(tiny_model, prepared, tmp_path, capsys):
     from longmix.cli import main
 
-    assert main(["eval", "ruler", "--model", str(tiny_model), "--tasks", "niah_single,vt", "--lengths", "512",
+    assert main(["eval", "ruler", "--model", str(tiny_model), "--tasks", "niah_single_1,fwe", "--lengths", "512",
                  "--samples", "1", "--out", str(tmp_path), "--quiet"]) == 0
-    assert "| niah_single |" in capsys.readouterr().out
+    assert "| niah_single_1 |" in capsys.readouterr().out
     assert main(["eval", "loss", "--model", str(tiny_model), "--data", str(prepared), "--sequences", "1",
                  "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out

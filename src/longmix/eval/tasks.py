@@ -9,7 +9,8 @@ whose prompt + answer budget fits the target length.
 
 Known differences with RULER: keys and CWE words come from the haystack text (RULER uses
 the wonderwords lists); sentences are split with a regular expression (RULER: nltk punkt);
-the VT one-shot example has a fixed 20 noise sentences (RULER fits it to 500 tokens).
+the VT one-shot example has a fixed 15 noise sentences (RULER fits it to 500 tokens of its
+tokenizer: about as many).
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def _vt_text(noise: int, chain: list[str], rng: random.Random) -> str:
 
 
 def make_vt(inputs: TaskInputs, units: int, rng: random.Random, length: int, index: int, *, hops: int = 4,
-            example_noise: int = 20) -> TaskSample:
+            example_noise: int = 15) -> TaskSample:
     """Variable tracking: one chain VAR A = 12345, VAR B = VAR A, ... (``hops`` hops) hidden in
     noise; answer: every name of the chain. Preceded by a solved example (3-letter names)."""
     ex_names, ex_value, ex_chain = _vt_chain(rng, hops, 3)
@@ -525,7 +526,7 @@ def fit_sample(em: EvalModel | Encoder, task: str, length: int, seed: int,
         raise EvalError(f"{task}: length {length} is too short for even the smallest prompt ({len(build(1)[1])} tokens)")
     smallest, guess = len(build(1)[1]), 17
     # some prompts stop growing (a task's word list runs out): never look past this many units
-    limit = int(1.5 * budget / max(1.0, (len(build(guess)[1]) - smallest) / (guess - 1))) + 2
+    limit = int(3 * budget / max(1.0, (len(build(guess)[1]) - smallest) / (guess - 1))) + 2
     for _ in range(4):
         per_unit = max(0.5, (len(build(guess)[1]) - smallest) / (guess - 1))
         estimate = min(limit, max(2, 1 + int((budget - smallest) / per_unit)))
