@@ -22,7 +22,7 @@ from longmix.eval.common import (  # noqa: E402
     parse_grid,
     word_recall,
 )
-from longmix.eval.loss import run_loss  # noqa: E402
+from longmix.eval.loss import DEFINITION, run_loss  # noqa: E402
 from longmix.eval.needle import (  # noqa: E402
     Haystack,
     NeedleConfig,
@@ -243,17 +243,31 @@ def prepared(tmp_path_factory) -> Path:
 
 
 def test_loss_buckets_add_up_to_the_overall_loss(em, prepared, tmp_path):
-    summary = run_loss(em, prepared, tmp_path / "loss", max_sequences=3, progress=False)
+    from longmix.data.store import PackedDataset
+    from longmix.eval.loss import DEFINITION, domain_sequences
+
+    summary = run_loss(em, prepared, tmp_path / "loss", max_sequences=1, progress=False)
+    assert summary["definition"] == DEFINITION
     rows = summary["domains"]
     total = rows["all"]
-    assert total["tokens"] == 3 * (8192 - 1)
-    weighted = sum(r["loss"] * r["tokens"] for d, r in rows.items() if d != "all" and r["tokens"])
-    assert weighted / total["tokens"] == pytest.approx(total["loss"])
-    curve = sum(loss * c for loss, c in zip(total["curve"], total["curve_tokens"]) if c)
-    assert curve / total["tokens"] == pytest.approx(total["loss"])
-    short, long = total["0-4K"], total["4K-max"]
-    n_short = sum(c for e, c in zip(summary["edges"], total["curve_tokens"]) if e < 4096)
-    assert (short * n_short + long * (total["tokens"] - n_short)) / total["tokens"] == pytest.approx(total["loss"])
+    # one sequence per domain, packed from that domain's documents only
+    expected = list(domain_sequences(PackedDataset(prepared), 1))
+    assert total["tokens"] == sum(len(s.tokens) - 1 for s in expected)
+    assert summary["sequences"] == {d: sum(s.domain == d for s in expected) for d in summary["sequences"]}
+    for view in (summary, summary["by_position"]):
+        rows = view["domains"]
+        total = rows["all"]
+        weighted = sum(r["loss"] * r["tokens"] for d, r in rows.items() if d != "all" and r["tokens"])
+        assert weighted / total["tokens"] == pytest.approx(total["loss"])
+        curve = sum(loss * c for loss, c in zip(total["curve"], total["curve_tokens"]) if c)
+        assert curve / total["tokens"] == pytest.approx(total["loss"])
+        short, long = total["0-4K"], total["4K-max"]
+        n_short = total["0-4K tokens"]
+        assert n_short == sum(c for e, c in zip(view["edges"], total["curve_tokens"]) if e < 4096)
+        assert (short * n_short + (long or 0) * (total["tokens"] - n_short)) / total["tokens"] == \
+            pytest.approx(total["loss"])
+    # fewer tokens reach 4K of their own document than reach position 4K
+    assert summary["domains"]["all"]["4K-max tokens"] <= summary["by_position"]["domains"]["all"]["4K-max tokens"]
     assert (tmp_path / "loss" / "loss_by_position.png").is_file()
 
 
@@ -263,7 +277,8 @@ def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
         (folder / "loss").mkdir(parents=True)
         domains = {d: {"loss": loss + i, "tokens": 10, "0-4K": loss + i, "4K-max": loss + i - 0.2} for i, d in enumerate(["book", "cc"])}
         domains["all"] = {"loss": loss, "tokens": 20, "0-4K": loss, "4K-max": loss - 0.2}
-        (folder / "loss" / "summary.json").write_text(json.dumps({"domains": domains, "edges": [0, 4096, 8192]}))
+        (folder / "loss" / "summary.json").write_text(json.dumps({"domains": domains, "edges": [0, 4096, 8192],
+                                                                  "definition": DEFINITION}))
         (folder / "needle").mkdir()
         rows = [{"length": n, "depth": d, "exact": exact * 1024 / n} for n in (1024, 2048) for d in (0, 100)]
         (folder / "needle" / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
@@ -275,6 +290,7 @@ def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
     text = build_report([run("original", 2.0, 0.2), run("per-source", 1.995, 0.9), run("global", 2.05, 0.5)], tmp_path / "report")
     assert "| per-source | -0.005 | -0.005 | -0.005 |" in text
     assert "| global | +0.050* | +0.050* | +0.050* |" in text
+    assert f"Loss buckets: {DEFINITION}" in text
     assert "| ≤ 1K | > 1K |" in text  # needle means within and beyond the training length
     assert "| per-source | 4 | – | – | – | 0.675 | 0.900 | 0.450 | – |" in text
     assert (tmp_path / "report" / "needle_heatmaps.png").is_file()
