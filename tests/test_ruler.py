@@ -264,3 +264,16 @@ def test_ruler_files_are_scored_with_each_tasks_budget_and_metric(ruler_dir, tmp
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert rows[0]["response"] == "4096."  # RULER's cleaning of the answer
     assert "RULER files" in task_table(summary)
+
+
+def test_report_states_the_threshold_basis_and_task_coverage(tmp_path):
+    from longmix.eval.report import build_report
+
+    rows = [{"task": t, "length": n, "sample": 0, "score": 1.0} for t in ("vt", "fwe") for n in (4096, 8192)]
+    folder = tmp_path / "run" / "ruler"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(summarize_tasks(rows, RULER_THRESHOLD)))
+    text = build_report([tmp_path / "run"], tmp_path / "report")
+    assert "| run | 1.00 | 1.00 | 8192 (≥ 0.856) |" in text
+    assert "Threshold 0.856: Llama-2-7B's RULER score at 4K, 85.6 averaged over the 13 tasks" in text
+    assert "not comparable with published effective lengths: run (2)" in text
