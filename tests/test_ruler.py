@@ -264,6 +264,10 @@ def test_ruler_files_are_scored_with_each_tasks_budget_and_metric(ruler_dir, tmp
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert rows[0]["response"] == "4096."  # RULER's cleaning of the answer
     assert "RULER files" in task_table(summary)
+    from longmix.eval.report import task_summary
+
+    (out / "summary.json").unlink()  # as if stopped: the report rebuilds it from the results
+    assert task_summary(out)["partial"] == "7 of 7 samples"
 
 
 def test_report_states_the_threshold_basis_and_task_coverage(tmp_path):

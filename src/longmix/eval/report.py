@@ -68,14 +68,16 @@ def task_summary(folder: Path) -> dict | None:
     done = _load(folder / "summary.json")
     if done or not (folder / "results.jsonl").is_file():
         return done
-    from .tasks import summarize_tasks
+    from .tasks import RULER_THRESHOLD, summarize_tasks
 
     rows = list(read_jsonl(folder / "results.jsonl"))
     if not rows:
         return None
     config = _load(folder / "config.json") or {}
-    expected = len(config.get("tasks", [])) * len(config.get("lengths", [])) * config.get("samples", 0)
-    return {**summarize_tasks(rows, config.get("threshold", 0.85)), "partial": f"{len(rows)} of {expected or '?'} samples"}
+    # RULER files record their sample count; generated runs have tasks × lengths × samples
+    expected = config.get("expected") or len(config.get("tasks", [])) * len(config.get("lengths", [])) * (config.get("samples") or 0)
+    summary = summarize_tasks(rows, config.get("threshold", RULER_THRESHOLD))
+    return {**summary, "partial": f"{len(rows)} of {expected or '?'} samples"}
 
 
 def task_tables(names: list[str], summaries: list[dict | None]) -> list[str]:

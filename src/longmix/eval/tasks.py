@@ -646,6 +646,7 @@ def run_ruler_files(em: EvalModel, config: TaskConfig, out: Path, progress: bool
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({**asdict(config), "tasks": sorted({s.task for s in samples}),
                                                  "lengths": sorted({s.length for s in samples}), "samples": None,
+                                                 "expected": len(samples),
                                                  "model": em.name}, indent=2))
     results = ResultsFile(out / "results.jsonl", ("task", "length", "sample"))
     todo = [s for s in samples if (s.task, s.length, s.index) not in results.done]
