@@ -22,7 +22,7 @@ from longmix.eval.common import (  # noqa: E402
     parse_grid,
     word_recall,
 )
-from longmix.eval.loss import run_loss  # noqa: E402
+from longmix.eval.loss import DEFINITION, run_loss  # noqa: E402
 from longmix.eval.needle import (  # noqa: E402
     Haystack,
     NeedleConfig,
@@ -34,7 +34,7 @@ from longmix.eval.needle import (  # noqa: E402
 from longmix.eval.report import build_report  # noqa: E402
 from longmix.eval.tasks import (  # noqa: E402
     TASKS,
-    Words,
+    TaskInputs,
     effective_length,
     fit_sample,
     make_sample,
@@ -169,55 +169,48 @@ def test_batched_teacher_forcing_equals_one_cell_at_a_time(em):
 
 
 def test_task_generators_are_seeded_and_answers_are_in_the_text():
-    text = load_haystack_text("books")
-    words = Words(text)
-    book = [s + " " for s in text.split(". ")[:500]]
-    for task in TASKS:
-        a = make_sample(task, 40, random.Random(7), words, book)
-        b = make_sample(task, 40, random.Random(7), words, book)
-        c = make_sample(task, 40, random.Random(8), words, book)
+    inputs = TaskInputs.from_text(load_haystack_text("books"))
+    for task in (t for t in TASKS if not TASKS[t].needs):
+        a = make_sample(task, 40, random.Random(7), inputs)
+        b = make_sample(task, 40, random.Random(7), inputs)
+        c = make_sample(task, 40, random.Random(8), inputs)
         assert a == b and a.prompt != c.prompt
         assert a.expected and all(e.lower() in a.prompt.lower() for e in a.expected)
         assert string_match(" ".join(a.expected), a.expected) == 1.0
 
 
 def test_task_prompts_are_fitted_to_the_length(em):
-    text = load_haystack_text("books")
-    words = Words(text)
-    book = [s + " " for s in text.split(". ")[:500]]
-    for task in ("niah_single", "vt", "cwe", "fwe"):
-        sample, prompt = fit_sample(em, task, 2048, 0, words, book)
-        from longmix.eval.tasks import GENERATE
-
-        assert 2048 - GENERATE[task] - 200 < len(prompt) <= 2048 - GENERATE[task]
+    inputs = TaskInputs.from_text(load_haystack_text("books"))
+    for task in ("niah_single_1", "niah_single_2", "vt", "cwe", "fwe"):
+        sample, prompt = fit_sample(em, task, 2048, 0, inputs)
+        budget = 2048 - TASKS[task].answer_tokens
+        assert budget - 200 < len(prompt) <= budget
 
 
 def test_fitted_prompt_is_the_largest_that_fits(em):
     """Same answer as a plain bisection over the whole range of haystack sizes."""
-    from longmix.eval.tasks import GENERATE
+    inputs = TaskInputs.from_text(load_haystack_text("books"))
+    for task, length in (("niah_multikey_1", 3000), ("cwe", 1500), ("fwe", 4096), ("vt", 1200)):
+        budget = length - TASKS[task].answer_tokens
 
-    text = load_haystack_text("books")
-    words = Words(text)
-    book = [s + " " for s in text.split(". ")[:500]]
-    for task, length in (("niah_multikey", 3000), ("cwe", 1500), ("fwe", 4096), ("vt", 700)):
         def tokens(units, task=task, length=length):
-            return em.encode(make_sample(task, units, random.Random(f"{task}-{length}-5"), words, book).prompt)
+            return em.encode(make_sample(task, units, random.Random(f"{task}-{length}-5"), inputs, length, 5).prompt)
 
         low, high = 1, 4 * length
         while low < high:
             middle = (low + high + 1) // 2
-            low, high = (middle, high) if len(tokens(middle)) <= length - GENERATE[task] else (low, middle - 1)
-        assert fit_sample(em, task, length, 5, words, book)[1] == tokens(low)
+            low, high = (middle, high) if len(tokens(middle)) <= budget else (low, middle - 1)
+        assert fit_sample(em, task, length, 5, inputs)[1] == tokens(low)
     # a word list that runs out: the prompt stops growing well below the length, and the search still ends
-    few = Words(" ".join(f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(120)))
-    sample, prompt = fit_sample(em, "cwe", 16384, 0, few, book)
+    few = TaskInputs.from_text(" ".join(f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(120)))
+    sample, prompt = fit_sample(em, "cwe", 16384, 0, few)
     assert len(prompt) < 8192 and sample.expected
 
 
 def test_prompts_fitted_in_worker_processes_match(em, tmp_path):
     from longmix.eval.tasks import TaskConfig, run_tasks
 
-    config = TaskConfig(tasks=("niah_single", "cwe"), lengths=(512, 768), samples=2, seed=3)
+    config = TaskConfig(tasks=("niah_single_1", "fwe"), lengths=(512, 768), samples=2, seed=3)
     text = load_haystack_text("books")
     rows = {}
     for workers in (0, 2):
@@ -226,7 +219,7 @@ def test_prompts_fitted_in_worker_processes_match(em, tmp_path):
     assert len(rows[0]) == 8
     # sample-major order: a run stopped half-way has scored every (task, length) once
     assert [(r["task"], r["length"], r["sample"]) for r in rows[0][:4]] == \
-        [(t, n, 0) for t in ("niah_single", "cwe") for n in (512, 768)]
+        [(t, n, 0) for t in ("niah_single_1", "fwe") for n in (512, 768)]
     assert [(r["n_tokens"], r["expected"], r["response"]) for r in rows[0]] == \
         [(r["n_tokens"], r["expected"], r["response"]) for r in rows[2]]
 
@@ -250,17 +243,31 @@ def prepared(tmp_path_factory) -> Path:
 
 
 def test_loss_buckets_add_up_to_the_overall_loss(em, prepared, tmp_path):
-    summary = run_loss(em, prepared, tmp_path / "loss", max_sequences=3, progress=False)
+    from longmix.data.store import PackedDataset
+    from longmix.eval.loss import DEFINITION, domain_sequences
+
+    summary = run_loss(em, prepared, tmp_path / "loss", max_sequences=1, progress=False)
+    assert summary["definition"] == DEFINITION
     rows = summary["domains"]
     total = rows["all"]
-    assert total["tokens"] == 3 * (8192 - 1)
-    weighted = sum(r["loss"] * r["tokens"] for d, r in rows.items() if d != "all" and r["tokens"])
-    assert weighted / total["tokens"] == pytest.approx(total["loss"])
-    curve = sum(loss * c for loss, c in zip(total["curve"], total["curve_tokens"]) if c)
-    assert curve / total["tokens"] == pytest.approx(total["loss"])
-    short, long = total["0-4K"], total["4K-max"]
-    n_short = sum(c for e, c in zip(summary["edges"], total["curve_tokens"]) if e < 4096)
-    assert (short * n_short + long * (total["tokens"] - n_short)) / total["tokens"] == pytest.approx(total["loss"])
+    # one sequence per domain, packed from that domain's documents only
+    expected = list(domain_sequences(PackedDataset(prepared), 1))
+    assert total["tokens"] == sum(len(s.tokens) - 1 for s in expected)
+    assert summary["sequences"] == {d: sum(s.domain == d for s in expected) for d in summary["sequences"]}
+    for view in (summary, summary["by_position"]):
+        rows = view["domains"]
+        total = rows["all"]
+        weighted = sum(r["loss"] * r["tokens"] for d, r in rows.items() if d != "all" and r["tokens"])
+        assert weighted / total["tokens"] == pytest.approx(total["loss"])
+        curve = sum(loss * c for loss, c in zip(total["curve"], total["curve_tokens"]) if c)
+        assert curve / total["tokens"] == pytest.approx(total["loss"])
+        short, long = total["0-4K"], total["4K-max"]
+        n_short = total["0-4K tokens"]
+        assert n_short == sum(c for e, c in zip(view["edges"], total["curve_tokens"]) if e < 4096)
+        assert (short * n_short + (long or 0) * (total["tokens"] - n_short)) / total["tokens"] == \
+            pytest.approx(total["loss"])
+    # fewer tokens reach 4K of their own document than reach position 4K
+    assert summary["domains"]["all"]["4K-max tokens"] <= summary["by_position"]["domains"]["all"]["4K-max tokens"]
     assert (tmp_path / "loss" / "loss_by_position.png").is_file()
 
 
@@ -270,7 +277,8 @@ def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
         (folder / "loss").mkdir(parents=True)
         domains = {d: {"loss": loss + i, "tokens": 10, "0-4K": loss + i, "4K-max": loss + i - 0.2} for i, d in enumerate(["book", "cc"])}
         domains["all"] = {"loss": loss, "tokens": 20, "0-4K": loss, "4K-max": loss - 0.2}
-        (folder / "loss" / "summary.json").write_text(json.dumps({"domains": domains, "edges": [0, 4096, 8192]}))
+        (folder / "loss" / "summary.json").write_text(json.dumps({"domains": domains, "edges": [0, 4096, 8192],
+                                                                  "definition": DEFINITION}))
         (folder / "needle").mkdir()
         rows = [{"length": n, "depth": d, "exact": exact * 1024 / n} for n in (1024, 2048) for d in (0, 100)]
         (folder / "needle" / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
@@ -282,6 +290,7 @@ def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
     text = build_report([run("original", 2.0, 0.2), run("per-source", 1.995, 0.9), run("global", 2.05, 0.5)], tmp_path / "report")
     assert "| per-source | -0.005 | -0.005 | -0.005 |" in text
     assert "| global | +0.050* | +0.050* | +0.050* |" in text
+    assert f"Loss buckets: {DEFINITION}" in text
     assert "| ≤ 1K | > 1K |" in text  # needle means within and beyond the training length
     assert "| per-source | 4 | – | – | – | 0.675 | 0.900 | 0.450 | – |" in text
     assert (tmp_path / "report" / "needle_heatmaps.png").is_file()
@@ -322,9 +331,9 @@ def test_cli_eval_needle(tiny_model, tmp_path, capsys):
 def test_cli_eval_ruler_loss_and_report(tiny_model, prepared, tmp_path, capsys):
     from longmix.cli import main
 
-    assert main(["eval", "ruler", "--model", str(tiny_model), "--tasks", "niah_single,vt", "--lengths", "512",
+    assert main(["eval", "ruler", "--model", str(tiny_model), "--tasks", "niah_single_1,fwe", "--lengths", "512",
                  "--samples", "1", "--out", str(tmp_path), "--quiet"]) == 0
-    assert "| niah_single |" in capsys.readouterr().out
+    assert "| niah_single_1 |" in capsys.readouterr().out
     assert main(["eval", "loss", "--model", str(tiny_model), "--data", str(prepared), "--sequences", "1",
                  "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out

@@ -157,7 +157,7 @@ def test_study_sections_use_the_commands_settings(tmp_path):
     config = study.prepare_settings("per-source", ["c"], "o")
     assert config.mixture.tokens == 20_000_000 and config.reader.text_field == "content"
     assert study.prepare_settings("original", ["v"], "v", validation=True).mixture.tokens == 1_000_000
-    assert study.eval_settings("ruler", tmp_path).tasks == ("niah_single", "vt")
+    assert study.eval_settings("ruler", tmp_path).tasks == ("niah_single_1", "vt")  # earlier names read as RULER's
     assert study.eval_settings("loss", tmp_path / "held").data == str(tmp_path / "held")
     assert study.evaluations() == ["loss", "ruler"]  # the registry's order: quick evaluations first
     assert study.eval_settings("loss", tmp_path).sequences == 64  # one default, the CLI's

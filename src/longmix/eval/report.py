@@ -68,14 +68,16 @@ def task_summary(folder: Path) -> dict | None:
     done = _load(folder / "summary.json")
     if done or not (folder / "results.jsonl").is_file():
         return done
-    from .tasks import summarize_tasks
+    from .tasks import RULER_THRESHOLD, summarize_tasks
 
     rows = list(read_jsonl(folder / "results.jsonl"))
     if not rows:
         return None
     config = _load(folder / "config.json") or {}
-    expected = len(config.get("tasks", [])) * len(config.get("lengths", [])) * config.get("samples", 0)
-    return {**summarize_tasks(rows, config.get("threshold", 0.85)), "partial": f"{len(rows)} of {expected or '?'} samples"}
+    # RULER files record their sample count; generated runs have tasks × lengths × samples
+    expected = config.get("expected") or len(config.get("tasks", [])) * len(config.get("lengths", [])) * (config.get("samples") or 0)
+    summary = summarize_tasks(rows, config.get("threshold", RULER_THRESHOLD))
+    return {**summary, "partial": f"{len(rows)} of {expected or '?'} samples"}
 
 
 def task_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
@@ -89,6 +91,7 @@ def task_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
     for name, s in present:
         lines.append(f"| {label[name]} | " + " | ".join(_fmt(s["mean"].get(n), 2) for n in lengths)
                      + f" | {s['effective_length'] or 'none'} (≥ {s['threshold']}) |")
+    lines += ["", *threshold_notes(present)]
     lines += ["", "Each task, mean over the lengths it was scored at (– not scored):", "",
               "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for name, s in present:
@@ -98,23 +101,45 @@ def task_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
     return [*lines, ""]
 
 
+def threshold_notes(present: list[tuple[str, dict]]) -> list[str]:
+    """What the effective length means: its threshold's basis, and how many of RULER's tasks each run averages."""
+    from .tasks import RULER_TASK_COUNT, RULER_THRESHOLD, THRESHOLD_BASIS
+
+    lines = ["Effective length: the longest length at which the mean over tasks, and the mean at every shorter "
+             "length, reaches the threshold."]
+    for threshold in sorted({s["threshold"] for _, s in present}):
+        basis = THRESHOLD_BASIS if threshold == RULER_THRESHOLD else "set by the user"
+        lines.append(f"Threshold {threshold}: {basis}.")
+    partial = [f"{name} ({s.get('n_tasks', len(s['tasks']))})" for name, s in present
+               if s.get("n_tasks", len(s["tasks"])) != RULER_TASK_COUNT]
+    if partial:
+        lines.append(f"Averaged over fewer than RULER's {RULER_TASK_COUNT} tasks, so not comparable with published "
+                     f"effective lengths: {', '.join(partial)}.")
+    return [*lines, ""]
+
+
 def loss_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
     """The paper's Table 5 layout: baseline losses, then each run's delta; * marks |Δ| > 0.01."""
     base = summaries[0]
     if base is None:
         return ["## Loss", "", "(no loss results for the baseline run)", ""]
     domains = [d for d in base["domains"] if d != "all"] + ["all"]
-    lines = []
-    for bucket in ("0-4K", "4K-max"):
+    definition = base.get("definition") or ("a token's bucket is its position in a packed mixed-domain sequence "
+                                            "(results written before the per-domain definition)")
+    lines = [f"Loss buckets: {definition}", ""]
+    for bucket in base.get("buckets", ["0-4K", "4K-max"]):
         lines += [f"## Loss, context {bucket} (Δ against {names[0]}; * |Δ| > {SIGNIFICANT})", "",
                   "| run | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
-        lines.append(f"| {names[0]} (loss) | " + " | ".join(_fmt(base["domains"][d][bucket]) for d in domains) + " |")
+        lines.append(f"| {names[0]} (loss) | " + " | ".join(_fmt(base["domains"][d].get(bucket)) for d in domains) + " |")
         for name, s in zip(names[1:], summaries[1:]):
             if s is None:
                 continue
+            if s.get("definition") != base.get("definition"):
+                lines.append(f"| {name} | (buckets defined differently: not compared) |")
+                continue
             cells = []
             for d in domains:
-                a, b = s["domains"].get(d, {}).get(bucket), base["domains"][d][bucket]
+                a, b = s["domains"].get(d, {}).get(bucket), base["domains"][d].get(bucket)
                 if a is None or b is None:
                     cells.append("–")
                     continue
@@ -145,16 +170,18 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def retention_lines(names: list[str], losses: list[dict | None], mmlu: list[dict | None]) -> list[str]:
     """Short-context retention against the first run: 0–4K loss delta (all domains) and MMLU delta."""
-    base_loss = losses[0]["domains"]["all"]["0-4K"] if losses and losses[0] else None
+    short = losses[0].get("buckets", ["0-4K"])[0] if losses and losses[0] else "0-4K"  # the shortest-context bucket
+    base_loss = losses[0]["domains"]["all"].get(short) if losses and losses[0] else None
     base_mmlu = mmlu[0]["macro_accuracy"] if mmlu and mmlu[0] else None
     if base_loss is None and base_mmlu is None:
         return []
     lines = [f"## Short-context retention (against {names[0]})", ""]
     for i, name in enumerate(names[1:], start=1):
         parts = []
-        if base_loss is not None and losses[i]:
-            delta = losses[i]["domains"]["all"]["0-4K"] - base_loss
-            parts.append(f"0–4K loss {delta:+.3f}{' (significant)' if abs(delta) > SIGNIFICANT else ''}")
+        other = losses[i]["domains"]["all"].get(short) if losses[i] else None
+        if base_loss is not None and other is not None and losses[i].get("definition") == losses[0].get("definition"):
+            delta = other - base_loss
+            parts.append(f"{short} loss {delta:+.3f}{' (significant)' if abs(delta) > SIGNIFICANT else ''}")
         if base_mmlu is not None and mmlu[i]:
             parts.append(f"MMLU {mmlu[i]['macro_accuracy'] - base_mmlu:+.1f} points")
         if parts:
