@@ -86,12 +86,9 @@ def test_needle_cell_has_exact_length_and_sits_on_a_sentence_boundary(em, books_
     assert cell.prompt[cell.insert_at : cell.insert_at + len(needle_ids)] == needle_ids
     at = cell.insert_at - len(parts[0])  # position within the haystack
     room = length - len(parts[0]) - len(parts[1]) - len(needle_ids)
-    target = room if depth == 100 else int(room * depth / 100)
+    target = int(room * depth / 100)
     assert at <= target
-    if depth == 100:  # as in the reference protocol, depth 100 appends at the very end
-        assert at == room
-        return
-    assert haystack.boundary[at]
+    assert haystack.boundary[at]  # depth 100 too: the last sentence end of the haystack
     if at > 0:
         before = em.decode(haystack.tokens[:at])
         assert re.search(r"[.!?][\"'”’)\]]*\s*$", before)

@@ -226,10 +226,9 @@ class Haystack:
 
 
 def insertion_point(boundary: np.ndarray, length: int, depth: int) -> int:
-    """The sentence boundary at or before ``depth``% of ``length`` haystack tokens."""
-    if depth >= 100:
-        return length
-    target = int(length * depth / 100)
+    """The sentence boundary at or before ``depth``% of ``length`` haystack tokens (depth 100
+    too: the references append there mid-sentence, the longmix protocol does not)."""
+    target = int(length * min(depth, 100) / 100)
     candidates = np.flatnonzero(boundary[: target + 1])
     return int(candidates[-1]) if len(candidates) else 0
 
