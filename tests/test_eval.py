@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def test_grids():
 @pytest.mark.parametrize("length", [300, 1000, 2048])
 @pytest.mark.parametrize("depth", [0, 11, 50, 89, 100])
 def test_needle_cell_has_exact_length_and_sits_on_a_sentence_boundary(em, books_haystack, length, depth):
-    config = NeedleConfig(lengths=(length,), depths=(depth,))
+    config = NeedleConfig(protocol="longmix", lengths=(length,), depths=(depth,))
     header, footer = prompt_parts(config)
     parts = (em.encode(header), em.encode(footer), em.encode(config.needle), em.encode(config.answer))
     haystack = books_haystack
@@ -85,15 +86,12 @@ def test_needle_cell_has_exact_length_and_sits_on_a_sentence_boundary(em, books_
     assert cell.prompt[cell.insert_at : cell.insert_at + len(needle_ids)] == needle_ids
     at = cell.insert_at - len(parts[0])  # position within the haystack
     room = length - len(parts[0]) - len(parts[1]) - len(needle_ids)
-    target = room if depth == 100 else int(room * depth / 100)
+    target = int(room * depth / 100)
     assert at <= target
-    if depth == 100:  # as in the reference protocol, depth 100 appends at the very end
-        assert at == room
-        return
-    assert haystack.boundary[at]
+    assert haystack.boundary[at]  # depth 100 too: the last sentence end of the haystack
     if at > 0:
-        assert em.decode([haystack.tokens[at - 1]]).rstrip(" \"'”’)").endswith((".", "!", "?")) or \
-            em.decode([haystack.tokens[at - 1]]).endswith("\n")
+        before = em.decode(haystack.tokens[:at])
+        assert re.search(r"[.!?][\"'”’)\]]*\s*$", before)
     assert not haystack.boundary[at + 1 : target + 1].any()  # the nearest boundary before the target
 
 
@@ -132,11 +130,13 @@ def test_word_recall():
 
 
 def test_needle_run_writes_results_heatmap_and_resumes(em, tmp_path, monkeypatch):
-    config = NeedleConfig(lengths=(256, 512), depths=(0, 50, 100), generate_tokens=4)
+    config = NeedleConfig(protocol="longmix", lengths=(256, 512), depths=(0, 50, 100), generate_tokens=4)
     summary = run_needle(em, config, tmp_path / "needle", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "needle" / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and summary["cells"] == 6
-    assert {"exact", "token_accuracy", "logprob", "recall", "response"} <= set(rows[0])
+    assert {"exact", "token_accuracy", "logprob", "recall", "contains", "fu_score", "response"} <= set(rows[0])
+    assert all(r["protocol"] == "longmix" and r["metric_definitions"]["contains"] for r in rows)
+    assert summary["headline"] == "contains" and summary["protocol"] == "longmix" and summary["missing"] == []
     assert all(r["n_tokens"] == r["length"] for r in rows)
     assert (tmp_path / "needle" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     scored = []
@@ -146,7 +146,7 @@ def test_needle_run_writes_results_heatmap_and_resumes(em, tmp_path, monkeypatch
         return [{"exact": 1.0} for _ in prompts]
 
     monkeypatch.setattr(needle_mod, "answer_scores_batch", fake_scores)
-    bigger = NeedleConfig(lengths=(256, 512, 768), depths=(0, 50, 100), generate_tokens=0)
+    bigger = NeedleConfig(protocol="longmix", lengths=(256, 512, 768), depths=(0, 50, 100), generate_tokens=0)
     summary = run_needle(em, bigger, tmp_path / "needle", progress=False)
     assert len(scored) == 3 and summary["cells"] == 9  # only the new length was evaluated
     assert {len(p) for p in scored} == {768}
@@ -280,11 +280,13 @@ def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
         (folder / "loss" / "summary.json").write_text(json.dumps({"domains": domains, "edges": [0, 4096, 8192],
                                                                   "definition": DEFINITION}))
         (folder / "needle").mkdir()
-        rows = [{"length": n, "depth": d, "exact": exact * 1024 / n} for n in (1024, 2048) for d in (0, 100)]
+        rows = [{"length": n, "depth": d, "exact": exact * 1024 / n, "contains": exact * 512 / n, "protocol": "longmix"}
+                for n in (1024, 2048) for d in (0, 100)]
         (folder / "needle" / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-        by_length = {"1024": {"exact": exact}, "2048": {"exact": exact / 2}}
+        by_length = {"1024": {"exact": exact, "contains": exact / 2}, "2048": {"exact": exact / 2, "contains": exact / 4}}
         (folder / "needle" / "summary.json").write_text(json.dumps(
-            {"cells": 4, "mean": {"exact": 0.75 * exact}, "by_length": by_length, "train_length": 1024}))
+            {"cells": 4, "mean": {"exact": 0.75 * exact, "contains": 0.375 * exact}, "by_length": by_length,
+             "train_length": 1024, "protocol": "longmix", "headline": "contains"}))
         return folder
 
     text = build_report([run("original", 2.0, 0.2), run("per-source", 1.995, 0.9), run("global", 2.05, 0.5)], tmp_path / "report")
@@ -292,7 +294,10 @@ def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
     assert "| global | +0.050* | +0.050* | +0.050* |" in text
     assert f"Loss buckets: {DEFINITION}" in text
     assert "| ≤ 1K | > 1K |" in text  # needle means within and beyond the training length
-    assert "| per-source | 4 | – | – | – | 0.675 | 0.900 | 0.450 | – |" in text
+    # the generation score leads; teacher-forced exact match comes after, in its own table
+    assert "| per-source | longmix | 4 | contains | 0.338 | 0.450 | 0.225 | – |" in text
+    assert "| per-source | – | 0.675 | – | 0.900 | – | 0.450 | – |" in text
+    assert text.index("| contains |") < text.index("Teacher forcing")
     assert (tmp_path / "report" / "needle_heatmaps.png").is_file()
     assert (tmp_path / "report" / "needle_by_length.png").is_file()
 
@@ -320,7 +325,7 @@ def test_report_shows_an_interrupted_task_run_as_partial(tmp_path):
 def test_cli_eval_needle(tiny_model, tmp_path, capsys):
     from longmix.cli import main
 
-    assert main(["eval", "needle", "--model", str(tiny_model), "--lengths", "256,512", "--depths", "0:100:2",
+    assert main(["eval", "needle", "--protocol", "longmix", "--model", str(tiny_model), "--lengths", "256,512", "--depths", "0:100:2",
                  "--out", str(tmp_path), "--generate-tokens", "0", "--quiet"]) == 0
     assert (tmp_path / "needle" / "summary.json").is_file()
     assert main(["eval", "needle", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2

@@ -28,7 +28,7 @@ def _write_study(tmp_path, strategies=("original", "per-source")):
         "prepare": {"tokens": "60K", "validation_tokens": "20K", "seq_len": "1K", "long_threshold": "2K", "workers": 1},
         "train": {"model": str(base), "seq_len": 512, "rope_theta": 1e5, "lr": 1e-3, "batch_tokens": 1024, "steps": 2,
                   "progress": False, "save_dtype": "float32"},
-        "eval": {"base_model": str(base), "needle": {"lengths": "256,512", "depths": "0,100", "generate_tokens": 0},
+        "eval": {"base_model": str(base), "needle": {"protocol": "longmix", "lengths": "256,512", "depths": "0,100", "generate_tokens": 0},
                  "ruler": {"tasks": ["niah_single"], "lengths": "512", "samples": 1}, "loss": {"sequences": 2}},
     }
     path = tmp_path / "study.yaml"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .common import read_jsonl
+from .needle import GENERATION_METRICS, METRICS, PROTOCOLS, headline_metric, load_needle_summary
 
 SIGNIFICANT = 0.01  # Fu et al.: a loss difference above 0.01 counts
 
@@ -20,25 +21,9 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Evaluation report: {', '.join(names)}", "", f"Baseline for deltas: **{names[0]}**.", ""]
 
-    needles = [_load(run / "needle" / "summary.json") for run in runs]
+    needles = [load_needle_summary(run / "needle") for run in runs]
     if any(needles):
-        split = next((s["train_length"] for s in needles if s and s.get("train_length")), None)
-        within, beyond = (f"≤ {_k(split)}", f"> {_k(split)}") if split else ("–", "–")
-        lines += ["## Needle in a haystack", "",
-                  f"Token accuracy and exact match, all cells and split at {within[2:] if split else 'the trained length'} "
-                  f"(the first run's training length).", "",
-                  f"| run | cells | token accuracy | {within} | {beyond} | exact | exact {within} | exact {beyond} | logprob |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for name, s in zip(names, needles):
-            if s:
-                m = s["mean"]
-                acc, exact = split_means(s, "token_accuracy", split), split_means(s, "exact", split)
-                lines.append(f"| {name} | {s['cells']} | {_fmt(m.get('token_accuracy'))} | {_fmt(acc[0])} | {_fmt(acc[1])} | "
-                             f"{_fmt(m.get('exact'))} | {_fmt(exact[0])} | {_fmt(exact[1])} | {_fmt(m.get('logprob'), 2)} |")
-        _heatmaps(runs, names, out / "needle_heatmaps.png")
-        metric = next((s.get("metric", "exact") for s in needles if s), "exact")  # the heatmaps' metric
-        _needle_curves(needles, names, metric, split, out / "needle_by_length.png")
-        lines += ["", "![needle by length](needle_by_length.png)", "", "![needle heatmaps](needle_heatmaps.png)", ""]
+        lines += needle_section(names, needles, out)
 
     tasks = [task_summary(run / "ruler") for run in runs]
     if any(tasks):
@@ -189,9 +174,74 @@ def retention_lines(names: list[str], losses: list[dict | None], mmlu: list[dict
     return [*lines, ""]
 
 
-def _needle_curves(summaries: list[dict | None], names: list[str], metric: str, train_length: int | None,
-                   path: Path) -> None:
-    """One line per run: the needle score at each length (mean over depths); the runs compare at a glance."""
+def needle_section(names: list[str], summaries: list[dict | None], out: Path) -> list[str]:
+    """Generation-based retrieval first (each run's protocol headline), teacher forcing second with
+    exact match beside token accuracy; a run stopped part way is shown with its missing cells."""
+    split = next((s["train_length"] for s in summaries if s and s.get("train_length")), None)
+    within, beyond = (f"≤ {_k(split)}", f"> {_k(split)}") if split else ("≤ train", "> train")
+    present = [(name, s) for name, s in zip(names, summaries) if s]
+    label = {name: name + (" (partial)" if s.get("missing") else "") for name, s in present}
+    lines = ["## Needle in a haystack", "",
+             "Retrieval scored on the generated answer (each run's protocol decides the score), over all cells and "
+             f"split at {_k(split) if split else 'the training length'} (the first run's training length).", "",
+             f"| run | protocol | cells | score | mean | {within} | {beyond} | word recall |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, s in present:
+        headline = _headline(s)
+        low, high = split_means(s, headline, split) if headline else (None, None)
+        lines.append(f"| {label[name]} | {s.get('protocol') or 'unrecorded'} | {_cells(s)} | {headline or 'none (no generation)'} | "
+                     f"{_fmt(s['mean'].get(headline)) if headline else '–'} | {_fmt(low)} | {_fmt(high)} | "
+                     f"{_fmt(s['mean'].get('recall'))} |")
+    teacher = [(name, s) for name, s in present if {"token_accuracy", "exact"} & set(s["mean"])]
+    if teacher:
+        lines += ["", "Teacher forcing (secondary: the answer's true tokens are fed, so a token can be right after a wrong one; "
+                  "exact match beside):", "",
+                  f"| run | token accuracy | exact | token accuracy {within} | exact {within} | token accuracy {beyond} | "
+                  f"exact {beyond} | logprob |", "|---|---|---|---|---|---|---|---|"]
+        for name, s in teacher:
+            acc, exact = split_means(s, "token_accuracy", split), split_means(s, "exact", split)
+            lines.append(f"| {label[name]} | {_fmt(s['mean'].get('token_accuracy'))} | {_fmt(s['mean'].get('exact'))} | "
+                         f"{_fmt(acc[0])} | {_fmt(exact[0])} | {_fmt(acc[1])} | {_fmt(exact[1])} | "
+                         f"{_fmt(s['mean'].get('logprob'), 2)} |")
+    used = {m for _, s in present for m in s["mean"]} | {h for _, s in present if (h := _headline(s))}
+    protocols = sorted({s["protocol"] for _, s in present if s.get("protocol") in PROTOCOLS})
+    lines += ["", "Definitions:", ""] + [f"- protocol {p}: {PROTOCOLS[p]}" for p in protocols] + \
+        [f"- {m}: {METRICS[m]}" for m in METRICS if m in used]
+    partial = [(name, s) for name, s in present if s.get("missing")]
+    if partial:
+        lines += ["", "Runs stopped part way (means over the cells they have):", ""]
+        lines += [f"- {name}: {len(s['missing'])} of {s.get('expected_cells', '?')} cells missing: {missing_text(s['missing'])}"
+                  for name, s in partial]
+    _needle_curves(summaries, names, split, out / "needle_by_length.png")
+    _heatmaps([(name, s) for name, s in present if s.get("rows")], out / "needle_heatmaps.png")
+    return [*lines, "", "![needle by length](needle_by_length.png)", "", "![needle heatmaps](needle_heatmaps.png)", ""]
+
+
+def _headline(summary: dict) -> str | None:
+    """The summary's generation-based score (older summaries: the first generation score present)."""
+    headline = summary.get("headline") or headline_metric(summary.get("protocol"), summary.get("mean", {}))
+    return headline if headline in GENERATION_METRICS else None
+
+
+def _heatmap_metric(summary: dict) -> str:
+    return _headline(summary) or ("exact" if "exact" in summary.get("mean", {}) else summary.get("metric", "exact"))
+
+
+def _cells(summary: dict) -> str:
+    expected = summary.get("expected_cells")
+    return f"{summary['cells']} of {expected}" if expected and expected != summary["cells"] else str(summary["cells"])
+
+
+def missing_text(cells: list[list[int]]) -> str:
+    """Missing cells grouped by length: ``2K at depths 50, 100; 4K (all depths)``."""
+    by_length: dict[int, list[int]] = {}
+    for length, depth in cells:
+        by_length.setdefault(length, []).append(depth)
+    return "; ".join(f"{_k(n)} at depths {', '.join(map(str, d))}" for n, d in by_length.items())
+
+
+def _needle_curves(summaries: list[dict | None], names: list[str], train_length: int | None, path: Path) -> None:
+    """One line per run: its headline score at each length (mean over depths); the runs compare at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,15 +249,16 @@ def _needle_curves(summaries: list[dict | None], names: list[str], metric: str, 
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, s in zip(names, summaries):
+        metric = _heatmap_metric(s) if s else None
         points = sorted((int(n), v[metric]) for n, v in (s or {}).get("by_length", {}).items() if metric in v)
         if points:
-            ax.plot([n / 1024 for n, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
+            ax.plot([n / 1024 for n, _ in points], [v for _, v in points], marker="o", markersize=3,
+                    label=f"{name} ({metric})")
     if train_length:
         ax.axvline(train_length / 1024, color="grey", linestyle="--", linewidth=1)
         ax.annotate("training length", (train_length / 1024, 0.02), rotation=90, color="grey", fontsize=8,
                     xytext=(3, 0), textcoords="offset points")
-    ax.set(xlabel="context length (K tokens)", ylabel=f"needle {metric.replace('_', ' ')} (mean over depths)",
-           ylim=(0, 1.02))
+    ax.set(xlabel="context length (K tokens)", ylabel="needle retrieval score (mean over depths)", ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -215,7 +266,7 @@ def _needle_curves(summaries: list[dict | None], names: list[str], metric: str, 
     plt.close(fig)
 
 
-def _heatmaps(runs: list[Path], names: list[str], path: Path) -> None:
+def _heatmaps(present: list[tuple[str, dict]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,16 +274,16 @@ def _heatmaps(runs: list[Path], names: list[str], path: Path) -> None:
 
     from .needle import plot_heatmap
 
-    present = [(run, name) for run, name in zip(runs, names) if (run / "needle" / "results.jsonl").is_file()]
+    if not present:
+        return
     columns = min(len(present), 4)  # rows of four panels: readable on a page
     rows_n = -(-len(present) // columns)
     fig, axes = plt.subplots(rows_n, columns, figsize=(5.5 * columns, 4.2 * rows_n), squeeze=False)
     for ax in axes.flat[len(present):]:
         ax.axis("off")
-    for ax, (run, name) in zip(axes.flat, present):
-        rows = list(read_jsonl(run / "needle" / "results.jsonl"))
-        config = json.loads((run / "needle" / "summary.json").read_text())
-        plot_heatmap(rows, config.get("metric", "exact"), path, config.get("train_length"), title=name, ax=ax)
+    for ax, (name, s) in zip(axes.flat, present):
+        title = name + (f" ({len(s['missing'])} cells missing)" if s.get("missing") else "")
+        plot_heatmap(s["rows"], _heatmap_metric(s), path, s.get("train_length"), title=title, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
