@@ -139,7 +139,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         print(build_report([Path(r) for r in args.runs], Path(args.out), args.names.split(",") if args.names else None))
         return 0
-    from .eval.registry import EvalTarget, evaluations, run_evaluation
+    from .eval.registry import EvalTarget, evaluations, precheck, run_evaluation
     from .eval.runtime import load_eval_model
 
     item = evaluations()[args.eval_kind]
@@ -150,6 +150,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           str(args.config or "command line"), **args_mapping(args, EvalTarget))
     settings = from_mapping(item.settings, {k: v for k, v in file_settings.items() if k not in target_keys},
                             str(args.config or "command line"), **args_mapping(args, item.settings))
+    precheck(item.name, settings, target.model, target.tokenizer)
     em = load_eval_model(target.model, target.tokenizer, target.device)
     summary = run_evaluation(item.name, em, settings, Path(target.out), progress=not args.quiet)
     print(item.describe(summary))

@@ -18,7 +18,7 @@ Example (see docs/reproduction.md)::
     train: {model: smollm2-hf, seq_len: 32K, rope_theta: 1e6, lr: 2e-5, batch_tokens: 256K}
     eval:
       base_model: smollm2-hf
-      needle: {lengths: "1K:64K:8", depths: "0:100:11", generate_tokens: 0}
+      needle: {protocol: longmix, lengths: "1K:64K:8", depths: "0:100:11", generate_tokens: 32}
       ruler: {tasks: all, lengths: "4K,8K,16K,32K", samples: 10}
       loss: {sequences: 32}
 
@@ -121,7 +121,7 @@ class Study:
                 raise StudyError(f"prepare.{key} is set by the study; remove it")
         validation_tokens = section.pop("validation_tokens", None)
         if validation:
-            section["tokens"] = validation_tokens
+            section["tokens"] = validation_tokens or None  # 0 or absent: all of the held-out data, once
         cache = self.out / "cache" / ("validation" if validation else "train")
         return from_mapping(PrepareConfig, section, "study prepare", inputs=tuple(inputs), out=str(out),
                             tokenizer=self.tokenizer, strategy=strategy, cache=str(cache))

@@ -622,4 +622,4 @@ def describe(summary: dict) -> str:
 
 
 evaluation("needle", NeedleConfig, doc="needle in a haystack: a length × depth grid", describe=describe,
-           order=10)(run_needle)
+           order=10, check=check_lengths)(run_needle)

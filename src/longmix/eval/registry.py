@@ -27,17 +27,20 @@ class Evaluation:
     doc: str  # one line for --help
     order: int  # the study runs quick evaluations first: a stopped evaluation keeps the quick results
     uses_heldout: bool = False  # its `data` setting defaults, in a study, to the study's held-out prepared data
+    # check(settings, tokenizer) raises EvalError for settings that only the tokenizer can refute
+    # (e.g. a needle length below the prompt's fixed part); it runs before the model loads.
+    check: Callable[[Any, Any], None] | None = None
 
 
 EVALUATIONS: dict[str, Evaluation] = {}
 
 
 def evaluation(name: str, settings: type, *, doc: str, describe: Callable[[dict], str], order: int = 50,
-               uses_heldout: bool = False) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
+               uses_heldout: bool = False, check: Callable[[Any, Any], None] | None = None) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
     """Declare ``run(em, settings, out_dir, progress) -> summary`` as evaluation ``name``."""
 
     def register(run: Callable[..., dict]) -> Callable[..., dict]:
-        EVALUATIONS[name] = Evaluation(name, settings, run, describe, doc, order, uses_heldout)
+        EVALUATIONS[name] = Evaluation(name, settings, run, describe, doc, order, uses_heldout, check)
         return run
 
     return register
@@ -66,6 +69,27 @@ class EvalTarget:
     out: str = setting(help="results folder: one subfolder per evaluation (a rerun resumes)")
     tokenizer: str | None = setting(None, help="tokenizer.json or a folder holding one (default: the model's)")
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
+
+
+def tokenizer_file(model: str | Path, tokenizer: str | Path | None) -> Path:
+    """The tokenizer.json an evaluation of ``model`` uses: ``tokenizer`` (a file or folder) or the model's."""
+    from .common import EvalError
+
+    path = Path(tokenizer) if tokenizer else Path(model) / "tokenizer.json"
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise EvalError(f"no tokenizer.json at {path}: pass --tokenizer")
+    return path
+
+
+def precheck(name: str, settings: Any, model: str | Path, tokenizer: str | Path | None) -> None:
+    """Run the evaluation's tokenizer-only checks, before any model is loaded."""
+    item = evaluations()[name]
+    if item.check is not None:
+        from tokenizers import Tokenizer
+
+        item.check(settings, Tokenizer.from_file(str(tokenizer_file(model, tokenizer))))
 
 
 def run_evaluation(name: str, em: Any, settings: Any, out: Path, progress: bool = True) -> dict:
