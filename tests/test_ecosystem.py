@@ -1,0 +1,118 @@
+"""Working with the tools around us: HF datasets folders in, parquet for HF and Fu's release
+out, model folders that load with transformers, standard logging, lm-evaluation-harness."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+
+from longmix.data.corpus import (
+    Document,
+    ReaderOptions,
+    Rejection,
+    classify_file,
+    describe_files,
+    discover_shards,
+    iter_documents,
+)
+
+SP = {"meta": {"redpajama_set_name": "RedPajamaBook"}}
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+
+def read_all(root: Path, options: ReaderOptions | None = None) -> list[Document | Rejection]:
+    return [item for shard in discover_shards([root]) for item in iter_documents(shard, options or ReaderOptions())]
+
+
+def rows(n: int, prefix: str = "doc") -> list[dict]:
+    return [{"text": f"{prefix} {i} " + "w1 " * i, "meta": {"redpajama_set_name": "RedPajamaArXiv"}} for i in range(n)]
+
+
+# ---------------------------------------------------------------------------- readers
+
+
+def test_datasets_save_to_disk_folder_reads_its_rows_and_refuses_its_metadata(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    records = rows(7)
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "ds"))
+    items = read_all(tmp_path / "ds")
+    docs = [i for i in items if isinstance(i, Document)]
+    refused = [i for i in items if isinstance(i, Rejection)]
+    assert [d.text for d in docs] == [r["text"] for r in records]
+    assert {d.domain for d in docs} == {"arxiv"}
+    assert [d.line for d in docs] == list(range(1, 8))
+    assert sorted(Path(r.file).name for r in refused) == ["dataset_info.json", "state.json"]
+    assert {r.reason for r in refused} == {"metadata_file"}
+
+
+def test_datasets_dataset_dict_reads_every_split(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    train, test = rows(5, "train"), rows(3, "test")
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(train), "test": datasets.Dataset.from_list(test)})
+    splits.save_to_disk(str(tmp_path / "dd"))
+    docs = [i for i in read_all(tmp_path / "dd") if isinstance(i, Document)]
+    # Sorted by path: the test split's folder comes first.
+    assert [d.text for d in docs] == [r["text"] for r in test + train]
+    assert all(d.file.endswith(".arrow") for d in docs)
+
+
+def test_json_lines_are_found_by_content_whatever_the_name(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    records = rows(6)
+    datasets.Dataset.from_list(records).to_json(str(tmp_path / "c" / "export.json"))
+    write_jsonl(tmp_path / "c" / "more.txt", [{"text": "from txt", **SP}])
+    items = read_all(tmp_path / "c")
+    assert all(isinstance(i, Document) for i in items)
+    assert [d.text for d in items] == [r["text"] for r in records] + ["from txt"]
+    assert classify_file(tmp_path / "c" / "export.json").format == "jsonl"
+
+
+def test_binary_files_and_single_json_documents_are_refused_and_counted(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "README.md").write_text("# a readme\nwith words")
+    (root / "notes.txt").write_text("plain words")
+    (root / "logo.png").write_bytes(PNG)
+    (root / "blob.bin").write_bytes(b"abc\x00def" * 10)
+    (root / "config.json").write_text('{\n  "a": 1\n}\n')
+    items = read_all(root, ReaderOptions(domain="web"))
+    docs = {Path(i.file).name for i in items if isinstance(i, Document)}
+    reasons = {Path(i.file).name: i.reason for i in items if isinstance(i, Rejection)}
+    assert docs == {"README.md", "notes.txt"}
+    assert reasons == {"logo.png": "binary_file", "blob.bin": "binary_file", "config.json": "json_document"}
+    summary = describe_files(discover_shards([root]))
+    assert summary.startswith("5 files: 2 plain text (.md 1, .txt 1)")
+    assert "3 refused" in summary and "2 binary file (.bin 1, .png 1), 1 json document (.json 1)" in summary
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_is_refused_without_being_opened(tmp_path):
+    root = tmp_path / "c"
+    write_jsonl(root / "a.jsonl", [{"text": "real", **SP}])
+    os.mkfifo(root / "pipe.jsonl")
+    os.mkfifo(root / "pipe")
+    result: list = []
+    reader = threading.Thread(target=lambda: result.extend(read_all(root)), daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert not reader.is_alive(), "reading the corpus blocked on a FIFO"
+    refused = sorted((Path(i.file).name, i.reason, i.detail) for i in result if isinstance(i, Rejection))
+    assert refused == [("pipe", "not_regular_file", "FIFO"), ("pipe.jsonl", "not_regular_file", "FIFO")]
+    assert [d.text for d in result if isinstance(d, Document)] == ["real"]
+
+
+def test_prepare_counts_refused_files_as_file_errors(tmp_path, word_tokenizer):
+    from longmix.data.mixture import MixtureConfig
+    from longmix.data.prepare import PrepareConfig, prepare
+
+    root = tmp_path / "c"
+    write_jsonl(root / "book" / "a.json", [{"text": " ".join(["w1"] * 40), **SP} for _ in range(4)])
+    (root / "book" / "cover.png").write_bytes(PNG)
+    stats = prepare(PrepareConfig(inputs=(str(root),), out=str(tmp_path / "out"), tokenizer=str(word_tokenizer),
+                                  seq_len=64, mixture=MixtureConfig(strategy="original")), progress=False, log=lambda m: None)
+    assert stats["rejections"]["counts"] == {"binary_file": 1}
+    assert stats["documents"]["used"] == 4
