@@ -175,3 +175,35 @@ def test_collate_gives_hf_batches_with_restarting_positions_and_boundaries(prepa
     torch = pytest.importorskip("torch")
     tensors = PackedDataset.collate(batch)
     assert isinstance(tensors["input_ids"], torch.Tensor) and tensors["cu_seqlens"].dtype == torch.int32
+
+
+# ---------------------------------------------------------------------------- model folders
+
+
+def tiny_config_file(folder: Path) -> Path:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64)
+    config.save_pretrained(folder)
+    return folder / "config.json"
+
+
+@pytest.mark.parametrize("save_dtype", ["bfloat16", "float32"])
+def test_trained_folder_loads_with_auto_classes_in_its_dtype_with_the_data_tokenizer(prepared, tmp_path, save_dtype):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from longmix.train.loop import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(prepared), out=str(run), init_config=str(tiny_config_file(tmp_path / "cfg")), seq_len=128,
+                      batch_tokens=128, steps=1, progress=False, save_dtype=save_dtype, compile=False))
+    folder = run / "model"
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
+    assert {p.dtype for p in model.parameters()} == {getattr(torch, save_dtype)}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.model_max_length == 128
+    from tokenizers import Tokenizer
+
+    data_tokenizer = Tokenizer.from_file(str(prepared.parent / "tok" / "tokenizer.json"))
+    text = "w1 w7 w300 w2"
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == data_tokenizer.encode(text).ids

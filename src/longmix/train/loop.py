@@ -7,6 +7,7 @@ Parallelism wraps the model (:mod:`longmix.train.distributed`); the loop only su
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import time
@@ -21,12 +22,20 @@ import yaml
 from ..data.store import PackedDataset
 from . import distributed
 from .attention import BACKENDS
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_hf_model
+from .checkpoint import (
+    data_tokenizer_folder,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_hf_model,
+)
 from .config import TrainConfig, TrainError
 from .model import CausalLMLoss, load_model, peak_flops
 from .shape import ModelShape
 
 __all__ = ["TrainConfig", "TrainError", "train"]
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- data
@@ -246,7 +255,10 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     bar.close()
     stop.restore()
     if "stopped" not in record:
-        save_hf_model(module, out / "model", d, config.save_dtype, source=config.model)
+        tokenizer = config.model or data_tokenizer_folder(Path(config.data), dataset.manifest)
+        if tokenizer is None and d.is_main:
+            logger.warning("the tokenizer of %s was not found: %s has no tokenizer files", config.data, out / "model")
+        save_hf_model(module, out / "model", d, config.save_dtype, source=tokenizer, max_length=config.seq_len)
         if d.is_main:
             plot_loss(out / "log.jsonl", out / "loss.png")
     log.close()
