@@ -207,3 +207,84 @@ def test_trained_folder_loads_with_auto_classes_in_its_dtype_with_the_data_token
     data_tokenizer = Tokenizer.from_file(str(prepared.parent / "tok" / "tokenizer.json"))
     text = "w1 w7 w300 w2"
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == data_tokenizer.encode(text).ids
+
+
+# ---------------------------------------------------------------------------- observability
+
+
+def test_report_to_is_parsed_and_a_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    from longmix.train.config import TrainConfig, TrainError
+
+    (tmp_path / "run.yaml").write_text("data: d\nout: o\nreport_to: tensorboard,wandb\n")
+    assert TrainConfig.from_yaml(tmp_path / "run.yaml").report_to == ("tensorboard", "wandb")
+    assert TrainConfig.from_yaml(tmp_path / "run.yaml", report_to="none").report_to == ()
+    with pytest.raises(TrainError, match="unknown tensorbord"):
+        TrainConfig.from_yaml(tmp_path / "run.yaml", report_to="tensorbord")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(TrainError) as err:
+        TrainConfig.from_yaml(tmp_path / "run.yaml")
+    assert "pip install 'longmix[wandb]'" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_training_reports_to_tensorboard_and_logs_its_messages(prepared, tmp_path, caplog):
+    pytest.importorskip("tensorboard")
+    import logging
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from longmix.train.loop import TrainConfig, train
+
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="longmix"):
+        train(TrainConfig(data=str(prepared), out=str(run), init_config=str(tiny_config_file(tmp_path / "cfg")),
+                          seq_len=128, batch_tokens=128, steps=2, progress=False, save_dtype="float32",
+                          report_to=("tensorboard",)))
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2  # the JSON-lines log is kept
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("longmix")]
+    assert any(m.startswith("training ") and "for 2 steps" in m for m in messages)
+    assert any(m.startswith("model saved to") for m in messages)
+
+
+def test_wandb_without_credentials_runs_offline_with_no_network(tmp_path, monkeypatch, caplog):
+    pytest.importorskip("wandb")
+    import logging
+
+    from longmix.train.reporting import Reporter, wandb_mode
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no stored credentials
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # any network use would fail
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert wandb_mode() == "offline"
+    run = tmp_path / "run"
+    run.mkdir()
+    with caplog.at_level(logging.INFO, logger="longmix"):
+        reporter = Reporter(("wandb",), run, {"lr": 1e-3})
+        for step in (1, 2):
+            reporter.log({"step": step, "loss": 3.0 / step, "memory_gib": None}, step)
+        reporter.close()
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    assert (run / "wandb_id").read_text().strip() in offline[0].name  # a resumed run reuses the id
+    assert any("wandb is offline" in r.getMessage() for r in caplog.records)
+
+
+def test_version_and_license_match_the_package_metadata():
+    import longmix
+
+    root = Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text()
+    assert 'version = {attr = "longmix.__version__"}' in pyproject
+    assert longmix.__version__.count(".") >= 2
+    assert 'license = "Apache-2.0"' in pyproject and 'license-files = ["LICENSE"]' in pyproject
+    text = (root / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10000
