@@ -3,6 +3,7 @@ out, model folders that load with transformers, standard logging, lm-evaluation-
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -288,3 +289,99 @@ def test_version_and_license_match_the_package_metadata():
     text = (root / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10000
+
+
+# ---------------------------------------------------------------------------- lm-evaluation-harness
+
+FAKE_HARNESS = {
+    "__init__.py": """
+from . import models
+CALLS = []
+
+def simple_evaluate(model, tasks, **options):
+    CALLS.append((model, tasks, options))
+    results = {task: {"alias": task, "acc,none": 0.25 * (i + 1), "acc_stderr,none": 0.01,
+                      "acc_norm,none": 0.5 + 0.1 * i, "acc_norm_stderr,none": "N/A"} for i, task in enumerate(tasks)}
+    return {"results": results, "versions": {t: 1.0 for t in tasks}, "n-shot": {t: options["num_fewshot"] or 0 for t in tasks},
+            "config": {"model": model}}
+""",
+    "models/__init__.py": "from . import huggingface\n",
+    "models/huggingface.py": """
+class HFLM:
+    def __init__(self, pretrained, tokenizer, batch_size, max_length, device):
+        self.pretrained, self.tokenizer, self.batch_size, self.max_length, self.device = (
+            pretrained, tokenizer, batch_size, max_length, device)
+""",
+}
+
+
+@pytest.fixture
+def model_folder(tmp_path) -> Path:
+    """A tiny random LLaMA folder with a word tokenizer, as `longmix train` saves one."""
+    transformers = pytest.importorskip("transformers")
+    from longmix.train.checkpoint import save_tokenizer
+
+    folder = tmp_path / "model"
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=1, vocab_size=VOCAB, max_position_embeddings=96)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    save_tokenizer(make_word_tokenizer(tmp_path / "tok", vocab_size=VOCAB), folder, 96)
+    return folder
+
+
+def install_fake_harness(root: Path, monkeypatch) -> None:
+    import sys
+
+    for name, text in FAKE_HARNESS.items():
+        (root / "lm_eval" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "lm_eval" / name).write_text(text)
+    for name in [m for m in sys.modules if m == "lm_eval" or m.startswith("lm_eval.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(root))
+
+
+def test_lm_eval_hands_the_loaded_model_to_the_harness_and_the_report_shows_it(model_folder, tmp_path, monkeypatch):
+    from longmix.eval.lm_eval import LmEvalConfig
+    from longmix.eval.registry import evaluations, run_evaluation
+    from longmix.eval.report import build_report
+    from longmix.eval.runtime import load_eval_model
+    from longmix.settings import from_mapping
+
+    install_fake_harness(tmp_path / "fake", monkeypatch)
+    import lm_eval
+
+    assert "lm-eval" in evaluations()
+    settings = from_mapping(LmEvalConfig, {"tasks": "hellaswag, arc_easy", "num_fewshot": "5", "limit": "20"})
+    em = load_eval_model(model_folder, device="cpu")
+    summary = run_evaluation("lm-eval", em, settings, tmp_path / "base")
+    (model, tasks, options), = lm_eval.CALLS
+    assert model.pretrained is em.model and model.max_length == 96 and model.batch_size == 8
+    assert model.tokenizer("w3 w9", add_special_tokens=False)["input_ids"] == em.encode("w3 w9")
+    assert tasks == ["hellaswag", "arc_easy"] and options["num_fewshot"] == 5 and options["limit"] == 20
+    assert summary["tasks"]["arc_easy"] == {"acc": 0.5, "acc_stderr": 0.01, "acc_norm": 0.6}
+    assert summary["headline"]["hellaswag"] == {"metric": "acc_norm", "value": 0.5}
+    saved = json.loads((tmp_path / "base" / "lm-eval" / "results.json").read_text())
+    assert saved["results"]["hellaswag"]["acc,none"] == 0.25
+    assert json.loads((tmp_path / "base" / "lm-eval" / "summary.json").read_text()) == summary
+    assert "arc_easy" in evaluations()["lm-eval"].describe(summary)
+
+    report = build_report([tmp_path / "base"], tmp_path / "report")
+    assert "## lm-evaluation-harness" in report
+    assert "| hellaswag (acc_norm) | arc_easy (acc_norm) |" in report
+    assert "| base (limit 20.0) | 0.500 | 0.600 |" in report
+
+
+def test_lm_eval_without_the_harness_fails_before_the_model_loads_naming_the_extra(monkeypatch):
+    import importlib.util
+
+    from longmix.eval.common import EvalError
+    from longmix.eval.lm_eval import LmEvalConfig, run_lm_eval
+    from longmix.settings import SettingsError, from_mapping
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    with pytest.raises(SettingsError) as err:
+        from_mapping(LmEvalConfig, {"tasks": "hellaswag"})
+    assert "pip install 'longmix[lm-eval]'" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(EvalError, match=r"longmix\[lm-eval\]"):
+        run_lm_eval(None, LmEvalConfig(tasks=("hellaswag",)), Path("unused"))
