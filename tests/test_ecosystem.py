@@ -329,26 +329,32 @@ def model_folder(tmp_path) -> Path:
     return folder
 
 
-def install_fake_harness(root: Path, monkeypatch) -> None:
+@pytest.fixture
+def fake_harness(tmp_path, monkeypatch):
+    """A stand-in ``lm_eval`` package that records what it is given (the real one needs task data)."""
     import sys
 
+    root = tmp_path / "fake"
     for name, text in FAKE_HARNESS.items():
         (root / "lm_eval" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "lm_eval" / name).write_text(text)
-    for name in [m for m in sys.modules if m == "lm_eval" or m.startswith("lm_eval.")]:
+    harness_modules = lambda: [m for m in sys.modules if m == "lm_eval" or m.startswith("lm_eval.")]  # noqa: E731
+    for name in harness_modules():
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(root))
+    yield
+    for name in harness_modules():  # the fake's modules go; monkeypatch then restores the real ones
+        del sys.modules[name]
 
 
-def test_lm_eval_hands_the_loaded_model_to_the_harness_and_the_report_shows_it(model_folder, tmp_path, monkeypatch):
+def test_lm_eval_hands_the_loaded_model_to_the_harness_and_the_report_shows_it(model_folder, tmp_path, fake_harness):
+    import lm_eval
+
     from longmix.eval.lm_eval import LmEvalConfig
     from longmix.eval.registry import evaluations, run_evaluation
     from longmix.eval.report import build_report
     from longmix.eval.runtime import load_eval_model
     from longmix.settings import from_mapping
-
-    install_fake_harness(tmp_path / "fake", monkeypatch)
-    import lm_eval
 
     assert "lm-eval" in evaluations()
     settings = from_mapping(LmEvalConfig, {"tasks": "hellaswag, arc_easy", "num_fewshot": "5", "limit": "20"})
@@ -385,3 +391,43 @@ def test_lm_eval_without_the_harness_fails_before_the_model_loads_naming_the_ext
     assert "pip install 'longmix[lm-eval]'" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(EvalError, match=r"longmix\[lm-eval\]"):
         run_lm_eval(None, LmEvalConfig(tasks=("hellaswag",)), Path("unused"))
+
+
+@pytest.mark.slow
+def test_lm_eval_runs_the_real_harness_on_a_local_task_and_agrees_with_our_scores(model_folder, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    import random
+
+    import torch
+
+    from longmix.eval.lm_eval import LmEvalConfig
+    from longmix.eval.registry import run_evaluation
+    from longmix.eval.runtime import load_eval_model
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rng = random.Random(0)
+    docs = [{"question": " ".join(f"w{rng.randrange(400)}" for _ in range(6)),
+             "choices": [f"w{rng.randrange(400)}" for _ in range(3)], "answer": rng.randrange(3)} for _ in range(10)]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "local.yaml").write_text(
+        "task: longmix_local_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tmp_path / 'mc.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    em = load_eval_model(model_folder, device="cpu")
+    config = LmEvalConfig(tasks=("longmix_local_mc",), include_path=str(tmp_path / "tasks"))
+    summary = run_evaluation("lm-eval", em, config, tmp_path / "out", progress=False)
+
+    def choice_logprob(question: str, choice: str) -> float:
+        context, target = em.encode(question), em.encode(choice)
+        with torch.no_grad():
+            logits = em.model(torch.tensor([context + target])).logits[0, len(context) - 1 :].float()
+        return float(torch.log_softmax(logits, -1)[torch.arange(len(target)), torch.tensor(target)].sum())
+
+    ours = np.mean([int(np.argmax([choice_logprob(d["question"], c) for c in d["choices"]]) == d["answer"]) for d in docs])
+    assert summary["samples"] == {"longmix_local_mc": 10}
+    assert summary["tasks"]["longmix_local_mc"]["acc"] == pytest.approx(ours)
+    assert (tmp_path / "out" / "lm-eval" / "results.json").is_file()

@@ -81,9 +81,11 @@ def headline(metrics: dict[str, float]) -> tuple[str, float] | None:
 
 def summarize_results(results: dict[str, Any], model: str, config: LmEvalConfig, seconds: float) -> dict:
     tasks = {task: flatten_metrics(values) for task, values in results.get("results", {}).items()}
+    samples = {task: int(m.pop("sample_len")) for task, m in tasks.items() if "sample_len" in m}
     return {
         "model": model,
         "tasks": tasks,
+        "samples": samples,
         "headline": {task: dict(zip(("metric", "value"), pick)) for task, m in tasks.items() if (pick := headline(m))},
         "n_shot": results.get("n-shot", {}),
         "versions": results.get("versions", {}),
