@@ -230,6 +230,24 @@ def test_report_to_is_parsed_and_a_missing_extra_is_one_line_naming_it(tmp_path,
     assert "pip install 'longmix[wandb]'" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_reporter_writes_numeric_metrics_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from longmix.train.reporting import Reporter
+
+    reporter = Reporter(("tensorboard",), tmp_path, {})
+    for step in (1, 2, 3):
+        reporter.log({"step": step, "loss": 4.0 / step, "mfu": None, "note": "text"}, step)
+    reporter.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert events.Tags()["scalars"] == ["train/loss"]
+    assert [(e.step, round(e.value, 4)) for e in events.Scalars("train/loss")] == [(1, 4.0), (2, 2.0), (3, 1.3333)]
+    assert Reporter(("tensorboard",), tmp_path / "other", {}, enabled=False).tensorboard is None
+    assert not (tmp_path / "other").exists()  # other ranks write nothing
+
+
 @pytest.mark.slow
 def test_training_reports_to_tensorboard_and_logs_its_messages(prepared, tmp_path, caplog):
     pytest.importorskip("tensorboard")
