@@ -1,9 +1,15 @@
 """Corpus readers: files on disk -> a stream of documents, or of counted rejections.
 
-Formats: ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``, ``.parquet`` (records with a text and a
-domain field; SlimPajama's schema by default) and plain-text files (one document per
-file, domain from a path rule). Folders are searched recursively. Everything streams:
-memory does not grow with the size of a file or of the corpus.
+Formats: ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``, ``.parquet``, ``.arrow`` (records with a
+text and a domain field; SlimPajama's schema by default; ``.arrow`` as HF ``datasets``
+``save_to_disk`` writes it, for a Dataset or each split of a DatasetDict), JSON lines under
+any other name (found by content: ``Dataset.to_json`` writes ``.json``) and plain-text files
+(one document per file, domain from a path rule). Folders are searched recursively.
+Everything streams: memory does not grow with the size of a file or of the corpus.
+
+Files that are not text are refused, not tokenized: binary files (images, archives),
+``datasets`` metadata (``dataset_info.json``, ``state.json``), single JSON documents and
+anything that is not a regular file (a FIFO would block the reader forever).
 
 Nothing vanishes: every record either becomes a :class:`Document` or a
 :class:`Rejection` that names its reason, file and line.
@@ -15,7 +21,9 @@ import fnmatch
 import gzip
 import io
 import os
+import stat
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,7 +36,7 @@ import zstandard
 from ..errors import InputNotFoundError, LongmixError
 from ..settings import setting
 
-RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet", ".arrow")
 
 
 def sample_corpus_dir() -> Path:
@@ -57,7 +65,14 @@ REJECT_REASONS = (
     "unknown_domain",
     "truncated_archive",
     "unreadable_file",
+    "not_regular_file",
+    "binary_file",
+    "metadata_file",
+    "json_document",
 )
+# Reasons that concern a whole file, not one document of it.
+FILE_REASONS = ("truncated_archive", "unreadable_file", "not_regular_file", "binary_file", "metadata_file",
+                "json_document")
 
 
 class BadInputError(LongmixError):
@@ -134,6 +149,7 @@ class Shard:
     paths: tuple[str, ...]
     labels: tuple[str, ...]  # stable names for doc ids and messages
     roots: tuple[str, ...] = field(default=())  # label of each file's corpus root
+    kinds: tuple[FileKind, ...] = field(default=())  # what each file was found to be (see classify_file)
 
     @property
     def name(self) -> str:
@@ -144,58 +160,178 @@ def is_record_file(path: str | Path) -> bool:
     return str(path).endswith(RECORD_SUFFIXES)
 
 
+# ---------------------------------------------------------------------------- what a file is
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """A file's format (``jsonl``, ``parquet``, ``arrow``, ``text``) or why it is refused."""
+
+    format: str  # one of the formats above, or "refused"
+    reason: str = ""  # refused: a FILE_REASONS entry
+    detail: str = ""
+
+    @property
+    def refused(self) -> bool:
+        return self.format == "refused"
+
+
+# What HF `datasets` writes beside the data in a save_to_disk folder.
+_DATASETS_METADATA = ("dataset_info.json", "state.json", "dataset_dict.json")
+_MAGIC = (
+    (b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"GIF8", "GIF image"), (b"%PDF", "PDF document"),
+    (b"PK\x03\x04", "zip archive"), (b"\x1f\x8b", "gzip data"), (b"\x28\xb5\x2f\xfd", "zstd data"),
+    (b"PAR1", "parquet data"), (b"ARROW1", "Arrow data"), (b"\x7fELF", "executable"), (b"RIFF", "RIFF media"),
+)
+_SNIFF_BYTES = 1 << 16
+
+
+def classify_file(path: str | Path) -> FileKind:
+    """Decide how to read a file from its type, name and first bytes; never opens a non-regular file."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        return FileKind("refused", "unreadable_file", f"{type(err).__name__}: {err}")
+    if not stat.S_ISREG(mode):
+        return FileKind("refused", "not_regular_file", _file_type(mode))
+    name = path.name
+    if name in _DATASETS_METADATA:
+        return FileKind("refused", "metadata_file", "HF datasets metadata")
+    if name.endswith(".arrow"):
+        if name.startswith("cache-"):  # `Dataset.map` results: a copy of data already read
+            return FileKind("refused", "metadata_file", "HF datasets cache file")
+        return FileKind("arrow")
+    if name.endswith(".parquet"):
+        return FileKind("parquet")
+    if name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
+        return FileKind("jsonl")
+    try:
+        head = _head(str(path))
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError, TruncatedArchiveError):
+        head = None
+    if head is not None and looks_like_json_lines(head):
+        return FileKind("jsonl")
+    with open(path, "rb") as handle:
+        raw = handle.read(_SNIFF_BYTES)
+    for magic, what in _MAGIC:
+        if raw.startswith(magic):
+            return FileKind("refused", "binary_file", what)
+    if b"\x00" in raw:
+        return FileKind("refused", "binary_file", "NUL bytes: not text")
+    if name.endswith(".json"):
+        return FileKind("refused", "json_document", "one JSON document, not one record per line")
+    return FileKind("text")
+
+
+def looks_like_json_lines(head: bytes) -> bool:
+    """The first non-blank line holds a JSON object (or starts one longer than ``head``)."""
+    text = head.lstrip()
+    if not text.startswith(b"{"):
+        return False
+    line, newline, _ = text.partition(b"\n")
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        # A first record longer than the sniffed bytes: judge by its opening.
+        return not newline and len(head) >= _SNIFF_BYTES and text[1:].lstrip().startswith((b'"', b"}"))
+
+
+def _head(path: str) -> bytes:
+    with _open_lines(path) as stream:
+        return stream.read(_SNIFF_BYTES)
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def describe_files(shards: list[Shard]) -> str:
+    """How many files of which kind the corpus holds, e.g. ``12 files: 10 plain text (.md 8, .txt 2);
+    2 refused (2 binary file (.png 2))``."""
+    read: dict[str, Counter] = {}
+    refused: dict[str, Counter] = {}
+    for shard in shards:
+        for label, kind in zip(shard.labels, shard.kinds):
+            target = refused.setdefault(kind.reason, Counter()) if kind.refused else read.setdefault(kind.format, Counter())
+            target[_suffix(label)] += 1
+    names = {"jsonl": "JSON lines", "parquet": "parquet", "arrow": "Arrow (HF datasets)", "text": "plain text"}
+    total = sum(sum(c.values()) for group in (read, refused) for c in group.values())
+
+    def part(title: str, counts: Counter) -> str:
+        suffixes = ", ".join(f"{s} {n}" for s, n in counts.most_common())
+        return f"{sum(counts.values())} {title} ({suffixes})"
+
+    text = f"{total} files: " + ", ".join(part(names[f], c) for f, c in sorted(read.items()))
+    if refused:
+        text += f"; {sum(sum(c.values()) for c in refused.values())} refused (" + ", ".join(
+            part(reason.replace("_", " "), c) for reason, c in sorted(refused.items())) + ")"
+    return text
+
+
+def _suffix(label: str) -> str:
+    name = label.rsplit("/", 1)[-1]
+    return name[name.find("."):] if "." in name.lstrip(".") else "no extension"
+
+
 def discover_shards(inputs: list[str | Path], text_files_per_shard: int = 256) -> list[Shard]:
     """List the work: one shard per record file, plain-text files in fixed-size groups.
 
     Order and grouping depend only on the sorted relative paths, so shard numbers (and
     everything derived from them) are the same on every machine and for any worker count.
+    Record files (by name or, for JSON lines, by content) get a shard each; plain-text and
+    refused files share the grouped shards, where a refused file becomes one counted rejection.
     """
-    records: list[tuple[str, str, str]] = []
-    texts: list[tuple[str, str, str]] = []
+    records: list[tuple[str, str, str, FileKind]] = []
+    texts: list[tuple[str, str, str, FileKind]] = []
     for raw in inputs:
         root = Path(raw)
         if not root.exists():
             raise InputNotFoundError(f"corpus path does not exist: {root}")
-        if root.is_file():
-            target = records if is_record_file(root) else texts
-            target.append((str(root), root.name, ""))
-            continue
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(Path(dirpath, f) for f in filenames if not f.startswith(".") and not f.endswith(".tmp"))
-        for path in sorted(files):
-            label = f"{root.name}/{path.relative_to(root).as_posix()}"
-            target = records if is_record_file(path) else texts
-            target.append((str(path), label, root.name))
+        if not root.is_dir():
+            found = [(root, root.name, "")]
+        else:
+            files = []
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                files.extend(Path(dirpath, f) for f in filenames if not f.startswith(".") and not f.endswith(".tmp"))
+            found = [(path, f"{root.name}/{path.relative_to(root).as_posix()}", root.name) for path in sorted(files)]
+        for path, label, root_label in found:
+            kind = classify_file(path)
+            target = records if kind.format in ("jsonl", "parquet", "arrow") else texts
+            target.append((str(path), label, root_label, kind))
     if not records and not texts:
         raise InputNotFoundError(f"no input files under {', '.join(map(str, inputs))}")
     records.sort(key=lambda item: item[1])
     texts.sort(key=lambda item: item[1])
-    shards = [Shard(i, "records", (p,), (label,), (root,)) for i, (p, label, root) in enumerate(records)]
+    shards = [Shard(i, "records", (p,), (label,), (root,), (kind,)) for i, (p, label, root, kind) in enumerate(records)]
     for start in range(0, len(texts), text_files_per_shard):
         group = texts[start : start + text_files_per_shard]
-        shards.append(
-            Shard(
-                len(shards),
-                "text",
-                tuple(p for p, _, _ in group),
-                tuple(label for _, label, _ in group),
-                tuple(root for _, _, root in group),
-            )
-        )
+        shards.append(Shard(len(shards), "text", *(tuple(column) for column in zip(*group))))
     return shards
 
 
 def iter_documents(shard: Shard, options: ReaderOptions) -> Iterator[Document | Rejection]:
     """Every document of the shard, in file order, or the reason it was rejected."""
+    kinds = shard.kinds or tuple(classify_file(p) for p in shard.paths)
     if shard.kind == "text":
-        for path, label, root in zip(shard.paths, shard.labels, shard.roots or [""] * len(shard.paths)):
-            yield _read_text_file(path, label, root, options)
+        for path, label, root, kind in zip(shard.paths, shard.labels, shard.roots or [""] * len(shard.paths), kinds):
+            if kind.refused:
+                yield Rejection(kind.reason, label, 0, kind.detail)
+            else:
+                yield _read_text_file(path, label, root, options)
         return
-    path, label = shard.paths[0], shard.labels[0]
-    if path.endswith(".parquet"):
+    path, label, kind = shard.paths[0], shard.labels[0], kinds[0]
+    if kind.refused:
+        yield Rejection(kind.reason, label, 0, kind.detail)
+    elif kind.format == "parquet":
         yield from _read_parquet(path, label, options)
+    elif kind.format == "arrow":
+        yield from _read_arrow(path, label, options)
     else:
         yield from _read_jsonl(path, label, options)
 
@@ -286,6 +422,30 @@ def _read_parquet(path: str, label: str, options: ReaderOptions) -> Iterator[Doc
         yield Rejection("unreadable_file", label, row + 1 if row else 0, f"{type(err).__name__}: {err}")
 
 
+def _read_arrow(path: str, label: str, options: ReaderOptions) -> Iterator[Document | Rejection]:
+    """An Arrow IPC stream (what ``datasets`` ``save_to_disk`` writes) or IPC file, batch by batch."""
+    import pyarrow as pa
+
+    row = 0
+    top = options.domain_field.split(".")[0]
+    try:
+        with pa.memory_map(path) as source:
+            try:
+                batches: Any = pa.ipc.open_stream(source)
+            except pa.ArrowInvalid:  # the random-access IPC file format (Feather v2)
+                source.seek(0)
+                reader = pa.ipc.open_file(source)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            for batch in batches:
+                wanted = [options.text_field] + ([top] if options.domain is None else [])
+                batch = batch.select([c for c in wanted if c in batch.schema.names])
+                for record in batch.to_pylist():
+                    row += 1
+                    yield _record_to_document(record, label, row, options)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        yield Rejection("unreadable_file", label, row + 1 if row else 0, f"{type(err).__name__}: {err}")
+
+
 # ---------------------------------------------------------------------------- plain text
 
 
@@ -303,6 +463,9 @@ def text_file_domain(label: str, root: str, options: ReaderOptions) -> str:
 
 def _read_text_file(path: str, label: str, root: str, options: ReaderOptions) -> Document | Rejection:
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # replaced since discovery: opening a FIFO would block
+            return Rejection("not_regular_file", label, 0, _file_type(mode))
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as err:

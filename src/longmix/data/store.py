@@ -1,4 +1,5 @@
-"""The packed store on disk, its reader, and an exporter to Megatron-LM's indexed format.
+"""The packed store on disk, its reader, and an exporter to Megatron-LM's indexed format
+(parquet for HF ``datasets``: :mod:`longmix.data.export_hf`).
 
 Layout of a prepared folder::
 
@@ -76,7 +77,7 @@ class PackedDataset:
 
     ``len(ds)`` sequences; ``ds[i]`` is a :class:`PackedSequence`. It follows the
     ``__len__``/``__getitem__`` protocol, so a ``torch.utils.data.DataLoader`` accepts it
-    directly (use ``collate_fn=lambda batch: batch`` or :meth:`torch_sample`).
+    directly (``collate_fn=PackedDataset.collate`` for HF-style batches, or :meth:`torch_sample`).
     """
 
     def __init__(self, path: str | Path):
@@ -121,6 +122,36 @@ class PackedDataset:
             doc_keys=np.asarray(self.spans["span_doc_key"][lo:hi]),
             doc_offsets=np.asarray(self.spans["span_doc_offset"][lo:hi]),
         )
+
+    @staticmethod
+    def collate(batch: list[PackedSequence], return_tensors: str = "pt") -> dict:
+        """A batch of sequences for a HF model (``DataLoader(ds, collate_fn=PackedDataset.collate)``).
+
+        ``input_ids``, ``labels`` and ``position_ids`` are ``(batch, seq_len)``; ``labels``
+        follow HF's convention (the model shifts them) and are -100 at every span start, whose
+        previous token belongs to another document or another sequence. ``position_ids``
+        restart at each document. ``cu_seqlens`` are the document boundaries of the batch
+        flattened to one row (``x.reshape(1, -1)``), as varlen attention kernels take them,
+        with ``max_seqlen`` the longest span. ``return_tensors``: ``"pt"`` (torch) or ``"np"``.
+        """
+        if not batch:
+            raise ValueError("collate needs at least one sequence")
+        input_ids = np.stack([seq.tokens.astype(np.int64) for seq in batch])
+        labels = input_ids.copy()
+        for row, seq in enumerate(batch):
+            labels[row, seq.doc_starts] = -100
+        lengths = np.concatenate([seq.doc_lengths for seq in batch]).astype(np.int64)
+        arrays = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": np.stack([seq.position_ids() for seq in batch]),
+            "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+        }
+        if return_tensors == "np":
+            return {**arrays, "max_seqlen": int(lengths.max())}
+        import torch
+
+        return {**{k: torch.from_numpy(v) for k, v in arrays.items()}, "max_seqlen": int(lengths.max())}
 
     def torch_sample(self, i: int) -> dict:
         """Sequence ``i`` as torch tensors (``input_ids``, ``cu_seqlens``, ``position_ids``)."""

@@ -29,7 +29,15 @@ import pyarrow.parquet as pq
 
 from ..errors import InputNotFoundError, InvalidInputError
 from ..fsutil import as_json_types, atomic_write, read_json, write_json
-from .corpus import BadInputError, Document, ReaderOptions, Rejection, Shard, iter_documents
+from .corpus import (
+    FILE_REASONS,
+    BadInputError,
+    Document,
+    ReaderOptions,
+    Rejection,
+    Shard,
+    iter_documents,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -242,7 +250,7 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
         for item in iter_documents(task.shard, task.reader):
             documents_read += 1
             if isinstance(item, Rejection):
-                if item.reason in ("truncated_archive", "unreadable_file"):
+                if item.reason in FILE_REASONS:
                     documents_read -= 1  # a file-level failure, not a document
                 _reject(item)
                 continue
@@ -264,7 +272,7 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
     )
     with atomic_write(out / f"{stem}.docs.parquet") as sink:
         pq.write_table(table, sink)
-    file_errors = sum(rejected.get(r, 0) for r in ("truncated_archive", "unreadable_file"))
+    file_errors = sum(rejected.get(r, 0) for r in FILE_REASONS)
     summary = {
         "shard": task.shard.index,
         "files": list(task.shard.labels),

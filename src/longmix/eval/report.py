@@ -1,4 +1,5 @@
-"""`longmix eval report`: several runs side by side (needle, synthetic tasks, loss)."""
+"""`longmix eval report`: several runs side by side (needle, synthetic tasks, loss, and
+lm-evaluation-harness tasks)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
             lines.append(f"| {name} | {_fmt(b and b['recall'], 1)} | {_fmt(b and b['f1'], 1)} | "
                          f"{_fmt(m and m['macro_accuracy'], 1)} |")
         lines += ["", "The paper: BookQA 27.4 (7B) / 31.1 (13B); MMLU 43.3 (7B) / 52.4 (13B).", ""]
+    harness = [_load(run / "lm-eval" / "summary.json") for run in runs]
+    if any(harness):
+        lines += lm_eval_table(names, harness)
     lines += retention_lines(names, losses, mmlu)
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
@@ -133,6 +137,24 @@ def loss_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def lm_eval_table(names: list[str], summaries: list[dict | None]) -> list[str]:
+    """lm-evaluation-harness: each task's headline metric per run (– where a run lacks the task)."""
+    present = [(name, s) for name, s in zip(names, summaries) if s]
+    tasks = list(dict.fromkeys(t for _, s in present for t in s["headline"]))
+    metric = {t: next(s["headline"][t]["metric"] for _, s in present if t in s["headline"]) for t in tasks}
+    lines = ["## lm-evaluation-harness", "", "| run | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
+    for name, s in present:
+        cells = []
+        for task in tasks:
+            pick = s["headline"].get(task)
+            stderr = s["tasks"].get(task, {}).get(f"{pick['metric']}_stderr") if pick else None
+            cells.append("–" if pick is None else _fmt(pick["value"]) + (f" ± {stderr:.3f}" if stderr else ""))
+        label = name + (f" (limit {s['limit']})" if s.get("limit") else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def split_means(summary: dict, metric: str, length: int | None) -> tuple[float | None, float | None]:

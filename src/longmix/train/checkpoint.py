@@ -8,6 +8,7 @@ never looks like a checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import warnings
@@ -83,11 +84,14 @@ def load_checkpoint(folder: Path, module: torch.nn.Module, optimizer: torch.opti
     return int(meta["step"])
 
 
-def save_hf_model(module: torch.nn.Module, out: Path, d: Dist, dtype: str, source: str | None) -> None:
+def save_hf_model(module: torch.nn.Module, out: Path, d: Dist, dtype: str, source: str | Path | None,
+                  max_length: int | None = None) -> None:
     """The trained model as a plain HF checkpoint (safetensors) that AutoModelForCausalLM loads.
 
     The config carries the training RoPE settings (frozen, see ``model.apply_rope``), so
-    the model behaves identically at any input length.
+    the model behaves identically at any input length, and states the dtype the weights are
+    stored in. The tokenizer files of ``source`` are copied beside it, with
+    ``model_max_length`` set to ``max_length`` (the trained length).
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     full = get_model_state_dict(module, options=options)
@@ -108,8 +112,54 @@ def save_hf_model(module: torch.nn.Module, out: Path, d: Dist, dtype: str, sourc
         hf_model.save_pretrained(out, state_dict=state, safe_serialization=True)
     finally:
         config._attn_implementation = previous
+    # save_pretrained records the dtype of the (float32 master) parameters, not of the saved state.
+    state_dtype(out / "config.json", dtype)
     if source:
-        for name in _TOKENIZER_FILES:
-            if (Path(source) / name).is_file():
-                shutil.copy(Path(source) / name, out / name)
+        save_tokenizer(Path(source), out, max_length)
     _barrier(d)
+
+
+def state_dtype(config_json: Path, dtype: str) -> None:
+    """Make ``config.json`` state ``dtype`` under both names transformers releases read."""
+    config = json.loads(config_json.read_text())
+    config["dtype"] = dtype
+    config["torch_dtype"] = dtype
+    config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def save_tokenizer(source: Path, out: Path, max_length: int | None) -> None:
+    """Copy the tokenizer files of ``source`` to ``out``; ``model_max_length`` becomes the trained length."""
+    for name in _TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
+    if not (out / "tokenizer.json").is_file():
+        return
+    settings_file = out / "tokenizer_config.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    settings.setdefault("tokenizer_class", "PreTrainedTokenizerFast")  # a bare tokenizer.json loads as fast
+    if max_length:
+        settings["model_max_length"] = max_length
+    settings_file.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def data_tokenizer_folder(data: Path, manifest: dict) -> Path | None:
+    """The folder of the tokenizer a prepared folder was made with, when it can still be found.
+
+    Looked for in ``DATA/tokenizer/``, then where ``params.json`` says it was (only if its
+    ``tokenizer.json`` is still the same file), then the built-in tokenizer.
+    """
+    from ..data.tokenize import BUILTIN_TOKENIZER, builtin_tokenizer_dir
+
+    recorded = manifest.get("tokenizer", {})
+    candidates = [data / "tokenizer"]
+    params = data / "params.json"
+    spec = json.loads(params.read_text()).get("tokenizer") if params.is_file() else None
+    if spec and spec != BUILTIN_TOKENIZER:
+        candidates.append(Path(spec) if Path(spec).is_dir() else Path(spec).parent)
+    if recorded.get("name") == BUILTIN_TOKENIZER:
+        candidates.append(builtin_tokenizer_dir())
+    for folder in candidates:
+        file = folder / "tokenizer.json"
+        if file.is_file() and hashlib.sha256(file.read_bytes()).hexdigest() == recorded.get("sha256"):
+            return folder
+    return None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import LongmixError
 from ..settings import SettingsError, from_mapping, read_yaml_mapping, setting
+from .reporting import missing_extra, parse_report_to
 
 
 class TrainError(LongmixError):
@@ -67,7 +68,9 @@ class TrainConfig:
     resume: bool = setting(False, help="continue from the latest checkpoint in `out`")
     save_dtype: str = setting("bfloat16", choices=("bfloat16", "float32", "float16"),
                               help="dtype of the final HF model")
-    tensorboard: bool = setting(False, help="also log to TensorBoard (RUN_DIR/tb)")
+    report_to: tuple[str, ...] = setting((), parse=parse_report_to, check=missing_extra, metavar="tensorboard,wandb",
+                                         help="also log metrics to TensorBoard (RUN/tensorboard) and/or Weights & Biases "
+                                         "(offline without WANDB_API_KEY); optional extras")
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
     progress: bool = setting(True, help="show a progress bar")
 

@@ -7,6 +7,7 @@ Parallelism wraps the model (:mod:`longmix.train.distributed`); the loop only su
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import time
@@ -22,12 +23,21 @@ from ..data.store import PackedDataset
 from ..fsutil import atomic_write
 from . import distributed
 from .attention import BACKENDS
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_hf_model
+from .checkpoint import (
+    data_tokenizer_folder,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_hf_model,
+)
 from .config import TrainConfig, TrainError
 from .model import CausalLMLoss, load_model, peak_flops
+from .reporting import Reporter, missing_extra
 from .shape import ModelShape
 
 __all__ = ["TrainConfig", "TrainError", "train"]
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- data
@@ -172,6 +182,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     plan = resolve(config, d, dataset)
     if not config.resume and (out / "checkpoints").exists() and latest_checkpoint(out) is not None:
         raise TrainError(f"{out} already holds checkpoints: pass --resume to continue, or use another --out")
+    if problem := missing_extra(config.report_to):  # before the (slow) model load
+        raise TrainError(f"--report-to {','.join(config.report_to)}: {problem}")
     model = load_model(config.model, config.init_config, attention="cp" if config.context_parallel > 1 else plan["attention"],
                        seq_len=config.seq_len, rope_theta=config.rope_theta, rope_scaling=config.rope_scaling,
                        rope_factor=config.rope_factor, checkpointing=config.activation_checkpointing, seed=config.seed,
@@ -189,6 +201,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     start_step = 0
     if config.resume and (checkpoint := latest_checkpoint(out)) is not None:
         start_step = load_checkpoint(checkpoint, module, optimizer, d)
+        if d.is_main:
+            logger.info("resumed from %s at step %d", checkpoint, start_step)
     if config.resume and d.is_main:
         truncate_log(out / "log.jsonl", start_step)
 
@@ -198,7 +212,12 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     use_autocast = d.world == 1 and d.device.type == "cuda"  # FSDP2 casts to bf16 itself
     peak = peak_flops(d.device) * d.world
     stop = _StopFlag()
-    log = _Log(out / "log.jsonl", config.tensorboard, d.is_main)
+    log = _Log(out / "log.jsonl", d.is_main)
+    reporter = Reporter(config.report_to, out, asdict(config), enabled=d.is_main)
+    if d.is_main:
+        logger.info("training %s for %d steps of %d tokens (%d micro-batches × %d ranks), %s attention, on %s",
+                    config.model or config.init_config, plan["steps"], plan["batch_tokens"], plan["accumulation"], d.dp,
+                    plan["attention"], d.device)
     from tqdm import tqdm
 
     bar = tqdm(total=plan["steps"], initial=start_step, desc="train", unit="step", disable=not (config.progress and d.is_main))
@@ -236,23 +255,33 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
             "memory_gib": torch.cuda.max_memory_allocated(d.device) / 2**30 if d.device.type == "cuda" else None,
         }
         log.write(record)
+        reporter.log(record, step + 1)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
         if on_step is not None:
             on_step(record)
         last = step + 1 == plan["steps"]
         if stop.requested or last or (config.save_every and (step + 1) % config.save_every == 0):
-            save_checkpoint(out, step + 1, module, optimizer, d, keep=config.keep_checkpoints)
+            saved = save_checkpoint(out, step + 1, module, optimizer, d, keep=config.keep_checkpoints)
+            if d.is_main:
+                logger.info("checkpoint %s", saved)
         if stop.requested and not last:
             record["stopped"] = "SIGTERM"
+            if d.is_main:
+                logger.warning("SIGTERM: stopped after step %d; rerun with --resume to continue", step + 1)
             break
     bar.close()
     stop.restore()
     if "stopped" not in record:
-        save_hf_model(module, out / "model", d, config.save_dtype, source=config.model)
+        tokenizer = config.model or data_tokenizer_folder(Path(config.data), dataset.manifest)
+        if tokenizer is None and d.is_main:
+            logger.warning("the tokenizer of %s was not found: %s has no tokenizer files", config.data, out / "model")
+        save_hf_model(module, out / "model", d, config.save_dtype, source=tokenizer, max_length=config.seq_len)
         if d.is_main:
             plot_loss(out / "log.jsonl", out / "loss.png")
+            logger.info("model saved to %s", out / "model")
     log.close()
+    reporter.close()
     distributed.close(d)
     return record
 
@@ -284,30 +313,18 @@ class _StopFlag:
 class _Log:
     """One JSON line per step (appended, so a resumed run continues the same file)."""
 
-    def __init__(self, path: Path, tensorboard: bool, enabled: bool):
+    def __init__(self, path: Path, enabled: bool):
         self.enabled = enabled
         self.handle = open(path, "a") if enabled else None  # noqa: SIM115 (closed in close())
-        self.writer = None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(path.parent / "tensorboard"))
 
     def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.writer.add_scalar(key, value, record["step"])
+        if self.enabled:
+            self.handle.write(json.dumps(record) + "\n")
+            self.handle.flush()
 
     def close(self) -> None:
         if self.handle:
             self.handle.close()
-        if self.writer is not None:
-            self.writer.close()
 
 
 def truncate_log(path: Path, step: int) -> None:
