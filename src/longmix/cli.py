@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 from dataclasses import fields
@@ -80,6 +81,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if not problems:
         print(f"{args.dir}: every file is whole")
     return 1 if problems else 0
+
+
+def _cmd_export_hf(args: argparse.Namespace) -> int:
+    from .data.export_hf import export_hf
+
+    files = export_hf(args.dir, args.out)
+    print(f"{len(files)} parquet files -> {args.out} (datasets.load_dataset('parquet', data_dir=...))")
+    return 0
 
 
 def _cmd_export_megatron(args: argparse.Namespace) -> int:
@@ -292,13 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print stats.json")
     verify = sub.add_parser("verify", help="check every file of a prepared folder against its manifest (sizes, checksums)")
     verify.add_argument("dir")
+    export_hf = sub.add_parser("export-hf", help="write a prepared folder as parquet (input_ids + document spans) for HF datasets")
+    export_hf.add_argument("dir")
+    export_hf.add_argument("out", help="output folder")
     export = sub.add_parser("export-megatron", help="write a prepared folder as Megatron-LM .bin/.idx")
     export.add_argument("dir")
     export.add_argument("prefix", help="output path without suffix")
     return parser
 
 
-_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "verify": _cmd_verify, "export-megatron": _cmd_export_megatron, "train": _cmd_train,
+_COMMANDS = {"prepare": _cmd_prepare, "stats": _cmd_stats, "verify": _cmd_verify, "export-hf": _cmd_export_hf, "export-megatron": _cmd_export_megatron, "train": _cmd_train,
              "eval": _cmd_eval, "model": _cmd_model, "plan": _cmd_plan, "study": _cmd_study, "corpus": _cmd_corpus}
 
 
@@ -328,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # other libraries: warnings only
+    logging.getLogger("longmix").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     if unknown:
         parser.error(_unknown_options_message(parser, args, unknown))
     try:

@@ -43,7 +43,7 @@ from ..fsutil import (
 )
 from ..settings import setting, specs
 from ..units import parse_length
-from .corpus import ReaderOptions, discover_shards, normalize_domain
+from .corpus import ReaderOptions, describe_files, discover_shards, normalize_domain
 from .executor import make_executor
 from .mixture import (
     MixtureConfig,
@@ -166,6 +166,7 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
         remove_stale_temporaries(out)
         remove_stale_temporaries(tokenized)
     executor = make_executor(config.executor, config.workers, config.ray_address)
+    log(describe_files(shards))
     log(f"{len(shards)} shards from {', '.join(config.inputs)}; tokenizer {tokenizer.name} "
         f"(vocab {tokenizer.vocab_size}, {tokenizer.dtype.name}); {config.executor} executor, {executor.workers} workers")
 
@@ -229,6 +230,7 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
         "reader": asdict(config.reader),
     }
     stats["manifest"] = manifest
+    copy_tokenizer(Path(tokenizer.path), out / "tokenizer")
     write_json(out / "plan.json", stats["plan"])
     write_json(out / "stats.json", stats)
     with atomic_write(out / "report.md", "w") as sink:
@@ -367,6 +369,18 @@ def _claim_output(out: Path, config: PrepareConfig) -> None:
 
 
 # ---------------------------------------------------------------------------- stage 1
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_tokenizer(tokenizer_json: Path, folder: Path) -> None:
+    """Keep the tokenizer with the data, so training finds it even after the original moves."""
+    for name in TOKENIZER_FILES:
+        source = tokenizer_json.parent / name if name != "tokenizer.json" else tokenizer_json
+        if source.is_file():
+            with atomic_write(folder / name) as sink:
+                sink.write(source.read_bytes())
 
 
 def tokenize_all(shards, tokenized: Path, tokenizer: TokenizerInfo, config: PrepareConfig,
