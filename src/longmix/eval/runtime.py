@@ -84,7 +84,7 @@ def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[in
     """
     budget = batch_tokens or default_batch_tokens(em)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    prefixes = _PrefixCache(em)
+    prefixes = _PrefixCache(em, budget)
     target = torch.tensor(answer, device=em.device)
     scores: list[dict] = [{} for _ in prompts]
     for batch in _batches(prefill_groups(prompts, order, min_prefix), prompts, len(answer), budget):
@@ -93,9 +93,9 @@ def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[in
         for group in batch:
             length = len(prompts[group.members[0]])
             if group.prefix:
-                buffers = _new_buffers(em, len(group.members), length + len(answer))
-                hidden = _prefill(em, [p + answer for p in prompts], group, buffers, prefixes)
-                del buffers
+                layers = None if len(group.members) == 1 else _new_buffers(em, len(group.members), length + len(answer))
+                hidden, layers = _prefill(em, [p + answer for p in prompts], group, layers, prefixes, length + len(answer))
+                del layers
             else:
                 ids = torch.tensor([prompts[i] + answer for i in group.members], device=em.device)
                 hidden = em.model.model(input_ids=ids, use_cache=False).last_hidden_state
@@ -273,59 +273,75 @@ def prefill_groups(prompts: list[list[int]], order: list[int], min_prefix: int =
 
 
 class _PrefixCache:
-    """The keys and values of the last shared prefix (batch 1), cut or extended for the next one."""
+    """The keys and values of the last shared prefix (one row), cut or extended for the next one.
 
-    def __init__(self, em: EvalModel):
-        self.em = em
+    Its buffer has room for a whole prompt and answer, so that a group of one prompt runs in
+    it in place (the positions past the prefix are scratch, overwritten by the next use):
+    at long lengths a second copy of the cache would not fit.
+    """
+
+    def __init__(self, em: EvalModel, batch_tokens: int):
+        self.em, self.batch_tokens = em, batch_tokens
         self.tokens: list[int] = []
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.capacity = 0
 
-    def get(self, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def get(self, prefix: list[int], capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Buffers (one row, ``capacity`` positions or more) holding ``prefix``'s keys and values."""
         keep = common_prefix_length(self.tokens, prefix)
-        if keep < len(prefix):
-            buffers = _new_buffers(self.em, 1, len(prefix))
-            for (k, v), (old_k, old_v) in zip(buffers, self.layers):
+        if capacity > self.capacity:
+            old = self.buffers if self.capacity + capacity <= self.batch_tokens else []  # both must fit
+            self.buffers = []
+            keep = keep if old else 0
+            buffers = _new_buffers(self.em, 1, capacity)
+            for (k, v), (old_k, old_v) in zip(buffers, old):
                 k[:, :, :keep], v[:, :, :keep] = old_k[:, :, :keep], old_v[:, :, :keep]
-            self.layers = []  # free the old prefix before the forward
+            del old
+            self.buffers, self.capacity = buffers, capacity
+        if keep < len(prefix):
             ids = torch.tensor([prefix[keep:]], device=self.em.device)
             positions = torch.arange(keep, len(prefix), device=self.em.device)[None]
-            _forward(self.em, ids, positions, _buffer_cache(buffers, keep))
-            self.layers = buffers
-        else:
-            self.layers = [(k[:, :, :len(prefix)], v[:, :, :len(prefix)]) for k, v in self.layers]
+            _forward(self.em, ids, positions, _buffer_cache(self.buffers, keep))
         self.tokens = list(prefix)
-        return self.layers
+        return self.buffers
 
     def clear(self) -> None:
-        self.tokens, self.layers = [], []
+        self.tokens, self.buffers, self.capacity = [], [], 0
 
 
-def _prefill(em: EvalModel, prompts: list[list[int]], group: _Group, layers: list[tuple[torch.Tensor, torch.Tensor]],
-             prefixes: _PrefixCache) -> torch.Tensor:
-    """Run ``group``'s prompts into ``layers`` (views of their rows, sized to hold the prompts);
-    the hidden states of the positions after the shared prefix."""
+def _prefill(em: EvalModel, prompts: list[list[int]], group: _Group, layers: list[tuple[torch.Tensor, torch.Tensor]] | None,
+             prefixes: _PrefixCache, capacity: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Run ``group``'s prompts into ``layers`` (views of their rows, room for ``capacity``
+    positions), or, for one prompt after a shared prefix and no ``layers``, into the prefix's
+    own buffer. The hidden states of the positions after the prefix, and the layers used."""
     length, start = len(prompts[group.members[0]]), group.prefix
     if start:
-        for (k, v), (pk, pv) in zip(layers, prefixes.get(prompts[group.members[0]][:start])):
-            k[:, :, :start], v[:, :, :start] = pk, pv  # broadcast over the group's rows
+        shared = prefixes.get(prompts[group.members[0]][:start], capacity)
+        if layers is None:
+            layers = shared
+        else:
+            for (k, v), (pk, pv) in zip(layers, shared):
+                k[:, :, :start], v[:, :, :start] = pk[:, :, :start], pv[:, :, :start]  # over the group's rows
+    elif layers is None:
+        layers = _new_buffers(em, len(group.members), capacity)
     ids = torch.tensor([prompts[i][start:] for i in group.members], device=em.device)
     positions = torch.arange(start, length, device=em.device)[None].expand(len(group.members), -1)
-    return _forward(em, ids, positions, _buffer_cache(layers, start))
+    return _forward(em, ids, positions, _buffer_cache(layers, start)), layers
 
 
 def _batches(groups: list[_Group], prompts: list[list[int]], extra: int, batch_tokens: int) -> list[list[_Group]]:
     """Consecutive groups packed up to ``batch_tokens`` cached tokens (prompt + ``extra`` per row, and
-    the shared prefix); a group larger than that is split."""
+    the shared prefix); a group larger than that is split. A prompt too long to sit next to
+    its prefix goes alone (it runs in the prefix's buffer)."""
     out: list[list[_Group]] = []
     used = 0
     for group in groups:
         per_row = len(prompts[group.members[0]]) + extra
         rows = max(1, (batch_tokens - group.prefix) // per_row)
-        prefix = group.prefix if group.prefix + per_row <= batch_tokens else 0  # no room to keep a prefix
         for start in range(0, len(group.members), rows):
-            part = _Group(group.members[start:start + rows], prefix)
+            part = _Group(group.members[start:start + rows], group.prefix)
             cost = len(part.members) * per_row
-            if out and used + cost + prefix <= batch_tokens:
+            if out and used + cost + part.prefix <= batch_tokens:
                 out[-1].append(part)
                 used += cost
             else:
@@ -367,7 +383,7 @@ def iter_generate_batch(em: EvalModel, prompts: list[list[int]], max_new_tokens:
         return
     budget = batch_tokens or default_batch_tokens(em)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    prefixes = _PrefixCache(em)
+    prefixes = _PrefixCache(em, budget)
     eos = _eos_ids(em)
     with torch.no_grad():
         for batch in _batches(prefill_groups(prompts, order, min_prefix), prompts, max_new_tokens, budget):
@@ -383,14 +399,19 @@ def _decode(em: EvalModel, prompts: list[list[int]], batch: list[_Group], max_ne
     token per step for every unfinished row; rows that finish are dropped from the buffer."""
     members = [i for g in batch for i in g.members]
     longest = max(len(prompts[i]) for i in members)
-    buffers = _new_buffers(em, len(members), longest + max_new_tokens)
-    first = []
-    row = 0
-    for group in batch:
-        rows, pad = slice(row, row + len(group.members)), longest - len(prompts[group.members[0]])
-        hidden = _prefill(em, prompts, group, [(k[rows, :, pad:], v[rows, :, pad:]) for k, v in buffers], prefixes)
-        first.append(em.model.lm_head(hidden[:, -1]).argmax(-1))
-        row += len(group.members)
+    capacity = longest + max_new_tokens
+    if len(members) == 1 and batch[0].prefix:  # one prompt: decode in the prefix's buffer
+        hidden, buffers = _prefill(em, prompts, batch[0], None, prefixes, capacity)
+        first = [em.model.lm_head(hidden[:, -1]).argmax(-1)]
+    else:
+        buffers = _new_buffers(em, len(members), capacity)
+        first, row = [], 0
+        for group in batch:
+            rows, pad = slice(row, row + len(group.members)), longest - len(prompts[group.members[0]])
+            views = [(k[rows, :, pad:], v[rows, :, pad:]) for k, v in buffers]
+            hidden, _ = _prefill(em, prompts, group, views, prefixes, len(prompts[group.members[0]]) + max_new_tokens)
+            first.append(em.model.lm_head(hidden[:, -1]).argmax(-1))
+            row += len(group.members)
     token = torch.cat(first)
     pads = torch.tensor([longest - len(prompts[i]) for i in members], device=em.device)
     outputs: dict[int, list[int]] = {i: [] for i in members}
