@@ -207,7 +207,8 @@ def _kv_shape(em: EvalModel) -> tuple[int, int, int, torch.dtype]:
 def _new_buffers(em: EvalModel, rows: int, capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     layers, kv_heads, head_dim, dtype = _kv_shape(em)
     shape = (rows, kv_heads, capacity, head_dim)
-    return [(torch.empty(shape, dtype=dtype, device=em.device), torch.empty(shape, dtype=dtype, device=em.device))
+    # zeros, not empty: masked padding still enters the attention as 0 × value, and NaN × 0 is NaN
+    return [(torch.zeros(shape, dtype=dtype, device=em.device), torch.zeros(shape, dtype=dtype, device=em.device))
             for _ in range(layers)]
 
 

@@ -1,0 +1,140 @@
+"""Batched, cached greedy decoding and shared-prefix reuse give what one prompt at a time gives."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from longmix.data.tokenize import builtin_tokenizer_dir  # noqa: E402
+from longmix.eval import runtime  # noqa: E402
+from longmix.eval.runtime import (  # noqa: E402
+    EvalModel,
+    answer_scores,
+    answer_scores_batch,
+    generate,
+    generate_batch,
+    prefill_groups,
+    truncate_at_stop,
+)
+
+VOCAB = 49152
+
+
+@pytest.fixture(scope="module")
+def em() -> EvalModel:
+    """A tiny random fp32 LLaMA (grouped-query attention) with longmix's attention and the built-in tokenizer."""
+    from tokenizers import Tokenizer
+
+    from longmix.train.attention import register_attention_backends
+
+    register_attention_backends()
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=1024,
+                                      tie_word_embeddings=True, initializer_range=0.3)  # outputs that vary with the context
+    config._attn_implementation = "longmix_sdpa"
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    tokenizer = Tokenizer.from_file(str(builtin_tokenizer_dir() / "tokenizer.json"))
+    return EvalModel(model, tokenizer, torch.device("cpu"), "tiny", 1024)
+
+
+def random_tokens(n: int, generator: torch.Generator) -> list[int]:
+    return torch.randint(0, VOCAB, (n,), generator=generator).tolist()
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[list[int]]:
+    """Varied lengths (some equal), and three prompts sharing a 150-token prefix."""
+    g = torch.Generator().manual_seed(1)
+    shared = random_tokens(150, g)
+    return ([random_tokens(n, g) for n in (3, 40, 17, 40, 90)]
+            + [shared + random_tokens(n, g) for n in (20, 20, 45)])
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(em, prompts) -> list[list[int]]:
+    return [generate(em, p, 10) for p in prompts]
+
+
+@pytest.mark.parametrize("batch_tokens", [10_000, 150])  # one batch; several, with padding inside each
+@pytest.mark.parametrize("min_prefix", [16, 10**9])  # prefix reuse on and off
+def test_batched_generation_equals_one_prompt_at_a_time(em, prompts, one_at_a_time, batch_tokens, min_prefix):
+    assert generate_batch(em, prompts, 10, batch_tokens=batch_tokens, min_prefix=min_prefix) == one_at_a_time
+
+
+def test_stop_strings_end_each_sequence_where_one_at_a_time_would(em, prompts, one_at_a_time):
+    texts = [em.decode(t) for t in one_at_a_time]
+    # a stop string taken from the middle of one response, and one that never occurs
+    stop = (texts[1].lstrip()[3:6], "\x00never")
+    expected = [truncate_at_stop(em, tokens, stop) for tokens in one_at_a_time]
+    assert any(len(e) < 10 for e in expected) and any(len(e) == 10 for e in expected)
+    got = generate_batch(em, prompts, 10, stop=stop, batch_tokens=200)
+    assert got == expected
+    for tokens in got:
+        if len(tokens) < 10:  # stopped early: the stop string is in the response, and not before its last token
+            assert stop[0] in em.decode(tokens).lstrip() and stop[0] not in em.decode(tokens[:-1]).lstrip()
+
+
+def successor_model(vocab: int = 64, eos: int | None = None) -> EvalModel:
+    """A model whose greedy output is forced: after token t it always predicts t+1."""
+    config = transformers.LlamaConfig(hidden_size=vocab, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=False,
+                                      max_position_embeddings=256)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab))
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.copy_(torch.roll(torch.eye(vocab), 1, dims=0))
+    model.generation_config.eos_token_id = eos
+    return EvalModel(model.eval(), None, torch.device("cpu"), "successor", 256)
+
+
+def test_end_of_sequence_finishes_a_row_and_the_others_go_on():
+    em = successor_model(eos=20)
+    prompts = [[5, 9, 3, 16], [1, 2], [30, 31, 32, 33, 34, 35]]
+    got = generate_batch(em, prompts, 6)
+    assert got == [[17, 18, 19, 20], [3, 4, 5, 6, 7, 8], [36, 37, 38, 39, 40, 41]]
+    assert got == [generate(em, p, 6) for p in prompts]
+
+
+def test_prefix_reuse_gives_the_teacher_forcing_scores_of_no_reuse(em, monkeypatch):
+    """Needle-like prompts: one length, a shared text with an insert at growing depths."""
+    g = torch.Generator().manual_seed(2)
+    text, insert, answer = random_tokens(240, g), random_tokens(8, g), random_tokens(5, g)
+    depths = (0, 60, 120, 200, 240)
+    prompts = [text[:d] + insert + text[d:] for d in depths]
+    groups = prefill_groups(prompts, list(range(len(prompts))), min_prefix=16)
+    # each prompt reuses the text up to the insert it meets first (the shallowest: nothing worth it);
+    # the deepest two share the text up to 200 and run together
+    assert [(g.members, g.prefix) for g in groups] == [([0], 0), ([1], 60), ([2], 120), ([3, 4], 200)]
+    computed = []
+    forward = runtime._forward
+    monkeypatch.setattr(runtime, "_forward", lambda em, ids, *a, **k: computed.append(ids.numel()) or forward(em, ids, *a, **k))
+    reused = answer_scores_batch(em, prompts, answer, batch_tokens=10_000, min_prefix=16)
+    # the shared text is run once (200 tokens, extended group by group), then what follows each prefix
+    assert sum(computed) == 200 + sum(248 + 5 - prefix for prefix in (60, 120, 200, 200))
+    plain = answer_scores_batch(em, prompts, answer, min_prefix=10**9)
+    single = [answer_scores(em, p, answer) for p in prompts]
+    for a, b, c in zip(reused, plain, single):
+        assert a["token_accuracy"] == b["token_accuracy"] == c["token_accuracy"]
+        assert a["logprob"] == pytest.approx(b["logprob"], rel=1e-5) == c["logprob"]
+
+
+def test_prefix_reuse_gives_the_generations_of_no_reuse(em):
+    g = torch.Generator().manual_seed(3)
+    text, insert = random_tokens(200, g), random_tokens(6, g)
+    prompts = [text[:d] + insert + text[d:] for d in (0, 50, 100, 150, 200)] + [text + random_tokens(30, g)]
+    expected = [generate(em, p, 8) for p in prompts]
+    for batch_tokens in (10_000, 120):  # all in one batch (copied from the prefix), or one by one (in its buffer)
+        assert generate_batch(em, prompts, 8, batch_tokens=batch_tokens, min_prefix=16) == expected
+
+
+def test_groups_join_only_when_no_prompt_loses_its_prefix():
+    shared = list(range(100))
+    prompts = [shared + [1000 + i, 7] for i in range(3)] + [[5] * 102, [6] * 102, [9] * 50]
+    groups = prefill_groups(prompts, list(range(len(prompts))), min_prefix=16)
+    assert [(g.members, g.prefix) for g in groups] == [([0, 1, 2], 100), ([3, 4], 0), ([5], 0)]
