@@ -8,6 +8,7 @@ completion-style prompt for base models ends with an answer prefix.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -154,16 +155,17 @@ def build_cell(em: EvalModel, haystack: Haystack, config: NeedleConfig, length: 
     return Cell(length, depth, prompt, answer, len(header) + at)
 
 
-def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[int]) -> list[dict]:
+def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[int],
+                        batch_tokens: int | None = None) -> list[dict]:
     from .runtime import answer_scores_batch as scores  # torch, imported on first use
 
-    return scores(em, prompts, answer)
+    return scores(em, prompts, answer, batch_tokens)
 
 
-def generate(em: EvalModel, prompt: list[int], max_new_tokens: int) -> list[int]:
-    from .runtime import generate as greedy
+def generate_batch(em: EvalModel, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    from .runtime import generate_batch as greedy
 
-    return greedy(em, prompt, max_new_tokens)
+    return greedy(em, prompts, max_new_tokens)
 
 
 def run_needle(em: EvalModel, config: NeedleConfig, out: Path, progress: bool = True) -> dict:
@@ -179,19 +181,22 @@ def run_needle(em: EvalModel, config: NeedleConfig, out: Path, progress: bool = 
     cells = [(length, depth) for length in sorted(config.lengths) for depth in config.depths
              if (length, depth) not in results.done]
     bar = tqdm(total=len(cells), desc="needle", unit="cell", disable=not progress)
-    for group in batches(cells, config.batch_tokens):
+    # all depths of one length together: they share the haystack up to their needles, which
+    # teacher forcing and generation compute once (the cache of the shared prefix)
+    for length, group in itertools.groupby(cells, key=lambda cell: cell[0]):
         started = time.perf_counter()
-        built = [build_cell(em, haystack, config, length, depth, parts) for length, depth in group]
-        scores = answer_scores_batch(em, [c.prompt for c in built], built[0].answer)
+        built = [build_cell(em, haystack, config, length, depth, parts) for _, depth in group]
+        prompts = [c.prompt for c in built]
+        scores = answer_scores_batch(em, prompts, built[0].answer, config.batch_tokens)
+        responses = generate_batch(em, prompts, config.generate_tokens) if config.generate_tokens else None
         share = (time.perf_counter() - started) / len(built)
-        for cell, score in zip(built, scores):
-            started = time.perf_counter()
+        for i, (cell, score) in enumerate(zip(built, scores)):
             row = {"length": cell.length, "depth": cell.depth, "insert_at": cell.insert_at, "n_tokens": len(cell.prompt),
                    **score}
-            if config.generate_tokens:
-                response = em.decode(generate(em, cell.prompt, config.generate_tokens))
+            if responses is not None:
+                response = em.decode(responses[i])
                 row.update({"response": response, "recall": word_recall(response, config.answer)})
-            row["seconds"] = share + time.perf_counter() - started
+            row["seconds"] = share
             results.add(row)
             bar.update(1)
     bar.close()

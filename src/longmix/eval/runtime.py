@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 
 from .common import EvalError
 
+T = TypeVar("T")
 MIN_PREFIX = 64  # tokens: a shorter shared prefix is not worth its own forward
 
 
@@ -442,6 +445,26 @@ def _decode(em: EvalModel, prompts: list[list[int]], batch: list[_Group], max_ne
         token = em.model.lm_head(hidden[:, -1]).argmax(-1)
         filled += 1
     return [(i, outputs[i]) for i in members]
+
+
+def in_order(batches: Iterable[list[tuple[int, T]]]) -> Iterator[T]:
+    """Items of batches that finish out of order (index, item), each yielded in index order
+    as soon as it and the ones before it are done: results files keep their order."""
+    ready: dict[int, T] = {}
+    written = 0
+    for batch in batches:
+        ready.update(batch)
+        while written in ready:
+            yield ready.pop(written)
+            written += 1
+
+
+def timed(batches: Iterable[list]) -> Iterator[tuple[list, float]]:
+    """Each batch with the seconds its making took per item."""
+    started = time.perf_counter()
+    for batch in batches:
+        yield batch, (time.perf_counter() - started) / max(1, len(batch))
+        started = time.perf_counter()
 
 
 def generate_batch(em: EvalModel, prompts: list[list[int]], max_new_tokens: int, stop: tuple[str, ...] = (),

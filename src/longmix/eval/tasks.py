@@ -10,13 +10,14 @@ Score = fraction of the expected strings found in the greedy output.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
 import random
 import re
-import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,10 +35,10 @@ from .registry import evaluation
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe")
-# Greedy tokens per task (RULER: 128 for needles, 30 VT, 120 CWE, 50 FWE; fewer suffice
-# for our shorter answers)
-GENERATE = {"niah_single": 24, "niah_multikey": 24, "niah_multivalue": 64, "niah_multiquery": 64, "vt": 40,
-            "cwe": 96, "fwe": 40}
+# Greedy tokens per task: RULER's tokens_to_generate (128 for needles, 30 VT, 120 CWE, 50 FWE, 32 QA)
+GENERATE = {"niah_single": 128, "niah_multikey": 128, "niah_multivalue": 128, "niah_multiquery": 128, "vt": 30,
+            "cwe": 120, "fwe": 50, "qa": 32}
+WINDOW = 512  # prompts fitted ahead and answered together (batched by length within each task)
 
 
 @dataclass
@@ -241,8 +242,6 @@ def run_tasks(em: EvalModel, config: TaskConfig, haystack_text: str, out: Path, 
     """Score every (task, length, sample); ``workers`` processes fit the prompts (default: the cores, for >= 16 samples)."""
     from tqdm import tqdm
 
-    from .runtime import generate
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({**asdict(config), "model": em.name}, indent=2))
     words = Words(haystack_text)
@@ -254,26 +253,60 @@ def run_tasks(em: EvalModel, config: TaskConfig, haystack_text: str, out: Path, 
     keys = [(task, length, config.seed * 100_003 + index) for task, length, index in todo]
     if workers is None:
         workers = min(16, (os.cpu_count() or 1) - 1) if len(todo) >= 16 else 0
+    cells = len(config.tasks) * len(config.lengths)
+    window = max(1, WINDOW // cells) * cells  # whole samples: every (task, length) of each
     with contextlib.ExitStack() as stack:
-        if workers > 1:  # fit the next prompts on other cores while the model answers this one
+        if workers > 1:  # fit the next prompts on other cores while the model answers these
             pool = stack.enter_context(ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_fit_worker,
                 initargs=(Encoder(em.tokenizer), words, book)))
             fitted = pool.map(_fit_in_worker, keys, chunksize=1)
         else:
             fitted = (fit_sample(em, task, length, seed, words, book) for task, length, seed in keys)
-        for (task, length, index), (sample, prompt) in tqdm(zip(todo, fitted), total=len(todo), desc="tasks",
-                                                            unit="sample", disable=not progress):
-            started = time.perf_counter()
-            response = em.decode(generate(em, prompt, GENERATE[task]))
-            results.add({"task": task, "length": length, "sample": index, "n_tokens": len(prompt),
-                         "score": string_match(response, sample.expected), "expected": sample.expected,
-                         "response": response, "seconds": time.perf_counter() - started})
+        pending = zip(todo, fitted)
+        bar = stack.enter_context(tqdm(total=len(todo), desc="tasks", unit="sample", disable=not progress))
+        while chunk := list(itertools.islice(pending, window)):
+            for row in _answer(em, chunk):
+                results.add(row)
+                bar.update(1)
     summary = summarize_tasks(results.rows, config.threshold)
     summary["model"] = em.name
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "table.md").write_text(task_table(summary))
     return summary
+
+
+def answer_budget(sample: TaskSample) -> int:
+    """Greedy tokens for a sample: its task's own ``tokens_to_generate`` if it declares one, else RULER's."""
+    return getattr(sample, "tokens_to_generate", None) or GENERATE[sample.task]
+
+
+def _answer(em: EvalModel, chunk: list[tuple[tuple[str, int, int], tuple[TaskSample, list[int]]]]) -> Iterator[dict]:
+    """The result rows of ``chunk``, in its order, each as soon as it and the ones before are done.
+
+    Prompts with one answer budget and stop strings are generated together, in batches of
+    similar length (:func:`runtime.iter_generate_batch`).
+    """
+    from .runtime import in_order, iter_generate_batch, timed
+
+    def settings(i: int) -> tuple[int, tuple[str, ...]]:
+        sample = chunk[i][1][0]
+        return answer_budget(sample), tuple(getattr(sample, "stop", ()) or ())
+
+    def row(i: int, tokens: list[int], seconds: float) -> dict:
+        (task, length, index), (sample, prompt) = chunk[i]
+        response = em.decode(tokens)
+        return {"task": task, "length": length, "sample": index, "n_tokens": len(prompt),
+                "score": string_match(response, sample.expected), "expected": sample.expected,
+                "response": response, "seconds": seconds}
+
+    def batches() -> Iterator[list[tuple[int, dict]]]:
+        for (budget, stop), members in itertools.groupby(sorted(range(len(chunk)), key=settings), key=settings):
+            members = list(members)
+            for batch, seconds in timed(iter_generate_batch(em, [chunk[i][1][1] for i in members], budget, stop)):
+                yield [(members[j], row(members[j], tokens, seconds)) for j, tokens in batch]
+
+    return in_order(batches())
 
 
 def summarize_tasks(rows: list[dict], threshold: float) -> dict:
