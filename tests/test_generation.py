@@ -138,3 +138,86 @@ def test_groups_join_only_when_no_prompt_loses_its_prefix():
     prompts = [shared + [1000 + i, 7] for i in range(3)] + [[5] * 102, [6] * 102, [9] * 50]
     groups = prefill_groups(prompts, list(range(len(prompts))), min_prefix=16)
     assert [(g.members, g.prefix) for g in groups] == [([0, 1, 2], 100), ([3, 4], 0), ([5], 0)]
+
+
+# ---------------------------------------------------------------------------- the evaluations' loops
+
+
+def one_at_a_time_runtime(monkeypatch) -> None:
+    """Make the runtime answer one prompt at a time: HF ``generate`` cut at the first stop, and
+    teacher forcing without batching or prefix reuse (the evaluations' behaviour before batching)."""
+    batched_scores = runtime.answer_scores_batch
+
+    def iter_generate_batch(em, prompts, max_new_tokens, stop=(), batch_tokens=None, min_prefix=0):
+        for i, prompt in enumerate(prompts):
+            yield [(i, truncate_at_stop(em, generate(em, prompt, max_new_tokens), stop))]
+
+    def answer_scores_batch(em, prompts, answer, batch_tokens=None, min_prefix=0):
+        return [batched_scores(em, [p], answer, min_prefix=10**9)[0] for p in prompts]
+
+    monkeypatch.setattr(runtime, "iter_generate_batch", iter_generate_batch)
+    monkeypatch.setattr(runtime, "answer_scores_batch", answer_scores_batch)
+
+
+def read_rows(path) -> list[dict]:
+    import json
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        assert row.pop("seconds") >= 0
+    return rows
+
+
+def assert_same_rows(batched: list[dict], single: list[dict]) -> None:
+    assert len(batched) == len(single) > 0
+    for a, b in zip(batched, single):
+        if "logprob" in a:
+            assert a.pop("logprob") == pytest.approx(b.pop("logprob"), rel=1e-5)
+        assert a == b
+
+
+def test_needle_rows_are_those_of_one_cell_at_a_time(em, tmp_path, monkeypatch):
+    from longmix.eval.needle import NeedleConfig, run_needle
+
+    config = NeedleConfig(lengths=(256, 384), depths=(0, 50, 100), generate_tokens=5)
+    run_needle(em, config, tmp_path / "batched", progress=False)
+    one_at_a_time_runtime(monkeypatch)
+    run_needle(em, config, tmp_path / "single", progress=False)
+    batched, single = read_rows(tmp_path / "batched" / "results.jsonl"), read_rows(tmp_path / "single" / "results.jsonl")
+    assert [(r["length"], r["depth"]) for r in batched] == [(n, d) for n in (256, 384) for d in (0, 50, 100)]
+    assert_same_rows(batched, single)
+
+
+def test_task_rows_are_those_of_one_sample_at_a_time(em, tmp_path, monkeypatch):
+    from longmix.eval.needle import load_haystack_text
+    from longmix.eval.tasks import GENERATE, TaskConfig, run_tasks
+
+    config = TaskConfig(tasks=("niah_single", "vt"), lengths=(300, 420), samples=2, seed=1)
+    text = load_haystack_text("books")
+    run_tasks(em, config, text, tmp_path / "batched", progress=False, workers=0)
+    one_at_a_time_runtime(monkeypatch)
+    run_tasks(em, config, text, tmp_path / "single", progress=False, workers=0)
+    batched, single = read_rows(tmp_path / "batched" / "results.jsonl"), read_rows(tmp_path / "single" / "results.jsonl")
+    # sample-major order, as written one at a time
+    assert [(r["task"], r["length"], r["sample"]) for r in batched] == \
+        [(t, n, i) for i in range(2) for t in ("niah_single", "vt") for n in (300, 420)]
+    assert all(r["n_tokens"] + GENERATE[r["task"]] <= r["length"] for r in batched)
+    assert_same_rows(batched, single)
+
+
+def test_bookqa_rows_are_those_of_one_example_at_a_time(em, tmp_path, monkeypatch):
+    import json
+
+    from longmix.eval.bookqa import run_bookqa
+
+    rows = [{"id": i, "context": "Once upon a time. " * (40 + 60 * i) + f"The key was hidden in room {i}. ",
+             "input": "Where was the key hidden?", "answer": [f"in room {i}"]} for i in range(4)]
+    data = tmp_path / "longbook_qa_eng.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    run_bookqa(em, data, tmp_path / "batched", max_length=500, generate_tokens=6, progress=False)
+    one_at_a_time_runtime(monkeypatch)
+    run_bookqa(em, data, tmp_path / "single", max_length=500, generate_tokens=6, progress=False)
+    batched, single = read_rows(tmp_path / "batched" / "results.jsonl"), read_rows(tmp_path / "single" / "results.jsonl")
+    assert [r["id"] for r in batched] == ["0", "1", "2", "3"]
+    assert len({r["prompt_tokens"] for r in batched}) > 1  # prompts of several lengths: padded batches
+    assert_same_rows(batched, single)
