@@ -141,7 +141,7 @@ def test_needle_run_writes_results_heatmap_and_resumes(em, tmp_path, monkeypatch
     assert (tmp_path / "needle" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     scored = []
 
-    def fake_scores(em, prompts, answer):
+    def fake_scores(em, prompts, answer, batch_tokens=None):
         scored.extend(prompts)
         return [{"exact": 1.0} for _ in prompts]
 
