@@ -117,10 +117,13 @@ def test_prefix_reuse_gives_the_teacher_forcing_scores_of_no_reuse(em, monkeypat
     reused = answer_scores_batch(em, prompts, answer, batch_tokens=10_000, min_prefix=16)
     # the shared text is run once (200 tokens, extended group by group), then what follows each prefix
     assert sum(computed) == 200 + sum(248 + 5 - prefix for prefix in (60, 120, 200, 200))
+    computed.clear()
+    tight = answer_scores_batch(em, prompts, answer, batch_tokens=200, min_prefix=16)
+    assert not computed  # a cache of 253 tokens does not fit 200: plain forwards, no cache kept
     plain = answer_scores_batch(em, prompts, answer, min_prefix=10**9)
     single = [answer_scores(em, p, answer) for p in prompts]
-    for a, b, c in zip(reused, plain, single):
-        assert a["token_accuracy"] == b["token_accuracy"] == c["token_accuracy"]
+    for a, b, c, d in zip(reused, plain, single, tight):
+        assert a["token_accuracy"] == b["token_accuracy"] == c["token_accuracy"] == d["token_accuracy"]
         assert a["logprob"] == pytest.approx(b["logprob"], rel=1e-5) == c["logprob"]
 
 

@@ -83,14 +83,16 @@ def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[in
     idle) up to ``batch_tokens`` tokens per forward (default from free memory).
 
     Prompts that share a leading prefix of at least ``min_prefix`` tokens with a neighbour
-    (the needle's depths of one length) run it once and only their own tokens after it.
+    (the needle's depths of one length) run it once and only their own tokens after it, when
+    their keys and values fit ``batch_tokens`` (without reuse, no cache is kept at all).
     """
     budget = batch_tokens or default_batch_tokens(em)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     prefixes = _PrefixCache(em, budget)
     target = torch.tensor(answer, device=em.device)
     scores: list[dict] = [{} for _ in prompts]
-    for batch in _batches(prefill_groups(prompts, order, min_prefix), prompts, len(answer), budget):
+    for batch in _batches(prefill_groups(prompts, order, min_prefix), prompts, len(answer), budget,
+                          cache_optional=True):
         if not any(g.prefix for g in batch):
             prefixes.clear()
         for group in batch:
@@ -333,17 +335,20 @@ def _prefill(em: EvalModel, prompts: list[list[int]], group: _Group, layers: lis
     return _forward(em, ids, positions, _buffer_cache(layers, start)), layers
 
 
-def _batches(groups: list[_Group], prompts: list[list[int]], extra: int, batch_tokens: int) -> list[list[_Group]]:
+def _batches(groups: list[_Group], prompts: list[list[int]], extra: int, batch_tokens: int,
+             cache_optional: bool = False) -> list[list[_Group]]:
     """Consecutive groups packed up to ``batch_tokens`` cached tokens (prompt + ``extra`` per row, and
     the shared prefix); a group larger than that is split. A prompt too long to sit next to
-    its prefix goes alone (it runs in the prefix's buffer)."""
+    its prefix goes alone (it runs in the prefix's buffer). ``cache_optional`` (teacher
+    forcing needs no cache): a prompt whose cache would not fit the budget reuses no prefix."""
     out: list[list[_Group]] = []
     used = 0
     for group in groups:
         per_row = len(prompts[group.members[0]]) + extra
-        rows = max(1, (batch_tokens - group.prefix) // per_row)
+        prefix = 0 if cache_optional and per_row > batch_tokens else group.prefix
+        rows = max(1, (batch_tokens - prefix) // per_row)
         for start in range(0, len(group.members), rows):
-            part = _Group(group.members[start:start + rows], group.prefix)
+            part = _Group(group.members[start:start + rows], prefix)
             cost = len(part.members) * per_row
             if out and used + cost + part.prefix <= batch_tokens:
                 out[-1].append(part)
