@@ -219,13 +219,13 @@ def em(tiny_model) -> EvalModel:
 @pytest.mark.parametrize("protocol", ["fu", "longmix"])
 def test_saved_prompts_show_where_the_needle_went(em, tmp_path, monkeypatch, protocol):
     asked = []
-    real_generate = needle_mod.generate
+    real_generate = needle_mod.generate_batch
 
-    def spy(em, prompt, max_new_tokens):
-        asked.append(max_new_tokens)
-        return real_generate(em, prompt, max_new_tokens)
+    def spy(em, prompts, max_new_tokens):
+        asked.extend([max_new_tokens] * len(prompts))
+        return real_generate(em, prompts, max_new_tokens)
 
-    monkeypatch.setattr(needle_mod, "generate", spy)
+    monkeypatch.setattr(needle_mod, "generate_batch", spy)
     config = NeedleConfig(protocol=protocol, lengths=(300, 520), depths=(0, 40, 100), haystack="books",
                           save_prompts=True, generate_tokens=None if protocol == "fu" else 3)
     summary = run_needle(em, config, tmp_path, progress=False)

@@ -73,3 +73,18 @@ def test_paper_setting_time_and_fit():
     assert h100["total_gib"] < 79
     assert a100["hours"] / h100["hours"] == pytest.approx(989 / 312)
     assert 1000 < h100["steps"] < 1400  # 5B tokens / ~4M-token batches
+
+
+def test_plans_against_the_usable_memory_less_the_stated_margin():
+    from longmix.train.plan import MARGIN_GIB, USABLE_GIB, fits, format_prediction, usable_memory
+
+    assert usable_memory("h100") == USABLE_GIB["h100"] == 79.2 and usable_memory("h100", 40.0) == 40.0
+    run = RunShape(dataclasses.replace(PRESETS["llama-1b"], vocab=49152), 262144)
+    result = predict(run, mfu=0.34)
+    roomy = dict(result, total_gib=79.2 - MARGIN_GIB)
+    tight = dict(result, total_gib=79.2 - MARGIN_GIB / 2)  # within the card, not within the margin
+    assert fits(roomy, 79.2) and not fits(tight, 79.2)
+    text = format_prediction("1B", run, tight, "h100", usable_memory("h100"), 0.34)
+    assert "DOES NOT FIT" in text and f"{79.2 - MARGIN_GIB:.1f} GiB (79.2 usable - {MARGIN_GIB:.1f} margin" in text
+    # the 1B model at 256K, measured at 76.9 GiB on an 80 GB card with expandable segments, is planned to fit
+    assert fits(result, usable_memory("h100"))

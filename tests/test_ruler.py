@@ -251,11 +251,11 @@ def test_ruler_files_are_scored_with_each_tasks_budget_and_metric(ruler_dir, tmp
 
     budgets = []
 
-    def fake_generate(em, prompt, max_new_tokens):
-        budgets.append(max_new_tokens)
-        return prompt
+    def fake_generate(em, prompts, max_new_tokens, stop=()):
+        budgets.extend([max_new_tokens] * len(prompts))
+        yield list(enumerate(prompts))  # one batch: each "answer" is its prompt's id
 
-    monkeypatch.setattr(runtime, "generate", fake_generate)
+    monkeypatch.setattr(runtime, "iter_generate_batch", fake_generate)
     out = tmp_path / "out"
     summary = run_ruler(ScriptedModel(), TaskConfig(ruler_data=str(ruler_dir)), out, progress=False)
     assert summary["tasks"]["niah_single_1"] == {"4096": pytest.approx(2 / 3), "8192": pytest.approx(2 / 3)}

@@ -231,3 +231,19 @@ def test_cli_train(workspace, capsys):
     assert main(["train", "--data", str(workspace / "data"), "--out", str(workspace / "cli2"), "--init-config",
                  str(workspace / "cfg" / "config.json"), "--seq-len", "1K", "--steps", "1"]) == 2
     assert "longer than the prepared sequences" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("user", [None, "backend:native", "PYTORCH_ALLOC_CONF"])
+def test_trainer_asks_for_expandable_segments_unless_the_user_chose(user):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")}
+    if user == "PYTORCH_ALLOC_CONF":
+        env["PYTORCH_ALLOC_CONF"] = "backend:native"
+    elif user:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = user
+    code = "import os, longmix.train.loop; print(os.environ.get('PYTORCH_CUDA_ALLOC_CONF'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == {None: "expandable_segments:True", "backend:native": "backend:native", "PYTORCH_ALLOC_CONF": "None"}[user]

@@ -195,7 +195,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--context-parallel", type=int, default=1)
     p.add_argument("--gpu", default="h100", choices=["h100", "h200", "a100"])
-    p.add_argument("--gpu-memory", type=float, help="GiB per GPU (default: 79.1 for 80 GB cards, 139 for the H200)")
+    p.add_argument("--gpu-memory", type=float, help="usable GiB per GPU (default: the card's: 79.2 H100, 79.1 A100, 139 H200; "
+                   "planned with a 2 GiB margin for the CUDA context and workspaces)")
     p.add_argument("--checkpoint-every", type=int, default=1)
     p.add_argument("--loss-chunk", default="8K")
     p.add_argument("--no-compile", action="store_true", help="eager mode (more activation memory)")
@@ -213,6 +214,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         format_prediction,
         paper_configurations,
         predict,
+        usable_memory,
     )
     from .train.shape import ModelShape
 
@@ -225,7 +227,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         shape, tied = ModelShape.of(config), bool(getattr(config, "tie_word_embeddings", False))
     run = RunShape(shape, parse_length(args.seq_len), args.gpus, args.context_parallel, args.checkpoint_every,
                    parse_length(args.loss_chunk), tied, not args.no_compile)
-    memory = args.gpu_memory or (139.0 if args.gpu == "h200" else 79.1)
+    memory = usable_memory(args.gpu, args.gpu_memory)
     result = predict(run, mfu=args.mfu, gpu=args.gpu, batch_tokens=parse_count(args.batch_tokens, binary=True),
                      tokens=parse_count(args.tokens))
     print(format_prediction(args.model, run, result, args.gpu, memory, args.mfu))

