@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 
 from longmix.data.tokenize import builtin_tokenizer_dir
 from longmix.eval.common import parse_grid
-from longmix.eval.needle import Haystack, NeedleConfig, build_cell, load_haystack_text, prompt_parts
+from longmix.eval.needle import NeedleConfig, cell_builder, haystack_source, load_haystack_text
 from longmix.eval.runtime import (
     EvalModel,
     answer_scores_batch,
@@ -38,7 +37,7 @@ from longmix.eval.runtime import (
     generate_batch,
     load_eval_model,
 )
-from longmix.eval.tasks import TASKS, Words, answer_budget, fit_sample
+from longmix.eval.tasks import TASKS, TaskConfig, fit_sample, load_task_inputs, resolve_tasks
 
 NO_REUSE = 10**12  # a minimum shared prefix no prompt reaches
 
@@ -93,13 +92,12 @@ def by_length(prompts: list[list[int]], run: Callable[[list[list[int]]], list]) 
     return out
 
 
-def bench_needle(em: EvalModel, lengths: list[int], depths: list[int], new_tokens: int) -> dict:
-    config = NeedleConfig(lengths=tuple(lengths), depths=tuple(depths), generate_tokens=new_tokens)
-    header, footer = prompt_parts(config)
-    parts = (em.encode(header), em.encode(footer), em.encode(config.needle), em.encode(config.answer))
-    haystack = Haystack(em, load_haystack_text(config.haystack), max(lengths))
-    cells = [build_cell(em, haystack, config, n, d, parts) for n in lengths for d in depths]
-    prompts, answer = [c.prompt for c in cells], cells[0].answer
+def bench_needle(em: EvalModel, lengths: list[int], depths: list[int], new_tokens: int, protocol: str) -> dict:
+    config = NeedleConfig(protocol=protocol, lengths=tuple(lengths), depths=tuple(depths),
+                          generate_tokens=new_tokens if protocol == "longmix" else None)
+    build = cell_builder(em, config, haystack_source(config))
+    cells = [build(n, d) for n in lengths for d in depths]
+    prompts, answer = [c.prompt for c in cells], cells[0].answer or em.encode(config.answer)
     generate_batch(em, prompts[:2], 2)  # warm-up: kernels, allocator
     results = {"generation": compare(
         "needle", len(cells),
@@ -120,11 +118,11 @@ def bench_needle(em: EvalModel, lengths: list[int], depths: list[int], new_token
 
 
 def bench_ruler(em: EvalModel, tasks: list[str], lengths: list[int], samples: int) -> dict:
-    text = load_haystack_text("books")
-    words = Words(text)
-    book = [s.strip() + " " for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
-    fitted = [fit_sample(em, t, n, i, words, book) for i in range(samples) for t in tasks for n in lengths]
-    budgets = [answer_budget(sample) for sample, _ in fitted]
+    config = TaskConfig(tasks=tuple(tasks), lengths=tuple(lengths), samples=samples)
+    tasks = list(resolve_tasks(config)[0])
+    inputs = load_task_inputs(config, load_haystack_text("books"), tasks)
+    fitted = [fit_sample(em, t, n, i, inputs) for i in range(samples) for t in tasks for n in lengths]
+    budgets = [TASKS[sample.task].answer_tokens for sample, _ in fitted]
     prompts = [prompt for _, prompt in fitted]
 
     def batched() -> list:
@@ -148,7 +146,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test with a tiny random model and small grids")
     parser.add_argument("--lengths", default="1K:32K:8", help="needle lengths")
     parser.add_argument("--depths", default="0:100:11", help="needle depths")
-    parser.add_argument("--generate-tokens", type=int, default=32)
+    parser.add_argument("--protocol", choices=("longmix", "fu"), default="longmix", help="needle protocol (fu: 50 tokens)")
+    parser.add_argument("--generate-tokens", type=int, default=32, help="needle tokens (longmix protocol)")
     parser.add_argument("--tasks", default="all")
     parser.add_argument("--ruler-lengths", default="4K,8K,16K,32K")
     parser.add_argument("--samples", type=int, default=10, help="RULER samples per task and length")
@@ -157,8 +156,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.tiny:
         em = tiny_model()
-        lengths, depths = [256, 512], [0, 50, 100]
-        tasks, ruler_lengths, samples, new_tokens = ["niah_single", "vt"], [384], 2, 4
+        lengths, depths = [300, 512], [0, 50, 100]
+        tasks, ruler_lengths, samples, new_tokens = ["niah_single_1", "vt"], [1024], 2, 4
     else:
         if not args.model:
             parser.error("give --model (or --tiny)")
@@ -171,7 +170,8 @@ def main() -> None:
     report = {"model": em.name, "device": device, "dtype": str(next(em.model.parameters()).dtype),
               "date": time.strftime("%Y-%m-%d"), "generate_tokens": new_tokens}
     if "needle" not in args.skip:
-        report["needle"] = {"lengths": lengths, "depths": depths, **bench_needle(em, lengths, depths, new_tokens)}
+        report["needle"] = {"lengths": lengths, "depths": depths, "protocol": args.protocol,
+                            **bench_needle(em, lengths, depths, new_tokens, args.protocol)}
     if "ruler" not in args.skip:
         report["ruler"] = {"tasks": tasks, "lengths": ruler_lengths, "samples": samples,
                            **bench_ruler(em, tasks, ruler_lengths, samples)}

@@ -35,7 +35,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="1K:128K:8")
-    parser.add_argument("--depths", default="50")
+    parser.add_argument("--depths", default="0:100:10", help="all depths of a length share one prefix: measure them all")
+    parser.add_argument("--generate-tokens", type=int, default=0, help="0: teacher forcing only")
     parser.add_argument("--baseline-lengths", default="32K,128K")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--workdir", type=Path, help="keep the per-cell results here (default: a temporary folder)")
@@ -56,10 +57,11 @@ def main() -> None:
     # warm-up (kernel selection) on a short cell
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.workdir or scratch
-        run_needle(em, NeedleConfig(lengths=(2048,), depths=(50,), generate_tokens=0), Path(tmp), progress=False)
+        run_needle(em, NeedleConfig(protocol="longmix", lengths=(2048,), depths=(50,), generate_tokens=args.generate_tokens),
+                   Path(tmp), progress=False)
         started = time.perf_counter()
-        run_needle(em, NeedleConfig(lengths=tuple(lengths), depths=tuple(depths), generate_tokens=0), Path(tmp) / "g",
-                   progress=False)
+        run_needle(em, NeedleConfig(protocol="longmix", lengths=tuple(lengths), depths=tuple(depths),
+                                    generate_tokens=args.generate_tokens), Path(tmp) / "g", progress=False)
         wall = time.perf_counter() - started
         rows = [json.loads(line) for line in (Path(tmp) / "g" / "results.jsonl").read_text().splitlines()]
     peak_gib = torch.cuda.max_memory_allocated() / 2**30  # teacher forcing only, before the baseline
@@ -86,6 +88,7 @@ def main() -> None:
         model.config._attn_implementation = "longmix_sdpa"
         torch.cuda.empty_cache()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "lengths": len(lengths),
+              "generate_tokens": args.generate_tokens,
               "depths": depths, "cells": len(rows), "seconds_by_length": per_length, "wall_s": wall,
               "fit_a": float(a), "fit_b": float(b), "predicted_full_grid_s": predicted,
               "measured_grid_scaled_to_10_depths_s": wall * 10 / len(depths),

