@@ -248,7 +248,7 @@ def upsample_shares(shares: dict[str, float], domains: tuple[str, ...] | str, we
     chosen = _read_domains(domains) if isinstance(domains, str) else domains
     unknown = sorted(set(chosen) - set(shares))
     if unknown:
-        raise PlanError(f"upsample names domains the corpus lacks: {', '.join(unknown)} (corpus has: {', '.join(sorted(shares))})")
+        raise PlanError(f"upsample names unknown domains: {', '.join(unknown)} (corpus has: {', '.join(sorted(shares))})")
     raw = {d: (weight if d in chosen else share) for d, share in shares.items()}
     norm = sum(raw.values())
     return {d: w / norm for d, w in raw.items()}
@@ -475,12 +475,13 @@ def parse_domain_weights(text: str) -> tuple[tuple[str, float], ...]:
 def check_domains(config: MixtureConfig, domains: list[str] | tuple[str, ...]) -> None:
     """Refuse domain names (upsample:D, --domain-weights) the corpus cannot have, as soon as its domains are known."""
     strategy, argument = strategy_of(config.strategy)
-    named = list(argument) if strategy.name == "upsample" else []
-    named += [d for d, _ in config.domain_weights or ()]
-    unknown = sorted(set(named) - set(domains))
+    have = f"(corpus has: {', '.join(sorted(domains))})"
+    unknown = sorted(set(argument) - set(domains)) if strategy.name == "upsample" else []
     if unknown:
-        raise PlanError(f"strategy {config.strategy} / domain weights name domains the corpus lacks: "
-                        f"{', '.join(unknown)} (domains: {', '.join(sorted(domains))})")
+        raise PlanError(f"upsample names unknown domains: {', '.join(unknown)} {have}")
+    unknown = sorted({d for d, _ in config.domain_weights or ()} - set(domains))
+    if unknown:
+        raise PlanError(f"domain weights name domains the corpus lacks: {', '.join(unknown)} {have}")
 
 
 def long_documents(lengths: np.ndarray, threshold: int, chars: np.ndarray | None = None) -> np.ndarray:

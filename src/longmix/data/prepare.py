@@ -28,11 +28,22 @@ import pyarrow.parquet as pq
 
 from ..errors import LongmixError
 from ..fsutil import as_json_types, read_json, remove_stale_temporaries, write_json
-from ..settings import setting
-from ..units import parse_length
+from ..settings import from_mapping, setting, to_mapping
 from .corpus import ReaderOptions, discover_shards
 from .executor import make_executor
-from .mixture import MixtureConfig, long_fraction_of, make_plan, parse_strategy, select, summarize
+from .mixture import (
+    MixtureConfig,
+    PlanError,
+    check_domains,
+    effective_short_keep,
+    format_shortfall,
+    long_documents,
+    long_fraction_of,
+    make_plan,
+    packing_units,
+    select,
+    summarize,
+)
 from .pack import PartTask, compute_layout, shuffled_pieces, write_part
 from .stats import (
     format_rejections,
@@ -133,6 +144,10 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
                                f"{', '.join(s.name for s in missing[:3])}): rerun the ranks that failed")
     summaries = tokenize_all(shards, tokenized, tokenizer, config, executor, progress, log)
     table = load_document_table(tokenized, [s.index for s in shards])
+    check_domains(config.mixture, table["names"])
+    if config.mixture.length_estimate == "chars" and "n_chars" not in table:
+        raise PrepareError(f"the tokenized shards in {tokenized} predate character counts, which --length-estimate "
+                           "chars needs: delete that folder to tokenize again, or use --length-estimate tokens")
     read = sum(s["documents_read"] for s in summaries)
     used = sum(s["documents_used"] for s in summaries)
     rejected = sum(s["documents_rejected"] for s in summaries)
@@ -151,7 +166,7 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
         "before": plan_result["before"],
         "after": plan_result["after"],
         "plan": {"notes": plan_result["plan"].notes, "cells": plan_result["selection"].cells,
-                 "targets": plan_result["plan"].targets},
+                 "targets": plan_result["plan"].targets, "shortfalls": plan_result["selection"].shortfalls},
         "packing": {"n_sequences": layout.n_sequences, "seq_len": layout.seq_len,
                     "tail_tokens_dropped": layout.tail_tokens_dropped, "tail_documents_cut": layout.tail_documents_cut,
                     "spans": len(layout.span_seq)},
@@ -175,20 +190,28 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
         "domain_weights": dict(config.mixture.domain_weights) if config.mixture.domain_weights else None,
         "seed": config.mixture.seed,
         "truncate_to": plan_result["plan"].truncate_to,
+        "cut_to": plan_result["plan"].cut_to,
+        "short_keep": effective_short_keep(config.mixture),
+        "length_estimate": config.mixture.length_estimate,
+        "max_repeats": config.mixture.max_repeats,
         "reader": asdict(config.reader),
     }
     stats["manifest"] = manifest
     write_json(out / "plan.json", stats["plan"])
     write_json(out / "stats.json", stats)
     (out / "report.md").write_text(markdown_report(stats))
-    plot_length_distribution(table["domains"], table["names"], table["n_tokens"], plan_result["lengths"],
-                             plan_result["selection"].repeats, config.mixture.long_threshold, out / "plots" / "length_distribution.png")
+    units = plan_result["units"]
+    plot_length_distribution(table["names"], (table["domains"], table["n_tokens"], np.ones(len(table["n_tokens"]), np.int32)),
+                             (units["domains"], units["n_tokens"], plan_result["selection"].repeats),
+                             config.mixture.long_threshold, out / "plots" / "length_distribution.png")
     plot_domain_shares(stats["before"], stats["after"], out / "plots" / "domain_shares.png")
     write_json(out / MANIFEST, manifest)
 
     log(format_table(stats["before"], stats["after"]))
     for note in plan_result["plan"].notes:
         log(f"note: {note}")
+    for record in plan_result["selection"].shortfalls:
+        log(f"warning: {format_shortfall(record)}")
     log(f"documents read {read} = used {used} + rejected {rejected}")
     if rejected or stats["documents"]["file_errors"]:
         log(format_rejections(stats["rejections"]))
@@ -197,7 +220,13 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
 
 
 def _check_config(config: PrepareConfig) -> None:
-    parse_strategy(config.mixture.strategy)
+    """Every setting checked before any tokenization (also those of a config built in Python)."""
+    from_mapping(MixtureConfig, to_mapping(config.mixture), "mixture")
+    known = (config.reader.domain,) if config.reader.domain else config.reader.allowed_domains
+    if known is not None:
+        from .corpus import normalize_domain
+
+        check_domains(config.mixture, [normalize_domain(d) for d in known])
     if config.seq_len < 2:
         raise PrepareError(f"seq_len must be at least 2, got {config.seq_len}")
     if config.mixture.long_threshold < 1:
@@ -266,17 +295,23 @@ def _tokenize_job(job) -> dict:
 
 def load_document_table(tokenized: Path, shard_ids: list[int]) -> dict:
     """Concatenate the shards' document tables (the columns the plan and packing need)."""
-    parts = [pq.read_table(tokenized / f"{shard_stem(i)}.docs.parquet", columns=["doc_key", "domain", "n_tokens", "offset"])
-             for i in shard_ids]
+    files = [tokenized / f"{shard_stem(i)}.docs.parquet" for i in shard_ids]
+    # n_chars: absent from tables tokenized before it was recorded
+    with_chars = all("n_chars" in pq.read_schema(f).names for f in files)
+    wanted = ["doc_key", "domain", "n_tokens", "offset", *(["n_chars"] if with_chars else [])]
+    parts = [pq.read_table(f, columns=wanted) for f in files]
     domain_names = sorted({d for p in parts for d in p.column("domain").to_pylist()})
     code = {name: i for i, name in enumerate(domain_names)}
-    columns = {"doc_key": [], "domains": [], "n_tokens": [], "offset": [], "shard": []}
+    columns = {"doc_key": [], "domains": [], "n_tokens": [], "offset": [], "shard": [],
+               **({"n_chars": []} if with_chars else {})}
     for shard, part in zip(shard_ids, parts):
         columns["doc_key"].append(part.column("doc_key").to_numpy())
         columns["domains"].append(np.array([code[d] for d in part.column("domain").to_pylist()], dtype=np.int16))
         columns["n_tokens"].append(part.column("n_tokens").to_numpy())
         columns["offset"].append(part.column("offset").to_numpy())
         columns["shard"].append(np.full(part.num_rows, shard, dtype=np.int32))
+        if with_chars:
+            columns["n_chars"].append(part.column("n_chars").to_numpy())
     table = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in columns.items()}
     table["doc_key"] = table["doc_key"].astype(np.uint64)
     table["domains"] = table["domains"].astype(np.int16)
@@ -289,21 +324,28 @@ def load_document_table(tokenized: Path, shard_ids: list[int]) -> dict:
 
 
 def plan_mixture(table: dict, mixture: MixtureConfig) -> dict:
-    """Plan and select; returns the plan, the selection, effective lengths and both stats."""
-    name, argument = parse_strategy(mixture.strategy)
-    lengths = table["n_tokens"]
-    if name == "cut":
-        lengths = np.minimum(lengths, parse_length(argument))
-    summary = summarize(table["domains"], table["names"], lengths, mixture.long_threshold)
+    """Plan and select; returns the plan, the selection, the packing units and both stats.
+
+    The units are the rows that are selected and packed: the documents, or their chunks
+    (``cut``) or first tokens (``truncate``), with the same columns as the document table
+    plus ``rank_key``, the id that ranks and shuffles them.
+    """
+    if mixture.length_estimate == "chars" and "n_chars" not in table:
+        raise PlanError("--length-estimate chars needs character counts, which this document table lacks: tokenize again")
+    units = packing_units(table, mixture.strategy)
+    lengths = units["n_tokens"]
+    chars = units["n_chars"] if mixture.length_estimate == "chars" else None
+    long = long_documents(lengths, mixture.long_threshold, chars)
+    summary = summarize(units["domains"], units["names"], lengths, mixture.long_threshold, long)
     plan = make_plan(summary, mixture)
-    selection = select(plan, table["domains"], table["names"], lengths, table["doc_key"], mixture.seed)
-    ones = np.ones(len(lengths), dtype=np.int32)
+    selection = select(plan, units["domains"], units["names"], lengths, units["rank_key"], mixture.seed, long)
+    ones = np.ones(len(table["n_tokens"]), dtype=np.int32)
     return {
         "plan": plan,
         "selection": selection,
-        "lengths": lengths,
+        "units": units,
         "before": mixture_stats(table["domains"], table["names"], table["n_tokens"], ones, mixture.long_threshold),
-        "after": mixture_stats(table["domains"], table["names"], lengths, selection.repeats, mixture.long_threshold),
+        "after": mixture_stats(units["domains"], units["names"], lengths, selection.repeats, mixture.long_threshold),
     }
 
 
@@ -313,8 +355,9 @@ def plan_mixture(table: dict, mixture: MixtureConfig) -> dict:
 def pack_all(out: Path, table: dict, plan_result: dict, tokenizer: TokenizerInfo, tokenized: Path,
              config: PrepareConfig, executor, progress: bool):
     """Lay out all sequences, write the span index, then the token parts (skipping done ones)."""
-    lengths = plan_result["lengths"]
-    rows, copies = shuffled_pieces(plan_result["selection"].repeats, table["doc_key"], config.mixture.seed)
+    table = plan_result["units"]  # rows: the packed units (documents, or their chunks)
+    lengths = table["n_tokens"]
+    rows, copies = shuffled_pieces(plan_result["selection"].repeats, table["rank_key"], config.mixture.seed)
     layout = compute_layout(rows, copies, lengths, config.seq_len, tokenizer.separator_id is not None)
     if layout.n_sequences == 0:
         raise PrepareError(
