@@ -102,6 +102,13 @@ def strategy_names() -> str:
     return ", ".join(s.syntax for s in STRATEGIES.values())
 
 
+def strategy_docs_table() -> str:
+    """The README table of every strategy and what it does."""
+    lines = ["| strategy | what it does |", "|---|---|"]
+    lines += [f"| `{s.syntax}` | {s.doc} |" for s in STRATEGIES.values()]
+    return "\n".join(lines)
+
+
 def strategy_table() -> str:
     """The README table of every strategy: the paper's text, Fu et al.'s code, the flags here."""
     lines = ["| strategy | paper's text | Fu's code | longmix flags |", "|---|---|---|---|"]
@@ -367,8 +374,8 @@ register(Strategy(
     _plan_original, argument="required", read_argument=_read_domains, short_keep="per-domain",
     shares=lambda shares, domains, config: upsample_shares(shares, domains, config.domain_weight),
     paper="Code↑ / Book↑ / Arxiv↑: one domain upsampled",
-    fu_code="`upsample_code_arxiv_book`: GitHub, ArXiv and Book together at weight 0.6 (unnormalised), plus the "
-            "per-source drop of short documents; single-domain rows are not in the code",
+    fu_code="`upsample_code_arxiv_book`: GitHub, ArXiv and Book together at weight 0.6 (budgets not normalised: "
+            "the same proportions), plus the per-source drop of short documents; single-domain rows are not in the code",
     flags="paper: `--strategy upsample:book`; code: `--strategy upsample:github,arxiv,book --domain-weight 0.6 "
           "--short-keep 0.1`",
 ))
