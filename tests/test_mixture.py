@@ -355,6 +355,34 @@ def test_length_estimate_chars_classifies_by_characters():
     assert long_documents(lengths, 1000).tolist() == [False, False, True]
 
 
+def test_length_estimate_chars_end_to_end_and_old_tables_refused(tmp_path, mixed_corpus, word_tokenizer):
+    import pyarrow.parquet as pq
+
+    from longmix.data.prepare import PrepareError
+
+    out = tmp_path / "out"
+
+    def config(estimate: str, folder: Path = out) -> PrepareConfig:
+        return PrepareConfig(inputs=(str(mixed_corpus),), out=str(folder), tokenizer=str(word_tokenizer), seq_len=512,
+                             cache=str(out / "tokenized"),
+                             mixture=MixtureConfig("original", long_threshold=256, length_estimate=estimate))
+
+    stats = prepare(config("chars"), progress=False, log=lambda m: None)
+    docs = pq.read_table(sorted((out / "tokenized").glob("*.docs.parquet"))).to_pydict()
+    n_tokens, n_chars = np.array(docs["n_tokens"]), np.array(docs["n_chars"])
+    by_chars = n_chars / 3.68 > 256
+    assert (by_chars != (n_tokens > 256)).any()  # the two measures disagree on this corpus
+    long_available = sum(c["available_tokens"] for c in stats["plan"]["cells"] if c["class"] == "long")
+    assert long_available == n_tokens[by_chars].sum()
+    assert PackedDataset(out).manifest["length_estimate"] == "chars"
+
+    for path in (out / "tokenized").glob("*.docs.parquet"):  # a table written before character counts
+        pq.write_table(pq.read_table(path).drop(["n_chars"]), path)
+    with pytest.raises(PrepareError, match="predate character counts"):
+        prepare(config("chars", tmp_path / "again"), progress=False, log=lambda m: None)
+    assert prepare(config("tokens", tmp_path / "old"), progress=False, log=lambda m: None)["after"]["total"]["tokens"] > 0
+
+
 # ---------------------------------------------------------------------------- max_repeats
 
 
