@@ -299,7 +299,7 @@ def _plan_global(p: PlanInput) -> dict[str, dict[str, float]]:
 # ---------------------------------------------------------------------------- packing units
 
 
-def whole_documents(table: dict, argument: Any = None) -> dict:
+def whole_documents(table: dict) -> dict:
     """The document table as packing units: one unit per document."""
     return {**table, "rank_key": table["doc_key"]}
 
