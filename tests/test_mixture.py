@@ -1,20 +1,35 @@
-"""Strategies (pure functions) and the hash-ranked selection."""
+"""Strategies (pure functions), the hash-ranked selection, Fu et al.'s sampling, repeat caps."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from longmix.cli import main
 from longmix.data.mixture import (
+    STRATEGIES,
     MixtureConfig,
     PlanError,
+    chunk_documents,
+    format_shortfall,
+    long_documents,
     make_plan,
+    packing_units,
     parse_domain_weights,
     parse_strategy,
     seeded_hash,
     select,
+    strategy_docs_table,
+    strategy_table,
     summarize,
 )
+from longmix.data.prepare import PrepareConfig, prepare
+from longmix.data.store import PackedDataset
+from longmix.errors import LongmixError
+from longmix.settings import SettingsError, from_mapping
 
 THRESHOLD = 1000
 
@@ -136,7 +151,7 @@ def test_upsample_raises_the_named_domain_share():
 def test_repeats_long_documents_when_the_corpus_is_short_of_data():
     domains, names, lengths, _ = synthetic_table()
     corpus_tokens = int(lengths.sum())
-    plan, selection, table = run("per-source", corpus_tokens * 3)
+    plan, selection, table = run("per-source", corpus_tokens * 3, max_repeats=100)  # uncapped
     total, _, long_share = shares(selection, table)
     assert abs(total - corpus_tokens * 3) / (corpus_tokens * 3) < 0.01
     assert selection.repeats.max() >= 3
@@ -182,3 +197,258 @@ def test_seeded_hash_is_uniform_enough():
     top_bit = (ranks >> np.uint64(63)).astype(int)
     assert abs(top_bit.mean() - 0.5) < 0.01
     assert len(np.unique(ranks)) == 100_000
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def test_registry_drives_the_check_its_message_and_the_readme():
+    for name, strategy in STRATEGIES.items():
+        example = {"none": name, "optional": name, "required": f"{name}:{'book' if name == 'upsample' else '4K'}"}
+        assert parse_strategy(example[strategy.argument])[0] == name
+    with pytest.raises(PlanError) as err:
+        parse_strategy("magic")
+    assert all(s.syntax in str(err.value) for s in STRATEGIES.values())
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    # regenerate the README tables from the registry when this fails
+    assert strategy_docs_table() in readme and strategy_table() in readme
+
+
+# ---------------------------------------------------------------------------- cut:N
+
+
+def document_table(seed: int = 0) -> dict:
+    domains, names, lengths, keys = synthetic_table(seed)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return {"doc_key": keys, "domains": domains, "n_tokens": lengths, "offset": offsets,
+            "shard": np.zeros(len(lengths), np.int32), "n_chars": lengths * 4, "names": names}
+
+
+def test_cut_splits_documents_into_chunks_keeping_every_token_and_the_domain_mix():
+    table = document_table()
+    units = chunk_documents(table, 700)
+    assert units["n_tokens"].max() <= 700 and units["n_tokens"].min() >= 1
+    assert units["n_tokens"].sum() == table["n_tokens"].sum()
+    # the chunks of a document tile it: consecutive offsets, same key and domain
+    for row in np.flatnonzero(table["n_tokens"] > 1500)[:50]:
+        mine = np.flatnonzero(units["doc_key"] == table["doc_key"][row])
+        assert np.array_equal(units["offset"][mine], table["offset"][row] + 700 * np.arange(len(mine)))
+        assert units["n_tokens"][mine].sum() == table["n_tokens"][row]
+        assert (units["domains"][mine] == table["domains"][row]).all()
+    assert len(np.unique(units["rank_key"])) == len(units["rank_key"])  # chunks are ranked apart
+
+    units = packing_units(table, "cut:700")
+    summary = summarize(units["domains"], units["names"], units["n_tokens"], THRESHOLD)
+    budget = int(table["n_tokens"].sum())
+    plan = make_plan(summary, MixtureConfig("cut:700", tokens=budget, long_threshold=THRESHOLD))
+    selection = select(plan, units["domains"], units["names"], units["n_tokens"], units["rank_key"], 0)
+    assert (selection.repeats == 1).all()  # the corpus' own size: every chunk once
+    for code in range(len(table["names"])):
+        assert (units["n_tokens"] * selection.repeats)[units["domains"] == code].sum() == \
+            table["n_tokens"][table["domains"] == code].sum()
+
+
+def test_truncate_keeps_the_first_tokens_only():
+    table = document_table()
+    units = packing_units(table, "truncate:700")
+    assert np.array_equal(units["n_tokens"], np.minimum(table["n_tokens"], 700))
+    assert np.array_equal(units["offset"], table["offset"])
+
+
+def test_cut_end_to_end_packs_chunks_with_every_token(tmp_path, mixed_corpus, word_tokenizer):
+    out = tmp_path / "out"
+    config = PrepareConfig(inputs=(str(mixed_corpus),), out=str(out), tokenizer=str(word_tokenizer), seq_len=512,
+                           mixture=MixtureConfig("cut:100", long_threshold=256))
+    stats = prepare(config, progress=False, log=lambda m: None)
+    ends = np.load(out / "index" / "span_doc_offset.npy") + np.load(out / "index" / "span_length.npy")
+    assert ends.max() <= 101  # a chunk of at most 100 tokens and its separator
+    before, after = stats["before"], stats["after"]
+    assert after["total"]["tokens"] == before["total"]["tokens"]
+    for name in before["domains"]:
+        assert after["domains"][name]["tokens"] == before["domains"][name]["tokens"]
+    ds = PackedDataset(out)
+    assert ds.manifest["cut_to"] == 100 and ds.manifest["truncate_to"] is None and len(ds[0].tokens) == 512
+
+
+# ---------------------------------------------------------------------------- short_keep
+
+
+def profile_table(seed: int = 0):
+    """Two domains with known length profiles, many documents each (sampling error stays small)."""
+    rng = np.random.default_rng(seed)
+    names = ["cc", "web"]
+    parts = [
+        (0, np.concatenate([rng.integers(20, 1000, 40000), rng.integers(1001, 5000, 3000)])),
+        (1, np.concatenate([rng.integers(20, 1000, 40000), rng.integers(1001, 3000, 1200)])),
+    ]
+    domains = np.concatenate([np.full(len(lengths), code, np.int16) for code, lengths in parts])
+    lengths = np.concatenate([lengths for _, lengths in parts]).astype(np.int64)
+    keys = rng.integers(0, 2**63, len(lengths)).astype(np.uint64)
+    return domains, names, lengths, keys
+
+
+def run_profile(strategy: str, fraction_of_pool: float, keep: float = 0.1, seed: int = 0):
+    domains, names, lengths, keys = profile_table()
+    long = lengths > THRESHOLD
+    pool = lengths[long].sum() + keep * lengths[~long].sum()
+    summary = summarize(domains, names, lengths, THRESHOLD)
+    config = MixtureConfig(strategy, tokens=int(pool * fraction_of_pool), long_threshold=THRESHOLD, short_keep=keep,
+                           seed=seed)
+    plan = make_plan(summary, config)
+    return plan, select(plan, domains, names, lengths, keys, seed), (domains, names, lengths)
+
+
+def test_short_keep_per_source_gives_fus_long_share_and_keeps_domain_budgets():
+    plan, selection, table = run_profile("per-source", 0.5)
+    domains, names, lengths = table
+    assert selection.repeats.max() == 1  # one pass, no repeats
+    total, domain_share, long_share = shares(selection, table)
+    _, base_domain, base_long = original_shares(table)
+    for name in names:
+        p = base_long[name]
+        assert long_share[name] == pytest.approx(p / (p + 0.1 * (1 - p)), abs=0.03)
+        assert domain_share[name] == pytest.approx(base_domain[name], abs=0.01)
+    assert abs(total - plan.budget) / plan.budget < 0.01
+    assert selection.shortfalls == []
+
+
+def test_short_keep_global_has_no_domain_budgets():
+    plan, selection, table = run_profile("global", 0.5)
+    domains, names, lengths = table
+    tokens = lengths * selection.repeats
+    long_total, short_total = lengths[lengths > THRESHOLD].sum(), lengths[lengths <= THRESHOLD].sum()
+    expected = long_total / (long_total + 0.1 * short_total)
+    assert tokens[lengths > THRESHOLD].sum() / tokens.sum() == pytest.approx(expected, abs=0.03)
+    _, domain_share, _ = shares(selection, table)
+    _, base_domain, _ = original_shares(table)
+    assert domain_share["cc"] > base_domain["cc"] + 0.02  # the long-rich domain grows
+
+
+def test_short_keep_keeps_each_short_document_with_probability_p_once():
+    plan, selection, table = run_profile("per-source", 10.0, keep=0.25)  # budget beyond the pool: all kept ones
+    domains, names, lengths = table
+    short = lengths <= THRESHOLD
+    assert (selection.repeats[~short] == 1).all()
+    kept = selection.repeats[short].mean()
+    assert abs(kept - 0.25) < 4 * np.sqrt(0.25 * 0.75 / short.sum())
+    assert selection.repeats.max() == 1
+    assert {s["domain"] for s in selection.shortfalls} == set(names)  # the budget could not be filled
+
+
+def test_short_keep_is_deterministic_by_seed():
+    a = run_profile("per-source", 0.5, seed=3)[1].repeats
+    b = run_profile("per-source", 0.5, seed=3)[1].repeats
+    c = run_profile("per-source", 0.5, seed=4)[1].repeats
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_short_keep_does_not_combine_with_a_fraction_in_the_name():
+    with pytest.raises(PlanError, match="short-keep"):
+        MixtureConfig("per-source:0.3", short_keep=0.1)
+    plan = make_plan(summarize(*profile_table()[:3], THRESHOLD), MixtureConfig("original", short_keep=0.1))
+    assert plan.short_keep is None and any("ignores" in n for n in plan.notes)
+
+
+def test_length_estimate_chars_classifies_by_characters():
+    lengths = np.array([500, 500, 5000])
+    chars = np.array([500 * 3, 5000 * 3, 2000])  # the second is long by characters, the third short
+    assert long_documents(lengths, 1000, chars).tolist() == [False, True, False]
+    assert long_documents(lengths, 1000).tolist() == [False, False, True]
+
+
+def test_length_estimate_chars_end_to_end_and_old_tables_refused(tmp_path, mixed_corpus, word_tokenizer):
+    import pyarrow.parquet as pq
+
+    from longmix.data.prepare import PrepareError
+
+    out = tmp_path / "out"
+
+    def config(estimate: str, folder: Path = out) -> PrepareConfig:
+        return PrepareConfig(inputs=(str(mixed_corpus),), out=str(folder), tokenizer=str(word_tokenizer), seq_len=512,
+                             cache=str(out / "tokenized"),
+                             mixture=MixtureConfig("original", long_threshold=256, length_estimate=estimate))
+
+    stats = prepare(config("chars"), progress=False, log=lambda m: None)
+    docs = pq.read_table(sorted((out / "tokenized").glob("*.docs.parquet"))).to_pydict()
+    n_tokens, n_chars = np.array(docs["n_tokens"]), np.array(docs["n_chars"])
+    by_chars = n_chars / 3.68 > 256
+    assert (by_chars != (n_tokens > 256)).any()  # the two measures disagree on this corpus
+    long_available = sum(c["available_tokens"] for c in stats["plan"]["cells"] if c["class"] == "long")
+    assert long_available == n_tokens[by_chars].sum()
+    assert PackedDataset(out).manifest["length_estimate"] == "chars"
+
+    for path in (out / "tokenized").glob("*.docs.parquet"):  # a table written before character counts
+        pq.write_table(pq.read_table(path).drop(["n_chars"]), path)
+    with pytest.raises(PrepareError, match="predate character counts"):
+        prepare(config("chars", tmp_path / "again"), progress=False, log=lambda m: None)
+    assert prepare(config("tokens", tmp_path / "old"), progress=False, log=lambda m: None)["after"]["total"]["tokens"] > 0
+
+
+# ---------------------------------------------------------------------------- max_repeats
+
+
+def test_repeat_cap_is_honoured_and_the_shortfall_reported():
+    domains, names, lengths, _ = synthetic_table()
+    budget = int(lengths.sum()) * 3
+    plan, selection, table = run("per-source", budget, max_repeats=2)
+    assert selection.repeats.max() == 2
+    by_domain = {s["domain"]: s for s in selection.shortfalls}
+    assert "web" in by_domain and "book" in by_domain
+    web = by_domain["web"]
+    assert web["achieved_tokens"] < web["target_tokens"] and web["target_long_share"] == pytest.approx(0.7, abs=0.01)
+    assert web["achieved_long_share"] < 0.7
+    line = format_shortfall(web)
+    assert line.startswith("web: target 70.0% long") and "at most 2 uses" in line and "\n" not in line
+
+
+def test_repeat_cap_warning_lands_in_the_log_stats_and_report(tmp_path, mixed_corpus, word_tokenizer):
+    out = tmp_path / "out"
+    lines: list[str] = []
+    config = PrepareConfig(inputs=(str(mixed_corpus),), out=str(out), tokenizer=str(word_tokenizer), seq_len=512,
+                           mixture=MixtureConfig("per-source", tokens=2_000_000, long_threshold=256, max_repeats=3))
+    stats = prepare(config, progress=False, log=lines.append)
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    recorded = json.loads((out / "stats.json").read_text())["plan"]["shortfalls"]
+    assert len(warnings) == len(recorded) == len(stats["before"]["domains"])  # one line per domain
+    assert stats["after"]["total"]["max_repeats"] == 3
+    assert "## Targets not met" in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("strategy", "cut:0", "positive"),
+    ("strategy", "cut:-5", "positive"),
+    ("strategy", "truncate:abc", "positive"),
+    ("short_keep", 1.5, "within"),
+    ("short_keep", 0, "within"),
+    ("max_repeats", 0, "1 or more"),
+    ("long_fraction", 1.5, "within"),
+    ("length_estimate", "words", "tokens, chars"),
+])
+def test_bad_values_are_refused_in_one_line(key, value, message):
+    with pytest.raises(SettingsError, match=message) as err:
+        from_mapping(MixtureConfig, {key: value})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("flags", [
+    ["--strategy", "cut:0"], ["--strategy", "cut:-5"], ["--short-keep", "1.5"], ["--max-repeats", "0"],
+    ["--long-fraction", "1.5"], ["--strategy", "upsample:nonexistent", "--domains", "book,cc"],
+])
+def test_cli_refuses_bad_values_before_tokenization(tmp_path, mixed_corpus, capsys, flags):
+    out = tmp_path / "out"
+    assert main(["prepare", str(mixed_corpus), "--out", str(out), "--quiet", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error" in err
+    assert not (out / "tokenized").exists()
+
+
+def test_python_settings_are_checked_before_tokenization(tmp_path, mixed_corpus):
+    out = tmp_path / "out"
+    for mixture in (MixtureConfig("cut:0"), MixtureConfig(max_repeats=0), MixtureConfig(short_keep=2.0)):
+        with pytest.raises(LongmixError, match="cut:0|max.repeats|short.keep"):
+            prepare(PrepareConfig(inputs=(str(mixed_corpus),), out=str(out), mixture=mixture), progress=False,
+                    log=lambda m: None)
+    assert not (out / "tokenized").exists()

@@ -98,9 +98,9 @@ def test_per_source_report_matches_the_recipe(tmp_path, mixed_corpus, word_token
         assert (tmp_path / "out" / "plots" / png).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cut_strategy_truncates_documents(tmp_path, mixed_corpus, word_tokenizer):
+def test_truncate_strategy_truncates_documents(tmp_path, mixed_corpus, word_tokenizer):
     out = tmp_path / "out"
-    run(config_for(mixed_corpus, word_tokenizer, out, mixture=MixtureConfig("cut:100", tokens=50_000, long_threshold=THRESHOLD)))
+    run(config_for(mixed_corpus, word_tokenizer, out, mixture=MixtureConfig("truncate:100", tokens=50_000, long_threshold=THRESHOLD)))
     ds = PackedDataset(out)
     ends = np.load(out / "index" / "span_doc_offset.npy") + np.load(out / "index" / "span_length.npy")
     assert ends.max() <= 101  # 100 tokens and the separator

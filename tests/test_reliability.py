@@ -201,12 +201,12 @@ def test_zero_tokens_is_refused_and_a_budget_still_reads_with_units(small, capsy
 
 @pytest.mark.parametrize("mixture, reader, match", [
     (MixtureConfig(long_fraction=1.5), ReaderOptions(), "--long-fraction 1.5: must be within 0..1"),
-    (MixtureConfig("cut:-5"), ReaderOptions(), "cut needs a positive token count"),
-    (MixtureConfig("upsample:nonexistent"), ReaderOptions(domain="Book"), "upsample names domains no document can have: "
-                                                                            r"nonexistent .*allow only book\)$"),
-    (MixtureConfig("upsample:wiki,book"), ReaderOptions(allowed_domains=("book", "c4")), "no document can have: wikipedia "),
+    (MixtureConfig("cut:-5"), ReaderOptions(), "cut:-5.*must be a positive number of tokens"),
+    (MixtureConfig("upsample:nonexistent"), ReaderOptions(domain="Book"),
+     r"upsample names unknown domains: nonexistent \(corpus has: book\)$"),
+    (MixtureConfig("upsample:wiki,book"), ReaderOptions(allowed_domains=("book", "c4")), "unknown domains: wikipedia "),
     (MixtureConfig(domain_weights=(("wiki", 1.0),)), ReaderOptions(allowed_domains=("book", "c4")),
-     "domain weights names domains no document can have: wiki "),
+     "domain weights name domains the corpus lacks: wiki "),
 ])
 def test_settings_are_checked_before_any_tokenization(small, mixture, reader, match):
     config = small_config(small, mixture=mixture, reader=reader)

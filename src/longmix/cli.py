@@ -49,6 +49,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    from .data.mixture import format_shortfall
     from .data.stats import format_rejections, format_table
     from .fsutil import read_json
 
@@ -66,6 +67,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print(format_table(stats["before"], stats["after"]))
     for note in stats["plan"]["notes"]:
         print(f"note: {note}")
+    for shortfall in stats["plan"].get("shortfalls", []):
+        print(f"warning: {format_shortfall(shortfall)}")
     d = stats["documents"]
     print(f"documents read {d['read']} = used {d['used']} + rejected {d['rejected']} (file errors: {d['file_errors']})")
     print(format_rejections(stats["rejections"]))

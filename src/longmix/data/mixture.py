@@ -2,44 +2,140 @@
 
 A *plan* gives, for every domain, how many tokens to take from its short documents
 (length <= threshold) and from its long ones. Each strategy is a small pure function
-from the corpus summary to a plan. :func:`select` then turns the plan into a repeat count
-per document: within a (domain, length class) cell, documents are ranked by a seeded hash
-of their id, whole copies are taken while the target allows (upsampling proper), and the
-fractional rest is the hash-ranked prefix that lands nearest the target. The selection is
-therefore a pure function of (document ids, lengths, seed): identical for any worker count.
+from the corpus summary to a plan, declared once in :data:`STRATEGIES` (name, argument,
+one-line doc, the paper's and Fu et al.'s description); the ``--strategy`` check, its error
+message and the README table read that registry. :func:`select` then turns the plan into a
+repeat count per document: within a (domain, length class) cell, documents are ranked by a
+seeded hash of their id, whole copies are taken while the target allows (at most
+``max_repeats``), and the fractional rest is the hash-ranked prefix that lands nearest the
+target. The selection is therefore a pure function of (document ids, lengths, seed):
+identical for any worker count.
 
-Strategies (Fu et al. 2024, Table 5):
+With ``short_keep`` P (Fu et al.'s released code), ``per-source``, ``global`` and
+``upsample`` instead keep every long document and each short one with a seeded probability
+P, then take the kept documents in seeded order, once each, until each domain's budget
+(``global``: the whole budget) is filled.
 
-- ``original``: the corpus as it is;
-- ``per-source``: keep each domain's token share, raise the long share within each domain
-  to ``long_fraction`` (the paper's recommendation); ``per-source:0.3`` sets the fraction
-  in the name (a corpus already long-heavy can thus be brought down to SlimPajama's ~30%);
-- ``global``: raise the long share over the whole corpus, ignoring domains (``global:F`` too);
-- ``upsample:D1,D2``: give the named domains raw weight ``domain_weight`` before
-  normalising (Fu et al.'s code uses 0.6: Book / ArXiv / Code upsampling);
-- ``cut:N``: truncate every document to N tokens, then ``original``.
-
-``domain_weights`` (e.g. ``cc=0.67,c4=0.15``) replace the corpus' own domain shares as the
-starting mix of any strategy.
+``cut:N`` and ``truncate:N`` reshape the document table before planning
+(:func:`packing_units`): chunks of at most N tokens, or each document's first N tokens.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..errors import LongmixError
 from ..settings import setting
-from ..units import parse_length
+from ..units import format_count, parse_length
 from .corpus import normalize_domain
 
-STRATEGIES = ("original", "per-source[:F]", "global[:F]", "upsample:DOMAIN[,DOMAIN]", "cut:N")
+# Fu et al.'s estimate of LLaMA tokens per character (LLAMA_CHAR_TO_TOKEN_RATIO)
+CHARS_PER_TOKEN = 3.68
+LENGTH_ESTIMATES = ("tokens", "chars")
+_SHORT_KEEP_SALT = 2  # the keep/drop draw of short documents is independent of the ranking
+_CHUNK_SALT = 3  # ranking keys of chunks made by cut:N
 
 
 class PlanError(LongmixError, ValueError):
     """A strategy or its parameters cannot be applied to this corpus."""
+
+
+# ---------------------------------------------------------------------------- strategy registry
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    """What a strategy's plan function sees."""
+
+    summary: dict[str, DomainSummary]
+    shares: dict[str, float]  # the starting domain mix (normalised)
+    budget: int
+    long_fraction: float
+    argument: Any  # the strategy's parsed argument (None when absent)
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One mixture strategy: how it is written, checked, documented and planned."""
+
+    name: str
+    syntax: str  # as written in --strategy, e.g. "cut:N"
+    doc: str  # one line: what it does
+    plan: Callable[[PlanInput], dict[str, dict[str, float]]]
+    argument: str = "none"  # "none", "optional" or "required"
+    read_argument: Callable[[str], Any] | None = None  # text -> value; raises PlanError
+    # With --short-keep: None (not applicable), "per-domain" (fill each domain's budget) or "global"
+    short_keep: str | None = None
+    reshape: Callable[[dict, Any], dict] | None = None  # the document table -> the packed units
+    shares: Callable[[dict[str, float], Any, MixtureConfig], dict[str, float]] | None = None
+    paper: str = ""  # the paper's description (Table 5 and its text)
+    fu_code: str = ""  # what Fu et al.'s released code does
+    flags: str = ""  # how to run it here
+
+    def parse(self, argument: str | None) -> Any:
+        if argument is None or argument == "":
+            if self.argument == "required":
+                raise PlanError(f"strategy {self.name} needs an argument: write {self.syntax}")
+            return None
+        if self.argument == "none":
+            raise PlanError(f"strategy {self.name} takes no argument (got {argument!r})")
+        assert self.read_argument is not None
+        return self.read_argument(argument)
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register(strategy: Strategy) -> Strategy:
+    STRATEGIES[strategy.name] = strategy
+    return strategy
+
+
+def strategy_names() -> str:
+    """``original, per-source[:F], ...`` for help texts and error messages."""
+    return ", ".join(s.syntax for s in STRATEGIES.values())
+
+
+def strategy_docs_table() -> str:
+    """The README table of every strategy and what it does."""
+    lines = ["| strategy | what it does |", "|---|---|"]
+    lines += [f"| `{s.syntax}` | {s.doc} |" for s in STRATEGIES.values()]
+    return "\n".join(lines)
+
+
+def strategy_table() -> str:
+    """The README table of every strategy: the paper's text, Fu et al.'s code, the flags here."""
+    lines = ["| strategy | paper's text | Fu's code | longmix flags |", "|---|---|---|---|"]
+    for s in STRATEGIES.values():
+        lines.append(f"| `{s.syntax}` | {s.paper} | {s.fu_code} | {s.flags} |")
+    return "\n".join(lines)
+
+
+def parse_strategy(text: str) -> tuple[str, str | None]:
+    """``"upsample:book,arxiv"`` -> ``("upsample", "book,arxiv")``; validates name and argument."""
+    name, _, argument = text.strip().partition(":")
+    name = name.lower().replace("_", "-")
+    strategy = STRATEGIES.get(name)
+    if strategy is None:
+        raise PlanError(f"unknown strategy {text!r}: choose one of {strategy_names()}")
+    try:
+        strategy.parse(argument.strip() or None)
+    except PlanError as err:
+        raise PlanError(f"unknown strategy {text!r}: {err}; choose one of {strategy_names()}") from None
+    return name, argument.strip() or None
+
+
+def strategy_of(text: str) -> tuple[Strategy, Any]:
+    """The registry entry and the parsed argument of a ``--strategy`` value."""
+    name, argument = parse_strategy(text)
+    strategy = STRATEGIES[name]
+    return strategy, strategy.parse(argument)
 
 
 def _check_strategy(text: str) -> str | None:
@@ -50,25 +146,35 @@ def _check_strategy(text: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class MixtureConfig:
-    """The mixture knobs of `longmix prepare`."""
+def _read_fraction(text: str) -> float:
+    try:
+        value = float(text.strip().rstrip("%")) / (100 if text.strip().endswith("%") else 1)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise PlanError(f"the long fraction must be within 0..1 (or 0%..100%), got {text!r}")
+    return value
 
-    strategy: str = setting("per-source", check=_check_strategy,
-                            help=f"mixture strategy, one of {', '.join(STRATEGIES)} (the paper's Table 5)")
-    tokens: int | None = setting(None, unit="count",
-                                 check=lambda v: None if v is None or v > 0 else "must be positive (leave it out for the corpus' own size)",
-                                 help="token budget, e.g. 500M or 5B; default: the corpus' own size")
-    long_threshold: int = setting(4096, unit="length", check=lambda v: None if v > 0 else "must be positive",
-                                  help="a document is long when it has more tokens than this")
-    long_fraction: float = setting(0.7, check=lambda v: None if 0.0 <= v <= 1.0 else "must be within 0..1",
-                                   help="per-source / global: target share of tokens from long documents")
-    domain_weight: float = setting(0.6, check=lambda v: None if v > 0 else "must be positive",
-                                   help="upsample: raw weight of each named domain before normalising (Fu's code: 0.6)")
-    domain_weights: tuple[tuple[str, float], ...] | None = setting(
-        None, parse=lambda text: parse_domain_weights(text), metavar="D=W,...",
-        help="explicit starting domain mix, e.g. cc=0.67,c4=0.15,github=0.045")
-    seed: int = setting(0, help="seed of the selection and of the packing order")
+
+def _read_chunk_length(text: str) -> int:
+    try:
+        value = parse_length(text)
+    except LongmixError:
+        value = 0
+    if value < 1:
+        raise PlanError(f"the length must be a positive number of tokens such as 4K or 4096, got {text!r}")
+    return value
+
+
+def _read_domains(text: str) -> tuple[str, ...]:
+    domains = tuple(dict.fromkeys(normalize_domain(d) for d in text.split(",") if d.strip()))
+    if not domains:
+        raise PlanError(f"name at least one domain, e.g. upsample:book,arxiv (got {text!r})")
+    return domains
+
+
+def _check_short_keep(value: float | None) -> str | None:
+    return None if value is None or 0.0 < value <= 1.0 else "must be within (0, 1], e.g. 0.1 (Fu et al.'s code)"
 
 
 @dataclass(frozen=True)
@@ -83,134 +189,7 @@ class DomainSummary:
         return self.short_tokens + self.long_tokens
 
 
-@dataclass
-class Plan:
-    strategy: str
-    budget: int
-    long_threshold: int
-    truncate_to: int | None
-    # domain -> {"short": tokens, "long": tokens}
-    targets: dict[str, dict[str, float]]
-    notes: list[str] = field(default_factory=list)
-
-
-def parse_strategy(text: str) -> tuple[str, str | None]:
-    """``"upsample:book,arxiv"`` -> ``("upsample", "book,arxiv")``; validates the name."""
-    name, _, argument = text.strip().partition(":")
-    name = name.lower().replace("_", "-")
-    if name in ("original", "per-source", "global") and not argument:
-        return name, None
-    if name in ("per-source", "global") and _fraction(argument) is not None:
-        return name, argument
-    if name == "upsample" and any(d.strip() for d in argument.split(",")):
-        return name, argument
-    if name == "cut" and argument:
-        try:
-            length = parse_length(argument)
-        except ValueError:
-            length = 0
-        if length < 1:
-            raise PlanError(f"bad strategy {text!r}: cut needs a positive token count, e.g. cut:4K")
-        return name, argument
-    raise PlanError(f"unknown strategy {text!r}: choose one of {', '.join(STRATEGIES)}")
-
-
-def _fraction(text: str) -> float | None:
-    try:
-        value = float(text.strip().rstrip("%")) / (100 if text.strip().endswith("%") else 1)
-    except ValueError:
-        return None
-    return value if 0.0 <= value <= 1.0 else None
-
-
-def long_fraction_of(config: MixtureConfig) -> float:
-    """The long-token share a strategy aims at: ``per-source:0.3`` overrides ``long_fraction``."""
-    name, argument = parse_strategy(config.strategy)
-    if name in ("per-source", "global") and argument:
-        return float(_fraction(argument))
-    return config.long_fraction
-
-
-def parse_domain_weights(text: str) -> tuple[tuple[str, float], ...]:
-    """``"cc=0.67,c4=0.15"`` -> ``(("cc", 0.67), ("c4", 0.15))`` with names normalised."""
-    pairs = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.partition("=")
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = -1.0
-        if not sep or weight < 0 or not math.isfinite(weight):
-            raise PlanError(f"bad domain weight {item!r}: write DOMAIN=WEIGHT, e.g. cc=0.67,book=0.05")
-        pairs.append((normalize_domain(name), weight))
-    if not pairs or sum(w for _, w in pairs) <= 0:
-        raise PlanError("domain weights must name at least one domain with a positive weight")
-    return tuple(pairs)
-
-
-def summarize(domains: np.ndarray, names: list[str], lengths: np.ndarray, threshold: int) -> dict[str, DomainSummary]:
-    """Token and document counts per domain, split at the long threshold."""
-    long = lengths > threshold
-    out = {}
-    for code, name in enumerate(names):
-        in_domain = domains == code
-        out[name] = DomainSummary(
-            short_tokens=int(lengths[in_domain & ~long].sum()),
-            long_tokens=int(lengths[in_domain & long].sum()),
-            short_docs=int((in_domain & ~long).sum()),
-            long_docs=int((in_domain & long).sum()),
-        )
-    return out
-
-
-# ---------------------------------------------------------------------------- strategies
-
-
-def make_plan(summary: dict[str, DomainSummary], config: MixtureConfig) -> Plan:
-    """Dispatch to the strategy named in ``config`` (the summary must already reflect ``cut``)."""
-    name, argument = parse_strategy(config.strategy)
-    total = sum(s.tokens for s in summary.values())
-    if total == 0:
-        raise PlanError("the corpus has no tokens: every document was rejected or empty")
-    budget = config.tokens or total
-    long_fraction = long_fraction_of(config)
-    if not 0.0 <= long_fraction <= 1.0:
-        raise PlanError(f"long fraction must be within 0..1, got {long_fraction}")
-    notes: list[str] = []
-    shares = base_shares(summary, config.domain_weights, notes)
-    if name == "original":
-        targets = keep_length_mix(summary, shares, budget)
-    elif name == "per-source":
-        targets = per_source(summary, shares, budget, long_fraction, notes, exact=argument is not None)
-    elif name == "global":
-        targets = global_long(summary, shares, budget, long_fraction, notes, exact=argument is not None)
-    elif name == "upsample":
-        targets = keep_length_mix(summary, upsample_shares(shares, argument or "", config.domain_weight), budget)
-    else:  # cut: lengths were truncated by the caller; the mix is otherwise the original one
-        targets = keep_length_mix(summary, shares, budget)
-    truncate_to = parse_length(argument) if name == "cut" else None
-    return Plan(config.strategy, budget, config.long_threshold, truncate_to, targets, notes)
-
-
-def base_shares(
-    summary: dict[str, DomainSummary], weights: tuple[tuple[str, float], ...] | None, notes: list[str]
-) -> dict[str, float]:
-    """The starting domain mix: explicit weights (normalised) or the corpus' own token shares."""
-    total = sum(s.tokens for s in summary.values())
-    if not weights:
-        return {d: s.tokens / total for d, s in summary.items()}
-    given = dict(weights)
-    unknown = sorted(set(given) - set(summary))
-    if unknown:
-        raise PlanError(f"domain weights name domains the corpus lacks: {', '.join(unknown)} (corpus has: {', '.join(sorted(summary))})")
-    empty = [d for d, w in given.items() if w > 0 and summary[d].tokens == 0]
-    if empty:
-        raise PlanError(f"domains with weight but no tokens: {', '.join(empty)}")
-    missing = sorted(set(summary) - set(given))
-    if missing:
-        notes.append(f"domains without a weight are left out: {', '.join(missing)}")
-    norm = sum(given.values())
-    return {d: given.get(d, 0.0) / norm for d in summary}
+# ---------------------------------------------------------------------------- plan functions
 
 
 def keep_length_mix(summary: dict[str, DomainSummary], shares: dict[str, float], budget: int) -> dict[str, dict[str, float]]:
@@ -271,15 +250,319 @@ def global_long(
     return {d: {"short": t["short"] * short_rate, "long": t["long"] * long_rate} for d, t in targets.items()}
 
 
-def upsample_shares(shares: dict[str, float], domains_text: str, weight: float) -> dict[str, float]:
+def upsample_shares(shares: dict[str, float], domains: tuple[str, ...] | str, weight: float) -> dict[str, float]:
     """Set the named domains' raw weight to ``weight``, keep the others, normalise."""
-    chosen = [normalize_domain(d) for d in domains_text.split(",") if d.strip()]
+    chosen = _read_domains(domains) if isinstance(domains, str) else domains
     unknown = sorted(set(chosen) - set(shares))
-    if unknown or not chosen:
-        raise PlanError(f"upsample names unknown domains {unknown or domains_text!r}; corpus has: {', '.join(sorted(shares))}")
+    if unknown:
+        raise PlanError(f"upsample names unknown domains: {', '.join(unknown)} (corpus has: {', '.join(sorted(shares))})")
     raw = {d: (weight if d in chosen else share) for d, share in shares.items()}
     norm = sum(raw.values())
     return {d: w / norm for d, w in raw.items()}
+
+
+def short_keep_targets(summary: dict[str, DomainSummary], shares: dict[str, float], budget: int, keep: float,
+                       per_domain: bool) -> dict[str, dict[str, float]]:
+    """The expected outcome of Fu et al.'s drop: all long tokens and a share ``keep`` of the short ones.
+
+    A domain's long share p becomes p / (p + keep·(1-p)). ``per_domain``: each domain
+    fills its own budget; otherwise the budget is spread in proportion to what is kept,
+    so domains rich in long documents grow.
+    """
+    kept = {d: s.long_tokens + keep * s.short_tokens for d, s in summary.items()}
+    total_kept = sum(kept.values())
+    targets = {}
+    for domain, s in summary.items():
+        if per_domain:
+            amount = budget * shares[domain]
+        else:
+            amount = budget * kept[domain] / total_kept if total_kept else 0.0
+        long_share = s.long_tokens / kept[domain] if kept[domain] else 0.0
+        targets[domain] = {"short": amount * (1 - long_share), "long": amount * long_share}
+    return targets
+
+
+def _plan_original(p: PlanInput) -> dict[str, dict[str, float]]:
+    return keep_length_mix(p.summary, p.shares, p.budget)
+
+
+def _plan_per_source(p: PlanInput) -> dict[str, dict[str, float]]:
+    fraction = p.long_fraction if p.argument is None else p.argument
+    return per_source(p.summary, p.shares, p.budget, fraction, p.notes, exact=p.argument is not None)
+
+
+def _plan_global(p: PlanInput) -> dict[str, dict[str, float]]:
+    fraction = p.long_fraction if p.argument is None else p.argument
+    return global_long(p.summary, p.shares, p.budget, fraction, p.notes, exact=p.argument is not None)
+
+
+# ---------------------------------------------------------------------------- packing units
+
+
+def whole_documents(table: dict) -> dict:
+    """The document table as packing units: one unit per document."""
+    return {**table, "rank_key": table["doc_key"]}
+
+
+def truncate_documents(table: dict, limit: int) -> dict:
+    """Each document's first ``limit`` tokens; the rest is dropped."""
+    units = whole_documents(table)
+    units["n_tokens"] = np.minimum(table["n_tokens"], limit)
+    if "n_chars" in table:
+        units["n_chars"] = table["n_chars"] * units["n_tokens"] / np.maximum(table["n_tokens"], 1)
+    return units
+
+
+def chunk_documents(table: dict, size: int) -> dict:
+    """Every document split into consecutive chunks of at most ``size`` tokens; every token kept.
+
+    A chunk is a unit like a document (its own separator, positions restarting): it keeps
+    the document's id, domain and shard, starts ``size``·k tokens further into the shard's
+    tokens, and gets its own ranking key so that chunks are selected and shuffled apart.
+    """
+    n_tokens = table["n_tokens"].astype(np.int64)
+    counts = -(-n_tokens // size)
+    row = np.repeat(np.arange(len(n_tokens), dtype=np.int64), counts)
+    chunk = np.arange(len(row), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    units = {key: value[row] for key, value in table.items() if isinstance(value, np.ndarray)}
+    units["names"] = table["names"]
+    units["offset"] = table["offset"][row] + chunk * size
+    units["n_tokens"] = np.minimum(n_tokens[row] - chunk * size, size)
+    if "n_chars" in table:
+        units["n_chars"] = table["n_chars"][row] * units["n_tokens"] / n_tokens[row]
+    with np.errstate(over="ignore"):
+        mixed = table["doc_key"][row] + chunk.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    units["rank_key"] = seeded_hash(mixed, 0, _CHUNK_SALT)
+    return units
+
+
+def packing_units(table: dict, strategy: str) -> dict:
+    """The rows that are selected and packed: documents, or what ``cut``/``truncate`` make of them."""
+    entry, argument = strategy_of(strategy)
+    return entry.reshape(table, argument) if entry.reshape else whole_documents(table)
+
+
+# ---------------------------------------------------------------------------- the strategies
+
+register(Strategy(
+    "original", "original", "the corpus' own domain and length mix", _plan_original,
+    paper="baseline: SlimPajama as it is (≈30% of tokens from documents > 4K)",
+    fu_code="`--down_sample_mode none`",
+    flags="`--strategy original`",
+))
+register(Strategy(
+    "per-source", "per-source[:F]",
+    "keep each domain's token share, raise its long share to --long-fraction (F: set it both ways)",
+    _plan_per_source, argument="optional", read_argument=_read_fraction, short_keep="per-domain",
+    paper="per-source length upsampling: keep each domain's share, raise its long share ≈30% → ≈70% (§5.3)",
+    fu_code="`per_source`: keeps every long document and each short one with probability 0.1, one pass, "
+            "until each domain's original token budget is filled: long share p → p/(p+0.1(1−p)) (CC 0.30 → 0.81)",
+    flags="paper: `--strategy per-source --long-fraction 0.7`; code: `--strategy per-source --short-keep 0.1 "
+          "--length-estimate chars`",
+))
+register(Strategy(
+    "global", "global[:F]", "raise the long share over the whole corpus, ignoring domains (the mix drifts)",
+    _plan_global, argument="optional", read_argument=_read_fraction, short_keep="global",
+    paper="global length upsampling: raise the long share over the whole corpus; the domain mix drifts",
+    fu_code="`global`: the same drop of short documents (probability 0.1 kept), no per-domain budgets",
+    flags="paper: `--strategy global --long-fraction 0.7`; code: `--strategy global --short-keep 0.1 "
+          "--length-estimate chars`",
+))
+register(Strategy(
+    "upsample", "upsample:DOMAIN[,DOMAIN]",
+    "give the named domains raw weight --domain-weight before normalising, length mix kept",
+    _plan_original, argument="required", read_argument=_read_domains, short_keep="per-domain",
+    shares=lambda shares, domains, config: upsample_shares(shares, domains, config.domain_weight),
+    paper="Code↑ / Book↑ / Arxiv↑: one domain upsampled",
+    fu_code="`upsample_code_arxiv_book`: GitHub, ArXiv and Book together at weight 0.6 (budgets not normalised: "
+            "the same proportions), plus the per-source drop of short documents; single-domain rows are not in the code",
+    flags="paper: `--strategy upsample:book`; code: `--strategy upsample:github,arxiv,book --domain-weight 0.6 "
+          "--short-keep 0.1`",
+))
+register(Strategy(
+    "cut", "cut:N", "split every document into consecutive chunks of at most N tokens; the mix is kept",
+    _plan_original, argument="required", read_argument=_read_chunk_length, reshape=chunk_documents,
+    paper="\"truncates documents into 4K-length chunks\"; the result \"inherits the original mixture\" (§3)",
+    fu_code="not in the code",
+    flags="`--strategy cut:4K`",
+))
+register(Strategy(
+    "truncate", "truncate:N", "keep each document's first N tokens and drop the rest, then original",
+    _plan_original, argument="required", read_argument=_read_chunk_length, reshape=truncate_documents,
+    paper="not in the paper (drops tokens, so long domains such as Book shrink)",
+    fu_code="not in the code",
+    flags="`--strategy truncate:4K`",
+))
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    """The mixture knobs of `longmix prepare`."""
+
+    strategy: str = setting("per-source", check=_check_strategy,
+                            help=f"mixture strategy (the paper's Table 5), one of {strategy_names()}")
+    tokens: int | None = setting(None, unit="count",
+                                 check=lambda v: None if v is None or v > 0 else "must be positive (leave it out for the corpus' own size)",
+                                 help="token budget, e.g. 500M or 5B; default: the corpus' own size")
+    long_threshold: int = setting(4096, unit="length", check=lambda v: None if v > 0 else "must be positive",
+                                  help="a document is long when it has more tokens than this")
+    long_fraction: float = setting(0.7, check=lambda v: None if 0.0 <= v <= 1.0 else "must be within 0..1",
+                                   help="per-source / global: target share of tokens from long documents")
+    domain_weight: float = setting(0.6, check=lambda v: None if v > 0 else "must be positive",
+                                   help="upsample: raw weight of each named domain before normalising (Fu's code: 0.6)")
+    domain_weights: tuple[tuple[str, float], ...] | None = setting(
+        None, parse=lambda text: parse_domain_weights(text), metavar="D=W,...",
+        help="explicit starting domain mix, e.g. cc=0.67,c4=0.15,github=0.045")
+    short_keep: float | None = setting(
+        None, check=_check_short_keep, metavar="P",
+        help="per-source / global / upsample as Fu et al.'s code: keep every long document and each short one "
+             "with probability P (0.1 in his code), once each, instead of a target long fraction; "
+             "other strategies ignore it")
+    length_estimate: str = setting("tokens", choices=LENGTH_ESTIMATES,
+                                   help="what decides long vs short: exact tokens, or characters / 3.68 as Fu et al.'s code")
+    max_repeats: int = setting(4, check=lambda v: None if v >= 1 else "must be 1 or more",
+                               help="no document is used more than this many times; a target that needs more "
+                                    "takes what there is and is reported (Muennighoff et al. 2023: ~4 epochs)")
+    seed: int = setting(0, help="seed of the selection and of the packing order")
+
+    def __post_init__(self) -> None:
+        if self.short_keep is None or _check_strategy(self.strategy):
+            return
+        strategy, argument = strategy_of(self.strategy)
+        if strategy.name in ("per-source", "global") and argument is not None:
+            raise PlanError(f"strategy {self.strategy} sets a long fraction and --short-keep {self.short_keep} replaces "
+                            f"it: use {strategy.name} with --short-keep, or drop --short-keep")
+
+
+@dataclass
+class Plan:
+    strategy: str
+    budget: int
+    long_threshold: int
+    truncate_to: int | None
+    # domain -> {"short": tokens, "long": tokens}
+    targets: dict[str, dict[str, float]]
+    notes: list[str] = field(default_factory=list)
+    max_repeats: int | None = None  # None: unbounded
+    short_keep: float | None = None  # Fu et al.'s sampling: keep probability of short documents
+    domain_budgets: bool = True  # with short_keep: fill each domain's budget (per-source), or one (global)
+    cut_to: int | None = None
+
+
+def long_fraction_of(config: MixtureConfig) -> float:
+    """The long-token share a strategy aims at: ``per-source:0.3`` overrides ``long_fraction``."""
+    strategy, argument = strategy_of(config.strategy)
+    if strategy.name in ("per-source", "global") and argument is not None:
+        return float(argument)
+    return config.long_fraction
+
+
+def effective_short_keep(config: MixtureConfig) -> float | None:
+    """``short_keep`` where the strategy takes it, else None (original, cut and truncate ignore it)."""
+    strategy, _ = strategy_of(config.strategy)
+    return config.short_keep if strategy.short_keep else None
+
+
+def parse_domain_weights(text: str) -> tuple[tuple[str, float], ...]:
+    """``"cc=0.67,c4=0.15"`` -> ``(("cc", 0.67), ("c4", 0.15))`` with names normalised."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or weight < 0 or not math.isfinite(weight):
+            raise PlanError(f"bad domain weight {item!r}: write DOMAIN=WEIGHT, e.g. cc=0.67,book=0.05")
+        pairs.append((normalize_domain(name), weight))
+    if not pairs or sum(w for _, w in pairs) <= 0:
+        raise PlanError("domain weights must name at least one domain with a positive weight")
+    return tuple(pairs)
+
+
+def check_domains(config: MixtureConfig, domains: list[str] | tuple[str, ...]) -> None:
+    """Refuse domain names (upsample:D, --domain-weights) the corpus cannot have, as soon as its domains are known."""
+    strategy, argument = strategy_of(config.strategy)
+    have = f"(corpus has: {', '.join(sorted(domains))})"
+    unknown = sorted(set(argument) - set(domains)) if strategy.name == "upsample" else []
+    if unknown:
+        raise PlanError(f"upsample names unknown domains: {', '.join(unknown)} {have}")
+    unknown = sorted({d for d, _ in config.domain_weights or ()} - set(domains))
+    if unknown:
+        raise PlanError(f"domain weights name domains the corpus lacks: {', '.join(unknown)} {have}")
+
+
+def long_documents(lengths: np.ndarray, threshold: int, chars: np.ndarray | None = None) -> np.ndarray:
+    """Which documents are long: more tokens than ``threshold``, or (``chars``) more characters / 3.68."""
+    if chars is None:
+        return lengths > threshold
+    return chars / CHARS_PER_TOKEN > threshold
+
+
+def summarize(domains: np.ndarray, names: list[str], lengths: np.ndarray, threshold: int,
+              long: np.ndarray | None = None) -> dict[str, DomainSummary]:
+    """Token and document counts per domain, split at the long threshold (or by ``long``)."""
+    long = lengths > threshold if long is None else long
+    out = {}
+    for code, name in enumerate(names):
+        in_domain = domains == code
+        out[name] = DomainSummary(
+            short_tokens=int(lengths[in_domain & ~long].sum()),
+            long_tokens=int(lengths[in_domain & long].sum()),
+            short_docs=int((in_domain & ~long).sum()),
+            long_docs=int((in_domain & long).sum()),
+        )
+    return out
+
+
+def make_plan(summary: dict[str, DomainSummary], config: MixtureConfig) -> Plan:
+    """Dispatch to the strategy named in ``config`` (the summary must describe its packing units)."""
+    strategy, argument = strategy_of(config.strategy)
+    total = sum(s.tokens for s in summary.values())
+    if total == 0:
+        raise PlanError("the corpus has no tokens: every document was rejected or empty")
+    budget = config.tokens or total
+    long_fraction = long_fraction_of(config)
+    if not 0.0 <= long_fraction <= 1.0:
+        raise PlanError(f"long fraction must be within 0..1, got {long_fraction}")
+    notes: list[str] = []
+    shares = base_shares(summary, config.domain_weights, notes)
+    if strategy.shares:
+        shares = strategy.shares(shares, argument, config)
+    short_keep = effective_short_keep(config)
+    if config.short_keep is not None and short_keep is None:
+        notes.append(f"--short-keep applies to per-source, global and upsample; {strategy.name} ignores it")
+    if short_keep is not None:
+        targets = short_keep_targets(summary, shares, budget, short_keep, per_domain=strategy.short_keep == "per-domain")
+    else:
+        targets = strategy.plan(PlanInput(summary, shares, budget, long_fraction, argument, notes))
+    return Plan(
+        config.strategy, budget, config.long_threshold,
+        truncate_to=argument if strategy.name == "truncate" else None,
+        targets=targets, notes=notes, max_repeats=config.max_repeats, short_keep=short_keep,
+        domain_budgets=strategy.short_keep != "global", cut_to=argument if strategy.name == "cut" else None,
+    )
+
+
+def base_shares(
+    summary: dict[str, DomainSummary], weights: tuple[tuple[str, float], ...] | None, notes: list[str]
+) -> dict[str, float]:
+    """The starting domain mix: explicit weights (normalised) or the corpus' own token shares."""
+    total = sum(s.tokens for s in summary.values())
+    if not weights:
+        return {d: s.tokens / total for d, s in summary.items()}
+    given = dict(weights)
+    unknown = sorted(set(given) - set(summary))
+    if unknown:
+        raise PlanError(f"domain weights name domains the corpus lacks: {', '.join(unknown)} (corpus has: {', '.join(sorted(summary))})")
+    empty = [d for d, w in given.items() if w > 0 and summary[d].tokens == 0]
+    if empty:
+        raise PlanError(f"domains with weight but no tokens: {', '.join(empty)}")
+    missing = sorted(set(summary) - set(given))
+    if missing:
+        notes.append(f"domains without a weight are left out: {', '.join(missing)}")
+    norm = sum(given.values())
+    return {d: given.get(d, 0.0) / norm for d in summary}
 
 
 # ---------------------------------------------------------------------------- selection
@@ -295,44 +578,135 @@ def seeded_hash(keys: np.ndarray, seed: int, salt: int = 0) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+def seeded_uniform(keys: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """A reproducible draw in [0, 1) per key (53 bits of :func:`seeded_hash`)."""
+    return (seeded_hash(keys, seed, salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
 @dataclass
 class Selection:
     repeats: np.ndarray  # copies of each document (int32, one per row of the document table)
     cells: list[dict]  # per (domain, class): target, available, achieved tokens, repeat factor
+    # per domain whose target could not be met (repeat cap, or short_keep's pool used up)
+    shortfalls: list[dict] = field(default_factory=list)
 
 
-def select(plan: Plan, domains: np.ndarray, names: list[str], lengths: np.ndarray, keys: np.ndarray, seed: int) -> Selection:
-    """Repeat counts per document that meet each cell's token target as closely as possible."""
+def select(plan: Plan, domains: np.ndarray, names: list[str], lengths: np.ndarray, keys: np.ndarray, seed: int,
+           long: np.ndarray | None = None) -> Selection:
+    """Repeat counts per document that meet each cell's token target as closely as allowed.
+
+    ``long`` marks the long documents (default: more tokens than the plan's threshold).
+    """
+    long = lengths > plan.long_threshold if long is None else long
+    if plan.short_keep is not None:
+        repeats, limited = _select_short_keep(plan, domains, names, lengths, keys, seed, long)
+    else:
+        repeats, limited = _select_to_targets(plan, domains, names, lengths, keys, seed, long)
+    cells = []
+    for code, domain in enumerate(names):
+        for length_class, members in (("short", ~long), ("long", long)):
+            rows = np.flatnonzero((domains == code) & members)
+            available = int(lengths[rows].sum())
+            achieved = int((lengths[rows] * repeats[rows]).sum())
+            cells.append({
+                "domain": domain,
+                "class": length_class,
+                "target_tokens": round(plan.targets[domain][length_class]),
+                "available_tokens": available,
+                "selected_tokens": achieved,
+                "repeat_factor": achieved / available if available else 0.0,
+                "max_repeats": int(repeats[rows].max()) if len(rows) else 0,
+                "limited": bool(limited.get((domain, length_class), False)),
+            })
+    return Selection(repeats, cells, shortfalls(cells, plan))
+
+
+def _select_to_targets(plan: Plan, domains: np.ndarray, names: list[str], lengths: np.ndarray, keys: np.ndarray,
+                       seed: int, long: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Whole copies while the target allows (at most ``max_repeats``), then the hash-ranked prefix nearest the rest."""
     repeats = np.zeros(len(lengths), dtype=np.int32)
     ranks = seeded_hash(keys, seed)
-    long = lengths > plan.long_threshold
-    cells = []
+    cap = plan.max_repeats
+    limited = {}
     for code, domain in enumerate(names):
         for length_class, members in (("short", ~long), ("long", long)):
             rows = np.flatnonzero((domains == code) & members)
             target = plan.targets[domain][length_class]
             available = int(lengths[rows].sum())
-            achieved = 0
-            if available and target > 0:
-                whole = int(target // available)
-                rest = target - whole * available
-                order = rows[np.argsort(ranks[rows], kind="stable")]
-                cumulative = np.cumsum(lengths[order])
-                take = int(np.searchsorted(cumulative, rest))  # cumulative[take] >= rest
-                if take < len(order) and cumulative[take] - rest < rest - (cumulative[take - 1] if take else 0):
-                    take += 1  # including the crossing document lands nearer the target
-                repeats[rows] += whole
-                repeats[order[:take]] += 1
-                achieved = whole * available + (int(cumulative[take - 1]) if take else 0)
-            cells.append(
-                {
-                    "domain": domain,
-                    "class": length_class,
-                    "target_tokens": round(target),
-                    "available_tokens": available,
-                    "selected_tokens": achieved,
-                    "repeat_factor": achieved / available if available else 0.0,
-                    "max_repeats": int(repeats[rows].max()) if len(rows) else 0,
-                }
-            )
-    return Selection(repeats, cells)
+            if not available or target <= 0:
+                limited[(domain, length_class)] = target >= 1  # wanted tokens, has none
+                continue
+            whole = int(target // available)
+            if cap is not None and whole >= cap:
+                # a whole copy more than the cap allows is missing: take the cap, report the rest
+                limited[(domain, length_class)] = target - cap * available >= 1
+                repeats[rows] += cap
+                continue
+            rest = target - whole * available
+            order = rows[np.argsort(ranks[rows], kind="stable")]
+            cumulative = np.cumsum(lengths[order])
+            take = int(np.searchsorted(cumulative, rest))  # cumulative[take] >= rest
+            if take < len(order) and cumulative[take] - rest < rest - (cumulative[take - 1] if take else 0):
+                take += 1  # including the crossing document lands nearer the target
+            repeats[rows] += whole
+            repeats[order[:take]] += 1
+    return repeats, limited
+
+
+def _select_short_keep(plan: Plan, domains: np.ndarray, names: list[str], lengths: np.ndarray, keys: np.ndarray,
+                       seed: int, long: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Fu et al.'s one pass: keep long documents and short ones with probability P, in seeded order, until the budget.
+
+    As his stream, the document that crosses the budget is still taken; no document twice.
+    """
+    assert plan.short_keep is not None
+    repeats = np.zeros(len(lengths), dtype=np.int32)
+    kept = long | (seeded_uniform(keys, seed, _SHORT_KEEP_SALT) < plan.short_keep)
+    ranks = seeded_hash(keys, seed)
+    if plan.domain_budgets:
+        groups = [([d], np.flatnonzero(kept & (domains == code)), sum(plan.targets[d].values()))
+                  for code, d in enumerate(names)]
+    else:
+        groups = [(list(names), np.flatnonzero(kept), plan.budget)]
+    limited = {}
+    for group_names, rows, budget in groups:
+        order = rows[np.argsort(ranks[rows], kind="stable")]
+        cumulative = np.cumsum(lengths[order])
+        take = min(int(np.searchsorted(cumulative, budget, side="left")) + 1, len(order)) if budget >= 1 else 0
+        repeats[order[:take]] = 1
+        short_of_budget = budget - (int(cumulative[take - 1]) if take else 0) >= 1
+        for domain in group_names:
+            for length_class in ("short", "long"):
+                limited[(domain, length_class)] = short_of_budget and plan.targets[domain][length_class] >= 1
+    return repeats, limited
+
+
+def shortfalls(cells: list[dict], plan: Plan) -> list[dict]:
+    """One record per domain with a limited cell: target vs achieved tokens and long share."""
+    out = []
+    for domain in plan.targets:
+        mine = [c for c in cells if c["domain"] == domain]
+        if not any(c["limited"] for c in mine):
+            continue
+        target = sum(c["target_tokens"] for c in mine)
+        achieved = sum(c["selected_tokens"] for c in mine)
+        target_long = sum(c["target_tokens"] for c in mine if c["class"] == "long")
+        achieved_long = sum(c["selected_tokens"] for c in mine if c["class"] == "long")
+        reason = (f"short_keep {plan.short_keep:g} keeps too few documents, none used twice" if plan.short_keep is not None
+                  else f"at most {plan.max_repeats} uses per document")
+        out.append({
+            "domain": domain,
+            "target_tokens": target,
+            "achieved_tokens": achieved,
+            "target_long_share": target_long / target if target else 0.0,
+            "achieved_long_share": achieved_long / achieved if achieved else 0.0,
+            "reason": reason,
+        })
+    return out
+
+
+def format_shortfall(record: dict) -> str:
+    """One warning line: ``web: target 70.0% long of 1.20M tokens, achieved 41.3% long of 800K (...)``."""
+    return (f"{record['domain']}: target {record['target_long_share']:.1%} long of {format_count(record['target_tokens'])} "
+            f"tokens, achieved {record['achieved_long_share']:.1%} long of {format_count(record['achieved_tokens'])} "
+            f"({record['reason']})")

@@ -42,15 +42,18 @@ from ..fsutil import (
     write_json,
 )
 from ..settings import setting, specs
-from ..units import parse_length
 from .corpus import ReaderOptions, describe_files, discover_shards, normalize_domain
 from .executor import make_executor
 from .mixture import (
     MixtureConfig,
     PlanError,
+    check_domains,
+    effective_short_keep,
+    format_shortfall,
+    long_documents,
     long_fraction_of,
     make_plan,
-    parse_strategy,
+    packing_units,
     select,
     summarize,
 )
@@ -183,6 +186,10 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
                                f"{', '.join(s.name for s in missing[:3])}): rerun the ranks that failed")
     summaries = tokenize_all(shards, tokenized, tokenizer, config, executor, progress, log)
     table = load_document_table(tokenized, [s.index for s in shards])
+    check_domains(config.mixture, table["names"])
+    if config.mixture.length_estimate == "chars" and "n_chars" not in table:
+        raise PrepareError(f"the tokenized shards in {tokenized} predate character counts, which --length-estimate "
+                           "chars needs: delete that folder to tokenize again, or use --length-estimate tokens")
     read = sum(s["documents_read"] for s in summaries)
     used = sum(s["documents_used"] for s in summaries)
     rejected = sum(s["documents_rejected"] for s in summaries)
@@ -203,7 +210,7 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
         "before": plan_result["before"],
         "after": plan_result["after"],
         "plan": {"notes": plan_result["plan"].notes, "cells": plan_result["selection"].cells,
-                 "targets": plan_result["plan"].targets},
+                 "targets": plan_result["plan"].targets, "shortfalls": plan_result["selection"].shortfalls},
         "packing": {"n_sequences": layout.n_sequences, "seq_len": layout.seq_len,
                     "tail_tokens_dropped": layout.tail_tokens_dropped, "tail_documents_cut": layout.tail_documents_cut,
                     "spans": len(layout.span_seq)},
@@ -227,6 +234,10 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
         "domain_weights": dict(config.mixture.domain_weights) if config.mixture.domain_weights else None,
         "seed": config.mixture.seed,
         "truncate_to": plan_result["plan"].truncate_to,
+        "cut_to": plan_result["plan"].cut_to,
+        "short_keep": effective_short_keep(config.mixture),
+        "length_estimate": config.mixture.length_estimate,
+        "max_repeats": config.mixture.max_repeats,
         "reader": asdict(config.reader),
     }
     stats["manifest"] = manifest
@@ -235,8 +246,10 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
     write_json(out / "stats.json", stats)
     with atomic_write(out / "report.md", "w") as sink:
         sink.write(markdown_report(stats))
-    plot_length_distribution(table["domains"], table["names"], table["n_tokens"], plan_result["lengths"],
-                             plan_result["selection"].repeats, config.mixture.long_threshold, out / "plots" / "length_distribution.png")
+    units = plan_result["units"]
+    plot_length_distribution(table["names"], (table["domains"], table["n_tokens"], np.ones(len(table["n_tokens"]), np.int32)),
+                             (units["domains"], units["n_tokens"], plan_result["selection"].repeats),
+                             config.mixture.long_threshold, out / "plots" / "length_distribution.png")
     plot_domain_shares(stats["before"], stats["after"], out / "plots" / "domain_shares.png")
     # Sizes and checksums let a rerun (and `longmix verify`) tell a whole folder from a damaged one.
     paths = [str(p) for p in recorded_files(out)]
@@ -246,6 +259,8 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
     log(format_table(stats["before"], stats["after"]))
     for note in plan_result["plan"].notes:
         log(f"note: {note}")
+    for record in plan_result["selection"].shortfalls:
+        log(f"warning: {format_shortfall(record)}")
     log(f"documents read {read} = used {used} + rejected {rejected}")
     if rejected or stats["documents"]["file_errors"]:
         log(format_rejections(stats["rejections"]))
@@ -281,19 +296,9 @@ def _check_named_domains(config: PrepareConfig) -> None:
     """Domains named by the mixture that no document can have, when the reader settings alone
     decide the domains (``--domain``, ``--domains``); otherwise only the corpus can tell."""
     reader = config.reader
-    if reader.domain is not None:
-        known = {normalize_domain(reader.domain)}
-    elif reader.allowed_domains is not None:
-        known = set(reader.allowed_domains)
-    else:
-        return
-    name, argument = parse_strategy(config.mixture.strategy)
-    named = {"upsample": {normalize_domain(d) for d in (argument or "").split(",") if d.strip()} if name == "upsample" else set(),
-             "domain weights": {d for d, _ in config.mixture.domain_weights or ()}}
-    for what, domains in named.items():
-        if domains - known:
-            raise PlanError(f"{what} names domains no document can have: {', '.join(sorted(domains - known))} "
-                            f"(--domain / --domains allow only {', '.join(sorted(known))})")
+    known = (reader.domain,) if reader.domain else reader.allowed_domains
+    if known is not None:
+        check_domains(config.mixture, [normalize_domain(d) for d in known])
 
 
 # A field holding a document's text, by the names corpora commonly use for it.
@@ -414,17 +419,23 @@ def _tokenize_job(job) -> dict:
 
 def load_document_table(tokenized: Path, shard_ids: list[int]) -> dict:
     """Concatenate the shards' document tables (the columns the plan and packing need)."""
-    parts = [pq.read_table(tokenized / f"{shard_stem(i)}.docs.parquet", columns=["doc_key", "domain", "n_tokens", "offset"])
-             for i in shard_ids]
+    files = [tokenized / f"{shard_stem(i)}.docs.parquet" for i in shard_ids]
+    # n_chars: absent from tables tokenized before it was recorded
+    with_chars = all("n_chars" in pq.read_schema(f).names for f in files)
+    wanted = ["doc_key", "domain", "n_tokens", "offset", *(["n_chars"] if with_chars else [])]
+    parts = [pq.read_table(f, columns=wanted) for f in files]
     domain_names = sorted({d for p in parts for d in p.column("domain").to_pylist()})
     code = {name: i for i, name in enumerate(domain_names)}
-    columns = {"doc_key": [], "domains": [], "n_tokens": [], "offset": [], "shard": []}
+    columns = {"doc_key": [], "domains": [], "n_tokens": [], "offset": [], "shard": [],
+               **({"n_chars": []} if with_chars else {})}
     for shard, part in zip(shard_ids, parts):
         columns["doc_key"].append(part.column("doc_key").to_numpy())
         columns["domains"].append(np.array([code[d] for d in part.column("domain").to_pylist()], dtype=np.int16))
         columns["n_tokens"].append(part.column("n_tokens").to_numpy())
         columns["offset"].append(part.column("offset").to_numpy())
         columns["shard"].append(np.full(part.num_rows, shard, dtype=np.int32))
+        if with_chars:
+            columns["n_chars"].append(part.column("n_chars").to_numpy())
     table = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in columns.items()}
     table["doc_key"] = table["doc_key"].astype(np.uint64)
     table["domains"] = table["domains"].astype(np.int16)
@@ -437,21 +448,28 @@ def load_document_table(tokenized: Path, shard_ids: list[int]) -> dict:
 
 
 def plan_mixture(table: dict, mixture: MixtureConfig) -> dict:
-    """Plan and select; returns the plan, the selection, effective lengths and both stats."""
-    name, argument = parse_strategy(mixture.strategy)
-    lengths = table["n_tokens"]
-    if name == "cut":
-        lengths = np.minimum(lengths, parse_length(argument))
-    summary = summarize(table["domains"], table["names"], lengths, mixture.long_threshold)
+    """Plan and select; returns the plan, the selection, the packing units and both stats.
+
+    The units are the rows that are selected and packed: the documents, or their chunks
+    (``cut``) or first tokens (``truncate``), with the same columns as the document table
+    plus ``rank_key``, the id that ranks and shuffles them.
+    """
+    if mixture.length_estimate == "chars" and "n_chars" not in table:
+        raise PlanError("--length-estimate chars needs character counts, which this document table lacks: tokenize again")
+    units = packing_units(table, mixture.strategy)
+    lengths = units["n_tokens"]
+    chars = units["n_chars"] if mixture.length_estimate == "chars" else None
+    long = long_documents(lengths, mixture.long_threshold, chars)
+    summary = summarize(units["domains"], units["names"], lengths, mixture.long_threshold, long)
     plan = make_plan(summary, mixture)
-    selection = select(plan, table["domains"], table["names"], lengths, table["doc_key"], mixture.seed)
-    ones = np.ones(len(lengths), dtype=np.int32)
+    selection = select(plan, units["domains"], units["names"], lengths, units["rank_key"], mixture.seed, long)
+    ones = np.ones(len(table["n_tokens"]), dtype=np.int32)
     return {
         "plan": plan,
         "selection": selection,
-        "lengths": lengths,
+        "units": units,
         "before": mixture_stats(table["domains"], table["names"], table["n_tokens"], ones, mixture.long_threshold),
-        "after": mixture_stats(table["domains"], table["names"], lengths, selection.repeats, mixture.long_threshold),
+        "after": mixture_stats(units["domains"], units["names"], lengths, selection.repeats, mixture.long_threshold),
     }
 
 
@@ -461,8 +479,9 @@ def plan_mixture(table: dict, mixture: MixtureConfig) -> dict:
 def pack_all(out: Path, table: dict, plan_result: dict, tokenizer: TokenizerInfo, tokenized: Path,
              config: PrepareConfig, executor, progress: bool):
     """Lay out all sequences, write the span index, then the token parts (skipping done ones)."""
-    lengths = plan_result["lengths"]
-    rows, copies = shuffled_pieces(plan_result["selection"].repeats, table["doc_key"], config.mixture.seed)
+    table = plan_result["units"]  # rows: the packed units (documents, or their chunks)
+    lengths = table["n_tokens"]
+    rows, copies = shuffled_pieces(plan_result["selection"].repeats, table["rank_key"], config.mixture.seed)
     layout = compute_layout(rows, copies, lengths, config.seq_len, tokenizer.separator_id is not None)
     if layout.n_sequences == 0:
         raise PrepareError(

@@ -123,12 +123,21 @@ def markdown_report(stats: dict) -> str:
         f"- budget: {format_count(m['budget'])} tokens; packed: {m['n_sequences']} sequences × {m['seq_len']} = "
         f"{format_count(m['n_sequences'] * m['seq_len'])} tokens (tail dropped: {stats['packing']['tail_tokens_dropped']})",
         f"- long threshold: {m['long_threshold']} tokens; long fraction target: {m['long_fraction']:.0%}; seed {m['seed']}",
+        *_sampling_lines(m),
         f"- documents read {stats['documents']['read']} = used {stats['documents']['used']} + rejected {stats['documents']['rejected']}"
         f" (file errors: {stats['documents']['file_errors']})",
         "",
     ]
     for note in stats["plan"]["notes"]:
         lines.append(f"> note: {note}")
+    shortfalls = stats["plan"].get("shortfalls", [])
+    if shortfalls:
+        lines += ["", "## Targets not met", "",
+                  "| domain | target tokens | achieved tokens | target long share | achieved long share | why |",
+                  "|---|---|---|---|---|---|"]
+        for s in shortfalls:
+            lines.append(f"| {s['domain']} | {format_count(s['target_tokens'])} | {format_count(s['achieved_tokens'])} | "
+                         f"{s['target_long_share']:.1%} | {s['achieved_long_share']:.1%} | {s['reason']} |")
     lines += [
         "",
         "## Per domain, before → after",
@@ -161,12 +170,30 @@ def markdown_report(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def _sampling_lines(manifest: dict) -> list[str]:
+    """The sampling settings newer manifests record (older ones lack them)."""
+    parts = []
+    if manifest.get("short_keep") is not None:
+        parts.append(f"short documents kept with probability {manifest['short_keep']:g} (Fu et al.'s sampling)")
+    if manifest.get("length_estimate") == "chars":
+        parts.append("long/short by characters / 3.68")
+    if manifest.get("max_repeats") is not None:
+        parts.append(f"at most {manifest['max_repeats']} uses per document")
+    if manifest.get("cut_to"):
+        parts.append(f"documents cut into chunks of at most {manifest['cut_to']} tokens")
+    return [f"- sampling: {'; '.join(parts)}"] if parts else []
+
+
 # ---------------------------------------------------------------------------- plots
 
 
-def plot_length_distribution(domains: np.ndarray, names: list[str], before_lengths: np.ndarray, after_lengths: np.ndarray,
-                             copies: np.ndarray, threshold: int, path: Path) -> None:
-    """Token-weighted histogram of document length per domain, before and after."""
+def plot_length_distribution(names: list[str], before: tuple[np.ndarray, np.ndarray, np.ndarray],
+                             after: tuple[np.ndarray, np.ndarray, np.ndarray], threshold: int, path: Path) -> None:
+    """Token-weighted histogram of document length per domain, before and after.
+
+    ``before`` and ``after`` are (domain codes, lengths, copies) of their own rows: ``cut``
+    makes more rows (chunks) than the corpus has documents.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,11 +202,11 @@ def plot_length_distribution(domains: np.ndarray, names: list[str], before_lengt
     cols = min(4, len(names))
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    top = max(int(before_lengths.max()), 2)
+    top = max(int(before[1].max()), 2)
     bins = np.logspace(0, np.log10(top) + 0.05, 40)
     for ax, (code, name) in zip(axes.flat, enumerate(names)):
-        members = domains == code
-        for lengths, weights, label in ((before_lengths, np.ones_like(copies), "before"), (after_lengths, copies, "after")):
+        for (domains, lengths, weights), label in ((before, "before"), (after, "after")):
+            members = domains == code
             tokens = (lengths[members] * weights[members]).astype(float)
             if tokens.sum() > 0:
                 ax.hist(lengths[members], bins=bins, weights=tokens / tokens.sum(), histtype="step", lw=1.6, label=label)

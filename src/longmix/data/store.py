@@ -33,7 +33,7 @@ SPAN_FIELDS = {
     "span_length": np.int32,  # tokens, including the trailing separator when present
     "span_domain": np.int16,  # index into manifest["domains"]
     "span_doc_key": np.uint64,  # the document's id (see longmix.data.tokenize.doc_key)
-    "span_doc_offset": np.int64,  # offset within the document: 0 = the document starts here
+    "span_doc_offset": np.int64,  # offset within the document (cut:N: its chunk): 0 = it starts here
     "span_repeat": np.int32,  # which copy of the document (upsampling repeats it)
 }
 

@@ -5,8 +5,9 @@ Per input shard this writes, atomically and in this order:
 - ``shard-NNNNN.tokens``: the tokens of every accepted document, flat little-endian
   uint16 (vocabulary up to 65,536) or uint32;
 - ``shard-NNNNN.docs.parquet``: one row per document: ``doc_key`` (a stable 64-bit id
-  from its file and line), ``domain``, ``n_tokens``, ``offset`` (into the tokens file),
-  ``file``, ``line``;
+  from its file and line), ``domain``, ``n_tokens``, ``n_chars`` (characters, for
+  ``--length-estimate chars``; absent in tables written before it), ``offset`` (into the
+  tokens file), ``file``, ``line``;
 - ``shard-NNNNN.json``: counts, rejections with their location, and the fingerprint of
   the inputs. It is written last and marks the shard as done, so a rerun skips it.
 
@@ -209,7 +210,7 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
     dtype = token_dtype(task.vocab_size)
     out = Path(task.out_dir)
     stem = shard_stem(task.shard.index)
-    columns: dict[str, list] = {k: [] for k in ("doc_key", "domain", "n_tokens", "offset", "file", "line")}
+    columns: dict[str, list] = {k: [] for k in ("doc_key", "domain", "n_tokens", "n_chars", "offset", "file", "line")}
     rejected: dict[str, int] = {}
     listed: list[dict] = []
     offset = 0
@@ -233,6 +234,7 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
                 columns["doc_key"].append(doc_key(document.file, document.line))
                 columns["domain"].append(document.domain)
                 columns["n_tokens"].append(len(ids))
+                columns["n_chars"].append(len(document.text))
                 columns["offset"].append(offset)
                 columns["file"].append(document.file)
                 columns["line"].append(document.line)
@@ -265,6 +267,7 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
             "doc_key": pa.array(columns["doc_key"], pa.uint64()),
             "domain": pa.array(columns["domain"], pa.string()).dictionary_encode(),
             "n_tokens": pa.array(columns["n_tokens"], pa.int64()),
+            "n_chars": pa.array(columns["n_chars"], pa.int64()),
             "offset": pa.array(columns["offset"], pa.int64()),
             "file": pa.array(columns["file"], pa.string()).dictionary_encode(),
             "line": pa.array(columns["line"], pa.int64()),
