@@ -188,6 +188,11 @@ class DomainSummary:
     def tokens(self) -> int:
         return self.short_tokens + self.long_tokens
 
+    @property
+    def long_share(self) -> float:
+        """Share of the domain's tokens in long documents (0 for an empty domain)."""
+        return self.long_tokens / self.tokens if self.tokens else 0.0
+
 
 # ---------------------------------------------------------------------------- plan functions
 
@@ -197,8 +202,7 @@ def keep_length_mix(summary: dict[str, DomainSummary], shares: dict[str, float],
     targets = {}
     for domain, s in summary.items():
         amount = budget * shares[domain]
-        long_share = s.long_tokens / s.tokens if s.tokens else 0.0
-        targets[domain] = {"short": amount * (1 - long_share), "long": amount * long_share}
+        targets[domain] = {"short": amount * (1 - s.long_share), "long": amount * s.long_share}
     return targets
 
 
@@ -216,14 +220,13 @@ def per_source(
     targets = {}
     for domain, s in summary.items():
         amount = budget * shares[domain]
-        original = s.long_tokens / s.tokens if s.tokens else 0.0
         if amount > 0 and s.long_tokens == 0 and long_fraction > 0:
             notes.append(f"{domain}: no documents longer than the threshold; its share stays all short (target {long_fraction:.0%} long is impossible)")
             long_share = 0.0
         elif s.short_tokens == 0:
             long_share = 1.0
         else:
-            long_share = long_fraction if exact else max(original, long_fraction)
+            long_share = long_fraction if exact else max(s.long_share, long_fraction)
         targets[domain] = {"short": amount * (1 - long_share), "long": amount * long_share}
     return targets
 
