@@ -84,3 +84,20 @@ def mixed_corpus(tmp_path: Path) -> Path:
     for i in range(4):
         write_jsonl(root / "train" / f"chunk{i % 2 + 1}" / f"example_train_{i}.jsonl.zst", records[i::4], "zst")
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random LLaMA with the built-in SmolLM2 tokenizer, saved as a HF folder."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from longmix.data.tokenize import builtin_tokenizer_dir
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=49152, max_position_embeddings=1024,
+                                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    (path / "tokenizer.json").write_bytes((builtin_tokenizer_dir() / "tokenizer.json").read_bytes())
+    return path

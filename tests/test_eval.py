@@ -13,7 +13,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from longmix.data.tokenize import builtin_tokenizer_dir  # noqa: E402
 from longmix.eval import needle as needle_mod  # noqa: E402
 from longmix.eval.common import (  # noqa: E402
     EvalModel,
@@ -42,19 +41,6 @@ from longmix.eval.tasks import (  # noqa: E402
     string_match,
     summarize_tasks,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A tiny random LLaMA with the built-in SmolLM2 tokenizer, saved as a HF folder."""
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=49152, max_position_embeddings=1024,
-                                      tie_word_embeddings=True)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    (path / "tokenizer.json").write_bytes((builtin_tokenizer_dir() / "tokenizer.json").read_bytes())
-    return path
 
 
 @pytest.fixture(scope="module")

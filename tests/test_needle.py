@@ -200,18 +200,6 @@ def test_fu_score_matches_visualize_and_recall_corrects_it():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=49152, max_position_embeddings=1024,
-                                      tie_word_embeddings=True)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    (path / "tokenizer.json").write_bytes((builtin_tokenizer_dir() / "tokenizer.json").read_bytes())
-    return path
-
-
-@pytest.fixture(scope="module")
 def em(tiny_model) -> EvalModel:
     return load_eval_model(tiny_model)
 
