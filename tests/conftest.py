@@ -101,3 +101,11 @@ def tiny_model(tmp_path_factory) -> Path:
     transformers.LlamaForCausalLM(config).save_pretrained(path)
     (path / "tokenizer.json").write_bytes((builtin_tokenizer_dir() / "tokenizer.json").read_bytes())
     return path
+
+
+@pytest.fixture(scope="module")
+def em(tiny_model):
+    """The tiny model loaded for evaluation (``longmix.eval.common.EvalModel``)."""
+    from longmix.eval.common import load_eval_model
+
+    return load_eval_model(tiny_model)

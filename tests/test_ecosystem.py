@@ -218,13 +218,18 @@ def test_report_to_is_parsed_and_a_missing_extra_is_one_line_naming_it(tmp_path,
 
     from longmix.train.config import TrainConfig, TrainError
 
+    real = importlib.util.find_spec
+    installed = {"tensorboard", "wandb"}  # pretend both extras are there, whatever this machine has
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name in installed else real(name, *a))
     (tmp_path / "run.yaml").write_text("data: d\nout: o\nreport_to: tensorboard,wandb\n")
     assert TrainConfig.from_yaml(tmp_path / "run.yaml").report_to == ("tensorboard", "wandb")
     assert TrainConfig.from_yaml(tmp_path / "run.yaml", report_to="none").report_to == ()
     with pytest.raises(TrainError, match="unknown tensorbord"):
         TrainConfig.from_yaml(tmp_path / "run.yaml", report_to="tensorbord")
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    installed.discard("wandb")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else (
+        object() if name in installed else real(name, *a)))
     with pytest.raises(TrainError) as err:
         TrainConfig.from_yaml(tmp_path / "run.yaml")
     assert "pip install 'longmix[wandb]'" in str(err.value) and "\n" not in str(err.value)

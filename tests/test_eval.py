@@ -18,7 +18,6 @@ from longmix.eval.common import (  # noqa: E402
     EvalModel,
     answer_scores,
     generate,
-    load_eval_model,
     parse_grid,
     word_recall,
 )
@@ -41,11 +40,6 @@ from longmix.eval.tasks import (  # noqa: E402
     string_match,
     summarize_tasks,
 )
-
-
-@pytest.fixture(scope="module")
-def em(tiny_model) -> EvalModel:
-    return load_eval_model(tiny_model)
 
 
 @pytest.fixture(scope="module")

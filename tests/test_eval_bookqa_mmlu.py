@@ -9,8 +9,6 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_eval import em, tiny_model  # noqa: E402,F401  (fixtures)
-
 from longmix.eval.bookqa import f1_score, read_examples, recall_score, run_bookqa, truncate_middle  # noqa: E402
 from longmix.eval.common import EvalError  # noqa: E402
 from longmix.eval.mmlu import Question, few_shot_prompt, read_csv, run_mmlu, subjects  # noqa: E402

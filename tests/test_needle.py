@@ -19,7 +19,7 @@ from tokenizers.processors import TemplateProcessing  # noqa: E402
 from longmix.data.tokenize import builtin_tokenizer_dir  # noqa: E402
 from longmix.errors import LongmixError  # noqa: E402
 from longmix.eval import needle as needle_mod  # noqa: E402
-from longmix.eval.common import EvalModel, load_eval_model, parse_grid  # noqa: E402
+from longmix.eval.common import EvalModel, parse_grid  # noqa: E402
 from longmix.eval.needle import (  # noqa: E402
     FuHaystack,
     Haystack,
@@ -197,11 +197,6 @@ def test_fu_score_matches_visualize_and_recall_corrects_it():
 
 
 # ---------------------------------------------------------------------------- runs
-
-
-@pytest.fixture(scope="module")
-def em(tiny_model) -> EvalModel:
-    return load_eval_model(tiny_model)
 
 
 @pytest.mark.parametrize("protocol", ["fu", "longmix"])
