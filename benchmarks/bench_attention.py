@@ -17,7 +17,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 SHAPES = {"smollm2": (9, 3, 64), "llama-1b": (16, 16, 128)}
-BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
+BACKENDS = {
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
 
 
 def time_case(heads: int, kv: int, dim: int, seq: int, backend: str, gqa: str) -> dict:
@@ -54,6 +58,12 @@ if __name__ == "__main__":
     for name, (heads, kv, dim) in SHAPES.items():
         for seq in (32768, 65536):
             for backend in BACKENDS:
-                for gqa in (["repeat", "enable_gqa"] if kv != heads else ["none"]):
-                    row = {"shape": name, "seq": seq, "backend": backend, "gqa": gqa, **time_case(heads, kv, dim, seq, backend, gqa)}
+                for gqa in ["repeat", "enable_gqa"] if kv != heads else ["none"]:
+                    row = {
+                        "shape": name,
+                        "seq": seq,
+                        "backend": backend,
+                        "gqa": gqa,
+                        **time_case(heads, kv, dim, seq, backend, gqa),
+                    }
                     print(json.dumps(row), flush=True)

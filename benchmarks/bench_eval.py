@@ -50,8 +50,16 @@ def tiny_model() -> EvalModel:
     from longmix.train.attention import register_attention_backends
 
     register_attention_backends()
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=49152, max_position_embeddings=4096, tie_word_embeddings=True)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
     config._attn_implementation = "longmix_sdpa"
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
@@ -69,16 +77,28 @@ def timed(em: EvalModel, work: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
-def compare(name: str, cells: int, baseline: tuple[float, list], variants: dict[str, tuple[float, list]],
-            same: Callable[[object, object], bool]) -> dict:
+def compare(
+    name: str,
+    cells: int,
+    baseline: tuple[float, list],
+    variants: dict[str, tuple[float, list]],
+    same: Callable[[object, object], bool],
+) -> dict:
     """Seconds, cells/s, speed-up and agreement of each variant against the baseline."""
     seconds, reference = baseline
     out = {"cells": cells, "baseline": {"seconds": seconds, "cells_per_s": cells / seconds}}
     for label, (took, result) in variants.items():
         agree = sum(same(a, b) for a, b in zip(reference, result)) / max(1, len(reference))
-        out[label] = {"seconds": took, "cells_per_s": cells / took, "speedup": seconds / took, "identical": agree}
-        print(f"{name:<8} {label:<26} {took:8.2f} s  {cells / took:8.2f} cells/s  {seconds / took:6.2f}× baseline "
-              f"({seconds:.2f} s)  identical {agree:.0%}")
+        out[label] = {
+            "seconds": took,
+            "cells_per_s": cells / took,
+            "speedup": seconds / took,
+            "identical": agree,
+        }
+        print(
+            f"{name:<8} {label:<26} {took:8.2f} s  {cells / took:8.2f} cells/s  {seconds / took:6.2f}× baseline "
+            f"({seconds:.2f} s)  identical {agree:.0%}"
+        )
     return out
 
 
@@ -92,28 +112,61 @@ def by_length(prompts: list[list[int]], run: Callable[[list[list[int]]], list]) 
     return out
 
 
-def bench_needle(em: EvalModel, lengths: list[int], depths: list[int], new_tokens: int, protocol: str) -> dict:
-    config = NeedleConfig(protocol=protocol, lengths=tuple(lengths), depths=tuple(depths),
-                          generate_tokens=new_tokens if protocol == "longmix" else None)
+def bench_needle(
+    em: EvalModel, lengths: list[int], depths: list[int], new_tokens: int, protocol: str
+) -> dict:
+    config = NeedleConfig(
+        protocol=protocol,
+        lengths=tuple(lengths),
+        depths=tuple(depths),
+        generate_tokens=new_tokens if protocol == "longmix" else None,
+    )
     build = cell_builder(em, config, haystack_source(config))
     cells = [build(n, d) for n in lengths for d in depths]
     prompts, answer = [c.prompt for c in cells], cells[0].answer or em.encode(config.answer)
     generate_batch(em, prompts[:2], 2)  # warm-up: kernels, allocator
-    results = {"generation": compare(
-        "needle", len(cells),
-        timed(em, lambda: [generate(em, p, new_tokens) for p in prompts]),
-        {"generate_batch": timed(em, lambda: by_length(prompts, lambda ps: generate_batch(em, ps, new_tokens,
-                                                                                          min_prefix=NO_REUSE))),
-         "generate_batch+prefix": timed(em, lambda: by_length(prompts, lambda ps: generate_batch(em, ps, new_tokens)))},
-        lambda a, b: a == b)}
+    results = {
+        "generation": compare(
+            "needle",
+            len(cells),
+            timed(em, lambda: [generate(em, p, new_tokens) for p in prompts]),
+            {
+                "generate_batch": timed(
+                    em,
+                    lambda: by_length(
+                        prompts, lambda ps: generate_batch(em, ps, new_tokens, min_prefix=NO_REUSE)
+                    ),
+                ),
+                "generate_batch+prefix": timed(
+                    em, lambda: by_length(prompts, lambda ps: generate_batch(em, ps, new_tokens))
+                ),
+            },
+            lambda a, b: a == b,
+        )
+    }
     same_scores = lambda a, b: a["token_accuracy"] == b["token_accuracy"]  # noqa: E731
     results["teacher_forcing"] = compare(
-        "needle-tf", len(cells),
-        timed(em, lambda: by_length(prompts, lambda ps: answer_scores_batch(em, ps, answer, config.batch_tokens,
-                                                                            min_prefix=NO_REUSE))),
-        {"prefix reuse": timed(em, lambda: by_length(prompts, lambda ps: answer_scores_batch(em, ps, answer,
-                                                                                          config.batch_tokens)))},
-        same_scores)
+        "needle-tf",
+        len(cells),
+        timed(
+            em,
+            lambda: by_length(
+                prompts,
+                lambda ps: answer_scores_batch(
+                    em, ps, answer, config.batch_tokens, min_prefix=NO_REUSE
+                ),
+            ),
+        ),
+        {
+            "prefix reuse": timed(
+                em,
+                lambda: by_length(
+                    prompts, lambda ps: answer_scores_batch(em, ps, answer, config.batch_tokens)
+                ),
+            )
+        },
+        same_scores,
+    )
     return results
 
 
@@ -121,7 +174,9 @@ def bench_ruler(em: EvalModel, tasks: list[str], lengths: list[int], samples: in
     config = TaskConfig(tasks=tuple(tasks), lengths=tuple(lengths), samples=samples)
     tasks = list(resolve_tasks(config)[0])
     inputs = load_task_inputs(config, load_haystack_text("books"), tasks)
-    fitted = [fit_sample(em, t, n, i, inputs) for i in range(samples) for t in tasks for n in lengths]
+    fitted = [
+        fit_sample(em, t, n, i, inputs) for i in range(samples) for t in tasks for n in lengths
+    ]
     budgets = [TASKS[sample.task].answer_tokens for sample, _ in fitted]
     prompts = [prompt for _, prompt in fitted]
 
@@ -129,25 +184,46 @@ def bench_ruler(em: EvalModel, tasks: list[str], lengths: list[int], samples: in
         out: list = [None] * len(prompts)
         for budget in sorted(set(budgets)):
             members = [i for i, b in enumerate(budgets) if b == budget]
-            for i, tokens in zip(members, generate_batch(em, [prompts[i] for i in members], budget)):
+            for i, tokens in zip(
+                members, generate_batch(em, [prompts[i] for i in members], budget)
+            ):
                 out[i] = tokens
         return out
 
-    return {"generation": compare(
-        "ruler", len(prompts),
-        timed(em, lambda: [generate(em, p, b) for p, b in zip(prompts, budgets)]),
-        {"generate_batch+prefix": timed(em, batched)},
-        lambda a, b: a == b)}
+    return {
+        "generation": compare(
+            "ruler",
+            len(prompts),
+            timed(em, lambda: [generate(em, p, b) for p, b in zip(prompts, budgets)]),
+            {"generate_batch+prefix": timed(em, batched)},
+            lambda a, b: a == b,
+        )
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a HF model folder (e.g. SmolLM2-135M imported with `longmix model`)")
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke test with a tiny random model and small grids")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", help="a HF model folder (e.g. SmolLM2-135M imported with `longmix model`)"
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="CPU smoke test with a tiny random model and small grids",
+    )
     parser.add_argument("--lengths", default="1K:32K:8", help="needle lengths")
     parser.add_argument("--depths", default="0:100:11", help="needle depths")
-    parser.add_argument("--protocol", choices=("longmix", "fu"), default="longmix", help="needle protocol (fu: 50 tokens)")
-    parser.add_argument("--generate-tokens", type=int, default=32, help="needle tokens (longmix protocol)")
+    parser.add_argument(
+        "--protocol",
+        choices=("longmix", "fu"),
+        default="longmix",
+        help="needle protocol (fu: 50 tokens)",
+    )
+    parser.add_argument(
+        "--generate-tokens", type=int, default=32, help="needle tokens (longmix protocol)"
+    )
     parser.add_argument("--tasks", default="all")
     parser.add_argument("--ruler-lengths", default="4K,8K,16K,32K")
     parser.add_argument("--samples", type=int, default=10, help="RULER samples per task and length")
@@ -162,19 +238,39 @@ def main() -> None:
         if not args.model:
             parser.error("give --model (or --tiny)")
         em = load_eval_model(args.model)
-        lengths, depths = parse_grid(args.lengths, lengths=True), parse_grid(args.depths, lengths=False)
+        lengths, depths = (
+            parse_grid(args.lengths, lengths=True),
+            parse_grid(args.depths, lengths=False),
+        )
         tasks = list(TASKS) if args.tasks == "all" else args.tasks.split(",")
-        ruler_lengths, samples, new_tokens = parse_grid(args.ruler_lengths, lengths=True), args.samples, args.generate_tokens
+        ruler_lengths, samples, new_tokens = (
+            parse_grid(args.ruler_lengths, lengths=True),
+            args.samples,
+            args.generate_tokens,
+        )
     random.seed(0)
     device = torch.cuda.get_device_name(em.device) if em.device.type == "cuda" else "cpu"
-    report = {"model": em.name, "device": device, "dtype": str(next(em.model.parameters()).dtype),
-              "date": time.strftime("%Y-%m-%d"), "generate_tokens": new_tokens}
+    report = {
+        "model": em.name,
+        "device": device,
+        "dtype": str(next(em.model.parameters()).dtype),
+        "date": time.strftime("%Y-%m-%d"),
+        "generate_tokens": new_tokens,
+    }
     if "needle" not in args.skip:
-        report["needle"] = {"lengths": lengths, "depths": depths, "protocol": args.protocol,
-                            **bench_needle(em, lengths, depths, new_tokens, args.protocol)}
+        report["needle"] = {
+            "lengths": lengths,
+            "depths": depths,
+            "protocol": args.protocol,
+            **bench_needle(em, lengths, depths, new_tokens, args.protocol),
+        }
     if "ruler" not in args.skip:
-        report["ruler"] = {"tasks": tasks, "lengths": ruler_lengths, "samples": samples,
-                           **bench_ruler(em, tasks, ruler_lengths, samples)}
+        report["ruler"] = {
+            "tasks": tasks,
+            "lengths": ruler_lengths,
+            "samples": samples,
+            **bench_ruler(em, tasks, ruler_lengths, samples),
+        }
     if em.device.type == "cuda":
         report["peak_gib"] = torch.cuda.max_memory_allocated(em.device) / 2**30
     if args.out:

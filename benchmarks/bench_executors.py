@@ -23,8 +23,14 @@ from longmix.data.prepare import PrepareConfig, prepare
 
 
 def timed(corpus: Path, out: Path, executor: str) -> float:
-    config = PrepareConfig(inputs=(str(corpus),), out=str(out), seq_len=8192, executor=executor,
-                           workers=default_workers(), mixture=MixtureConfig("per-source"))
+    config = PrepareConfig(
+        inputs=(str(corpus),),
+        out=str(out),
+        seq_len=8192,
+        executor=executor,
+        workers=default_workers(),
+        mixture=MixtureConfig("per-source"),
+    )
     start = time.perf_counter()
     prepare(config, progress=False, log=lambda m: None)
     return time.perf_counter() - start
@@ -46,9 +52,16 @@ def main() -> None:
         ray_start = time.perf_counter() - start
         on_ray = timed(corpus, Path(tmp) / "ray", "ray")
         ray.shutdown()
-    result = {"cores": default_workers(), "copies": args.copies, "local_s": local, "ray_init_s": ray_start,
-              "ray_run_s": on_ray, "ratio_ray_over_local": on_ray / local,
-              "ratio_including_init": (on_ray + ray_start) / local, "ray": ray.__version__}
+    result = {
+        "cores": default_workers(),
+        "copies": args.copies,
+        "local_s": local,
+        "ray_init_s": ray_start,
+        "ray_run_s": on_ray,
+        "ratio_ray_over_local": on_ray / local,
+        "ratio_including_init": (on_ray + ray_start) / local,
+        "ray": ray.__version__,
+    }
     print(json.dumps(result, indent=2))
 
 

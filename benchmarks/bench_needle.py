@@ -25,21 +25,36 @@ from longmix.eval.common import EvalModel, parse_grid
 from longmix.eval.needle import NeedleConfig, run_needle
 from longmix.train.attention import register_attention_backends
 
-LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
+LLAMA2_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+)
 
 
 def main() -> None:
     from tokenizers import Tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lengths", default="1K:128K:8")
-    parser.add_argument("--depths", default="0:100:10", help="all depths of a length share one prefix: measure them all")
+    parser.add_argument(
+        "--depths",
+        default="0:100:10",
+        help="all depths of a length share one prefix: measure them all",
+    )
     parser.add_argument("--generate-tokens", type=int, default=0, help="0: teacher forcing only")
     parser.add_argument("--baseline-lengths", default="32K,128K")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--workdir", type=Path, help="keep the per-cell results here (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the per-cell results here (default: a temporary folder)"
+    )
     args = parser.parse_args()
     register_attention_backends()
     # The vocabulary of our tokenizer (49,152) instead of LLaMA-2's 32,000: it only sizes the
@@ -57,14 +72,37 @@ def main() -> None:
     # warm-up (kernel selection) on a short cell
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.workdir or scratch
-        run_needle(em, NeedleConfig(protocol="longmix", lengths=(2048,), depths=(50,), generate_tokens=args.generate_tokens),
-                   Path(tmp), progress=False)
+        run_needle(
+            em,
+            NeedleConfig(
+                protocol="longmix",
+                lengths=(2048,),
+                depths=(50,),
+                generate_tokens=args.generate_tokens,
+            ),
+            Path(tmp),
+            progress=False,
+        )
         started = time.perf_counter()
-        run_needle(em, NeedleConfig(protocol="longmix", lengths=tuple(lengths), depths=tuple(depths),
-                                    generate_tokens=args.generate_tokens), Path(tmp) / "g", progress=False)
+        run_needle(
+            em,
+            NeedleConfig(
+                protocol="longmix",
+                lengths=tuple(lengths),
+                depths=tuple(depths),
+                generate_tokens=args.generate_tokens,
+            ),
+            Path(tmp) / "g",
+            progress=False,
+        )
         wall = time.perf_counter() - started
-        rows = [json.loads(line) for line in (Path(tmp) / "g" / "results.jsonl").read_text().splitlines()]
-    peak_gib = torch.cuda.max_memory_allocated() / 2**30  # teacher forcing only, before the baseline
+        rows = [
+            json.loads(line)
+            for line in (Path(tmp) / "g" / "results.jsonl").read_text().splitlines()
+        ]
+    peak_gib = (
+        torch.cuda.max_memory_allocated() / 2**30
+    )  # teacher forcing only, before the baseline
     per_length: dict[int, float] = {}
     for r in rows:  # mean over depths
         per_length.setdefault(r["length"], []).append(r["seconds"])
@@ -87,12 +125,22 @@ def main() -> None:
         baseline[length] = time.perf_counter() - start
         model.config._attn_implementation = "longmix_sdpa"
         torch.cuda.empty_cache()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "lengths": len(lengths),
-              "generate_tokens": args.generate_tokens,
-              "depths": depths, "cells": len(rows), "seconds_by_length": per_length, "wall_s": wall,
-              "fit_a": float(a), "fit_b": float(b), "predicted_full_grid_s": predicted,
-              "measured_grid_scaled_to_10_depths_s": wall * 10 / len(depths),
-              "plain_hf_forward_s": baseline, "peak_gib_teacher_forcing": peak_gib}
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "lengths": len(lengths),
+        "generate_tokens": args.generate_tokens,
+        "depths": depths,
+        "cells": len(rows),
+        "seconds_by_length": per_length,
+        "wall_s": wall,
+        "fit_a": float(a),
+        "fit_b": float(b),
+        "predicted_full_grid_s": predicted,
+        "measured_grid_scaled_to_10_depths_s": wall * 10 / len(depths),
+        "plain_hf_forward_s": baseline,
+        "peak_gib_teacher_forcing": peak_gib,
+    }
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

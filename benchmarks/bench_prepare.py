@@ -68,37 +68,64 @@ def baseline(texts: list[str], tokenizer_path: str) -> dict:
 
 def pipeline(corpus: Path, work: Path, workers: int) -> dict:
     out = work / f"prepared-{workers}"
-    config = PrepareConfig(inputs=(str(corpus),), out=str(out), seq_len=8192, workers=workers,
-                           mixture=MixtureConfig(strategy="per-source"))
+    config = PrepareConfig(
+        inputs=(str(corpus),),
+        out=str(out),
+        seq_len=8192,
+        workers=workers,
+        mixture=MixtureConfig(strategy="per-source"),
+    )
     start = time.perf_counter()
     stats = prepare(config, progress=False, log=lambda m: None)
     seconds = time.perf_counter() - start
     tokens = stats["before"]["total"]["tokens"]
-    return {"workers": workers, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "tokens_per_s_per_core": tokens / seconds / workers}
+    return {
+        "workers": workers,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "tokens_per_s_per_core": tokens / seconds / workers,
+    }
 
 
 def long_documents(work: Path, tokenizer) -> list[dict]:
-    book = "".join(d.text for s in discover_shards([sample_corpus_dir()]) for d in iter_documents(s, ReaderOptions())
-                   if hasattr(d, "text") and d.domain == "book")
+    book = "".join(
+        d.text
+        for s in discover_shards([sample_corpus_dir()])
+        for d in iter_documents(s, ReaderOptions())
+        if hasattr(d, "text") and d.domain == "book"
+    )
     rows = []
     for chars in (40_000, 400_000, 2_000_000):
         text = (book * (chars // len(book) + 1))[:chars]
         path = work / f"long{chars}" / "doc.jsonl.zst"
         path.parent.mkdir(parents=True)
-        record = orjson.dumps({"text": text, "meta": {"redpajama_set_name": "RedPajamaBook"}}) + b"\n"
+        record = (
+            orjson.dumps({"text": text, "meta": {"redpajama_set_name": "RedPajamaBook"}}) + b"\n"
+        )
         path.write_bytes(zstandard.ZstdCompressor().compress(record))
         shard = discover_shards([path])[0]
-        task = TokenizeTask(shard, str(path.parent), tokenizer.path, tokenizer.vocab_size, ReaderOptions())
+        task = TokenizeTask(
+            shard, str(path.parent), tokenizer.path, tokenizer.vocab_size, ReaderOptions()
+        )
         start = time.perf_counter()
         summary = tokenize_shard(task, input_fingerprint(task, tokenizer.sha256))
         seconds = time.perf_counter() - start
-        rows.append({"chars": chars, "tokens": summary["tokens"], "seconds": seconds, "chars_per_s": chars / seconds})
+        rows.append(
+            {
+                "chars": chars,
+                "tokens": summary["tokens"],
+                "seconds": seconds,
+                "chars_per_s": chars / seconds,
+            }
+        )
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--copies", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -107,8 +134,12 @@ def main() -> None:
         work = Path(tmp)
         texts = build_corpus(work / "corpus", args.copies)
         result = {
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": default_workers(),
-                        "python": sys.version.split()[0], "tokenizers": tokenizers.__version__},
+            "machine": {
+                "cpu": platform.processor() or platform.machine(),
+                "cores": default_workers(),
+                "python": sys.version.split()[0],
+                "tokenizers": tokenizers.__version__,
+            },
             "corpus": {"documents": len(texts), "characters": sum(map(len, texts))},
             "baseline": baseline(texts, tokenizer.path),
             "pipeline_1_worker": pipeline(work / "corpus", work, 1),
@@ -121,19 +152,27 @@ def main() -> None:
     allc = result["pipeline_all_cores"]
     result["ratio_vs_encode_batch"] = one / base
     result["ratio_vs_encode_batch_fast"] = one / fast
-    print(f"corpus: {result['corpus']['documents']} documents, {result['corpus']['characters'] / 1e6:.1f}M characters, "
-          f"{result['pipeline_1_worker']['tokens'] / 1e6:.2f}M tokens; {result['machine']}")
+    print(
+        f"corpus: {result['corpus']['documents']} documents, {result['corpus']['characters'] / 1e6:.1f}M characters, "
+        f"{result['pipeline_1_worker']['tokens'] / 1e6:.2f}M tokens; {result['machine']}"
+    )
     print("| measurement | tokens/s per core | ratio |")
     print("|---|---|---|")
     print(f"| raw `encode_batch`, 1 thread | {base:,.0f} | 1.00 |")
     print(f"| raw `encode_batch_fast`, 1 thread | {fast:,.0f} | {fast / base:.2f} |")
-    print(f"| `prepare` end to end, 1 worker | {one:,.0f} | {one / base:.2f} (vs fast: {one / fast:.2f}) |")
-    print(f"| `prepare` end to end, {allc['workers']} workers | {allc['tokens_per_s_per_core']:,.0f} "
-          f"({allc['tokens_per_s']:,.0f} total) | {allc['tokens_per_s_per_core'] / base:.2f} |")
+    print(
+        f"| `prepare` end to end, 1 worker | {one:,.0f} | {one / base:.2f} (vs fast: {one / fast:.2f}) |"
+    )
+    print(
+        f"| `prepare` end to end, {allc['workers']} workers | {allc['tokens_per_s_per_core']:,.0f} "
+        f"({allc['tokens_per_s']:,.0f} total) | {allc['tokens_per_s_per_core'] / base:.2f} |"
+    )
     print("\n| document | tokens | seconds | characters/s |")
     print("|---|---|---|---|")
     for row in result["long_documents"]:
-        print(f"| {row['chars']:,} chars | {row['tokens']:,} | {row['seconds']:.2f} | {row['chars_per_s']:,.0f} |")
+        print(
+            f"| {row['chars']:,} chars | {row['tokens']:,} | {row['seconds']:.2f} | {row['chars_per_s']:,.0f} |"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -32,14 +32,36 @@ from longmix.train.model import CausalLMLoss, ModelShape, build_model, peak_flop
 
 SHAPES = {
     # The SmolLM2-135M architecture (the reproduction model): 30 layers, d=576, 9/3 heads, tied 49K vocab.
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=1e5),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        rope_theta=1e5,
+    ),
     # LLaMA 134M (d=768, 12 layers, 32K vocab) of the reference baseline table.
-    "llama-134m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                       num_key_value_heads=12, vocab_size=32000, tie_word_embeddings=False),
+    "llama-134m": dict(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
     # ~1B LLaMA (953M: d=2048, 16 layers, 16 heads of 128, 32K vocab).
-    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
-                     num_key_value_heads=16, vocab_size=32000, tie_word_embeddings=False),
+    "llama-1b": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=16,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
 }
 
 K = 1024
@@ -58,9 +80,24 @@ CASES = {
     "1b-32k-ckpt2-compile": ("llama-1b", 32 * K, "longmix", {"ckpt": 2, "compile": True}),
     "1b-64k-ckpt2-compile": ("llama-1b", 64 * K, "longmix", {"ckpt": 2, "compile": True}),
     "1b-64k-ckpt1-compile": ("llama-1b", 64 * K, "longmix", {"ckpt": 1, "compile": True}),
-    "1b-32k-varlen": ("llama-1b", 32 * K, "longmix", {"ckpt": 2, "attention": "varlen", "compile": True}),
-    "1b-64k-varlen": ("llama-1b", 64 * K, "longmix", {"ckpt": 2, "attention": "varlen", "compile": True}),
-    "1b-64k-flex": ("llama-1b", 64 * K, "longmix", {"ckpt": 2, "attention": "flex", "compile": True}),
+    "1b-32k-varlen": (
+        "llama-1b",
+        32 * K,
+        "longmix",
+        {"ckpt": 2, "attention": "varlen", "compile": True},
+    ),
+    "1b-64k-varlen": (
+        "llama-1b",
+        64 * K,
+        "longmix",
+        {"ckpt": 2, "attention": "varlen", "compile": True},
+    ),
+    "1b-64k-flex": (
+        "llama-1b",
+        64 * K,
+        "longmix",
+        {"ckpt": 2, "attention": "flex", "compile": True},
+    ),
     "1b-64k-ckpt3-compile": ("llama-1b", 64 * K, "longmix", {"ckpt": 3, "compile": True}),
     "1b-64k-ckpt4-compile": ("llama-1b", 64 * K, "longmix", {"ckpt": 4, "compile": True}),
     "smol-32k-ckpt2-compile": ("smollm2-135m", 32 * K, "longmix", {"ckpt": 2, "compile": True}),
@@ -94,10 +131,21 @@ def hf_step_factory(config, seq_len: int, device):
     return step, float(seq_len)
 
 
-def longmix_step_factory(config, seq_len: int, device, ckpt: int = 1, attention: str = "sdpa", compile: bool = False,
-                         **_):
-    model = build_model(config, None, attention=attention, seq_len=seq_len, rope_theta=None, rope_scaling=None,
-                        rope_factor=1.0, checkpointing=ckpt, seed=0, compile_layers=compile)
+def longmix_step_factory(
+    config, seq_len: int, device, ckpt: int = 1, attention: str = "sdpa", compile: bool = False, **_
+):
+    model = build_model(
+        config,
+        None,
+        attention=attention,
+        seq_len=seq_len,
+        rope_theta=None,
+        rope_scaling=None,
+        rope_factor=1.0,
+        checkpointing=ckpt,
+        seed=0,
+        compile_layers=compile,
+    )
     module = CausalLMLoss(model, loss_chunk=8192).to(device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=2e-5, fused=True)
     tokens = torch.randint(0, config.vocab_size, (1, seq_len), device=device)
@@ -107,8 +155,13 @@ def longmix_step_factory(config, seq_len: int, device, ckpt: int = 1, attention:
     if attention != "sdpa":
         cu = torch.arange(0, seq_len + 1, DOCUMENT, device=device, dtype=torch.int32)
         positions = torch.arange(seq_len, device=device) % DOCUMENT
-        kwargs = {"position_ids": positions[None], "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
-                  "max_length_q": DOCUMENT, "max_length_k": DOCUMENT}
+        kwargs = {
+            "position_ids": positions[None],
+            "cu_seq_lens_q": cu,
+            "cu_seq_lens_k": cu,
+            "max_length_q": DOCUMENT,
+            "max_length_k": DOCUMENT,
+        }
         if attention == "flex":
             from longmix.train.attention import document_block_mask
 
@@ -137,7 +190,12 @@ def run_case(name: str) -> dict:
     try:
         torch.cuda.reset_peak_memory_stats()
         factory = hf_step_factory if impl == "hf" else longmix_step_factory
-        step, s_eff = factory(config, seq_len, device, **{k: v for k, v in options.items() if k not in ("warmup", "steps")})
+        step, s_eff = factory(
+            config,
+            seq_len,
+            device,
+            **{k: v for k, v in options.items() if k not in ("warmup", "steps")},
+        )
         for _ in range(warmup):
             step()
         torch.cuda.synchronize()
@@ -147,15 +205,33 @@ def run_case(name: str) -> dict:
         torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / steps
         flops = ModelShape.of(config).train_flops_per_token(s_eff)
-        result.update({
-            "ok": True, "loss": float(loss), "step_seconds": seconds, "tokens_per_s": seq_len / seconds,
-            "mfu": seq_len / seconds * flops / peak_flops(device), "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "s_eff": s_eff,
-        })
+        result.update(
+            {
+                "ok": True,
+                "loss": float(loss),
+                "step_seconds": seconds,
+                "tokens_per_s": seq_len / seconds,
+                "mfu": seq_len / seconds * flops / peak_flops(device),
+                "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                "s_eff": s_eff,
+            }
+        )
     except torch.cuda.OutOfMemoryError:
-        result.update({"ok": False, "error": "out of memory", "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
+        result.update(
+            {
+                "ok": False,
+                "error": "out of memory",
+                "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            }
+        )
     except Exception as err:  # a broken case must not hide the others
-        result.update({"ok": False, "error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-2000:]})
+        result.update(
+            {
+                "ok": False,
+                "error": f"{type(err).__name__}: {err}",
+                "trace": traceback.format_exc()[-2000:],
+            }
+        )
     finally:
         gc.collect()
         torch.cuda.empty_cache()
@@ -163,7 +239,9 @@ def run_case(name: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cases", default="all", help="comma-separated case names, or all")
     parser.add_argument("--out", help="append JSON lines here")
     parser.add_argument("--list", action="store_true")
@@ -175,11 +253,19 @@ def main() -> None:
     names = list(CASES) if args.cases == "all" else args.cases.split(",")
     import transformers
 
-    print(f"# {torch.cuda.get_device_name()} torch {torch.__version__} transformers {transformers.__version__}", flush=True)
+    print(
+        f"# {torch.cuda.get_device_name()} torch {torch.__version__} transformers {transformers.__version__}",
+        flush=True,
+    )
     for name in names:
         result = run_case(name)
-        result.update({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                       "transformers": transformers.__version__})
+        result.update(
+            {
+                "device": torch.cuda.get_device_name(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            }
+        )
         line = json.dumps(result)
         print(line, flush=True)
         if args.out:

@@ -68,9 +68,12 @@ def mixed_spec(rng_seed: int = 1, scale: int = 1) -> dict[str, list[int]]:
     """A SlimPajama-like spec: most domains short-heavy with a long tail; book all long."""
     rng = random.Random(rng_seed)
     return {
-        "CommonCrawl": [rng.randint(20, 200) for _ in range(300 * scale)] + [rng.randint(300, 900) for _ in range(30 * scale)],
-        "C4": [rng.randint(10, 150) for _ in range(300 * scale)] + [rng.randint(260, 600) for _ in range(8 * scale)],
-        "Github": [rng.randint(10, 250) for _ in range(150 * scale)] + [rng.randint(300, 2000) for _ in range(15 * scale)],
+        "CommonCrawl": [rng.randint(20, 200) for _ in range(300 * scale)]
+        + [rng.randint(300, 900) for _ in range(30 * scale)],
+        "C4": [rng.randint(10, 150) for _ in range(300 * scale)]
+        + [rng.randint(260, 600) for _ in range(8 * scale)],
+        "Github": [rng.randint(10, 250) for _ in range(150 * scale)]
+        + [rng.randint(300, 2000) for _ in range(15 * scale)],
         "Book": [rng.randint(1500, 5000) for _ in range(12 * scale)],
         "StackExchange": [rng.randint(10, 200) for _ in range(100 * scale)],
     }
@@ -82,7 +85,11 @@ def mixed_corpus(tmp_path: Path) -> Path:
     records = synthetic_records(mixed_spec())
     root = tmp_path / "corpus"
     for i in range(4):
-        write_jsonl(root / "train" / f"chunk{i % 2 + 1}" / f"example_train_{i}.jsonl.zst", records[i::4], "zst")
+        write_jsonl(
+            root / "train" / f"chunk{i % 2 + 1}" / f"example_train_{i}.jsonl.zst",
+            records[i::4],
+            "zst",
+        )
     return root
 
 
@@ -94,9 +101,16 @@ def tiny_model(tmp_path_factory) -> Path:
     from longmix.data.tokenize import builtin_tokenizer_dir
 
     path = tmp_path_factory.mktemp("model") / "tiny"
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=49152, max_position_embeddings=1024,
-                                      tie_word_embeddings=True)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(path)
     (path / "tokenizer.json").write_bytes((builtin_tokenizer_dir() / "tokenizer.json").read_bytes())

@@ -44,7 +44,9 @@ def test_domain_names_are_normalised():
 @pytest.mark.parametrize("compression", [None, "gz", "zst"])
 def test_jsonl_formats_read_text_domain_and_line(tmp_path, compression):
     suffix = {None: ".jsonl", "gz": ".jsonl.gz", "zst": ".jsonl.zst"}[compression]
-    records = [{"text": f"doc {i}", "meta": {"redpajama_set_name": "RedPajamaGithub"}} for i in range(5)]
+    records = [
+        {"text": f"doc {i}", "meta": {"redpajama_set_name": "RedPajamaGithub"}} for i in range(5)
+    ]
     write_jsonl(tmp_path / f"a{suffix}", records, compression)
     docs = read_all(tmp_path)
     assert [d.text for d in docs] == [f"doc {i}" for i in range(5)]
@@ -53,14 +55,21 @@ def test_jsonl_formats_read_text_domain_and_line(tmp_path, compression):
 
 
 def test_multi_frame_zstd_reads_every_frame(tmp_path):
-    frames = [zstandard.ZstdCompressor().compress(json.dumps({"text": f"t{i}", **SP}).encode() + b"\n") for i in range(3)]
+    frames = [
+        zstandard.ZstdCompressor().compress(json.dumps({"text": f"t{i}", **SP}).encode() + b"\n")
+        for i in range(3)
+    ]
     (tmp_path / "f.jsonl.zst").write_bytes(b"".join(frames))
     assert [d.text for d in read_all(tmp_path)] == ["t0", "t1", "t2"]
 
 
 def test_slimpajama_layout_is_found_recursively_in_sorted_order(tmp_path):
     for chunk, i in [(2, 0), (1, 1), (1, 0)]:
-        write_jsonl(tmp_path / "train" / f"chunk{chunk}" / f"example_train_{i}.jsonl.zst", [{"text": f"{chunk}-{i}", **SP}], "zst")
+        write_jsonl(
+            tmp_path / "train" / f"chunk{chunk}" / f"example_train_{i}.jsonl.zst",
+            [{"text": f"{chunk}-{i}", **SP}],
+            "zst",
+        )
     (tmp_path / "train" / ".hidden.jsonl").write_text('{"text": "no"}\n')
     shards = discover_shards([tmp_path])
     assert [s.labels[0].split("/", 1)[1] for s in shards] == [
@@ -71,12 +80,20 @@ def test_slimpajama_layout_is_found_recursively_in_sorted_order(tmp_path):
 
 
 def test_parquet_with_struct_meta_and_with_json_string_meta(tmp_path):
-    struct = pa.table({"text": ["a b", "c"], "meta": [{"redpajama_set_name": "RedPajamaArXiv"}] * 2})
+    struct = pa.table(
+        {"text": ["a b", "c"], "meta": [{"redpajama_set_name": "RedPajamaArXiv"}] * 2}
+    )
     pq.write_table(struct, tmp_path / "struct.parquet")
-    string = pa.table({"text": ["d"], "meta": [json.dumps({"redpajama_set_name": "RedPajamaWikipedia"})]})
+    string = pa.table(
+        {"text": ["d"], "meta": [json.dumps({"redpajama_set_name": "RedPajamaWikipedia"})]}
+    )
     pq.write_table(string, tmp_path / "string.parquet")
     docs = read_all(tmp_path)
-    assert [(d.text, d.domain, d.line) for d in docs] == [("d", "wikipedia", 1), ("a b", "arxiv", 1), ("c", "arxiv", 2)]
+    assert [(d.text, d.domain, d.line) for d in docs] == [
+        ("d", "wikipedia", 1),
+        ("a b", "arxiv", 1),
+        ("c", "arxiv", 2),
+    ]
 
 
 def test_custom_fields(tmp_path):
@@ -93,7 +110,9 @@ def test_plain_text_folders_take_domain_from_folder_or_rule(tmp_path):
     (tmp_path / "notes.md").write_text("a note")
     docs = {d.file.split("/", 1)[1]: d.domain for d in read_all(tmp_path)}
     assert docs == {"book/emma.txt": "book", "code/pkg/m.py": "github", "notes.md": tmp_path.name}
-    ruled = read_all(tmp_path, ReaderOptions(domain_rules=(("*.py", "RedPajamaGithub"), ("*.md", "wikipedia"))))
+    ruled = read_all(
+        tmp_path, ReaderOptions(domain_rules=(("*.py", "RedPajamaGithub"), ("*.md", "wikipedia")))
+    )
     assert {d.file.rsplit("/", 1)[1]: d.domain for d in ruled}["notes.md"] == "wikipedia"
 
 
@@ -155,15 +174,26 @@ def test_invalid_utf8_in_a_text_file(tmp_path):
 
 def _prepare(tmp_path, corpus, tokenizer, **kw):
     config = PrepareConfig(
-        inputs=(str(corpus),), out=str(tmp_path / "out"), tokenizer=str(tokenizer), seq_len=16,
-        mixture=MixtureConfig(strategy="original"), workers=1, **kw,
+        inputs=(str(corpus),),
+        out=str(tmp_path / "out"),
+        tokenizer=str(tokenizer),
+        seq_len=16,
+        mixture=MixtureConfig(strategy="original"),
+        workers=1,
+        **kw,
     )
     return prepare(config, progress=False, log=lambda m: None)
 
 
 def test_prepare_counts_every_document_read_as_used_or_rejected(tmp_path, word_tokenizer):
-    write_jsonl(tmp_path / "c" / "bad.jsonl", [line for line, _ in BAD_LINES] + [b'{"text": "w1 w2 w3", "meta": {"redpajama_set_name": "RedPajamaBook"}}'] * 10)
-    stats = _prepare(tmp_path, tmp_path / "c", word_tokenizer, reader=ReaderOptions(allowed_domains=("book",)))
+    write_jsonl(
+        tmp_path / "c" / "bad.jsonl",
+        [line for line, _ in BAD_LINES]
+        + [b'{"text": "w1 w2 w3", "meta": {"redpajama_set_name": "RedPajamaBook"}}'] * 10,
+    )
+    stats = _prepare(
+        tmp_path, tmp_path / "c", word_tokenizer, reader=ReaderOptions(allowed_domains=("book",))
+    )
     docs = stats["documents"]
     assert docs["read"] == len(BAD_LINES) + 10
     assert docs["read"] == docs["used"] + docs["rejected"]
@@ -174,7 +204,10 @@ def test_prepare_counts_every_document_read_as_used_or_rejected(tmp_path, word_t
 
 
 def test_strict_mode_stops_at_the_first_bad_document_naming_file_and_line(tmp_path, word_tokenizer):
-    write_jsonl(tmp_path / "c" / "bad.jsonl", [b'{"text": "w1", "meta": {"redpajama_set_name": "RedPajamaBook"}}', b'{"text": "broken'])
+    write_jsonl(
+        tmp_path / "c" / "bad.jsonl",
+        [b'{"text": "w1", "meta": {"redpajama_set_name": "RedPajamaBook"}}', b'{"text": "broken'],
+    )
     with pytest.raises(BadInputError, match=r"bad\.jsonl:2: broken json"):
         _prepare(tmp_path, tmp_path / "c", word_tokenizer, strict=True)
 

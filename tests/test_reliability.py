@@ -42,18 +42,30 @@ def small(tmp_path: Path) -> Path:
 
 def small_config(root: Path, out: str | Path = "out", **kw) -> PrepareConfig:
     mixture = kw.pop("mixture", MixtureConfig("per-source", long_threshold=100))
-    return PrepareConfig(inputs=(kw.pop("corpus", str(root / "corpus")),), out=str(out if Path(out).is_absolute() else root / out),
-                         tokenizer=kw.pop("tokenizer", str(root / "tok")), seq_len=128, mixture=mixture,
-                         part_bytes=2048, workers=1, **kw)
+    return PrepareConfig(
+        inputs=(kw.pop("corpus", str(root / "corpus")),),
+        out=str(out if Path(out).is_absolute() else root / out),
+        tokenizer=kw.pop("tokenizer", str(root / "tok")),
+        seq_len=128,
+        mixture=mixture,
+        part_bytes=2048,
+        workers=1,
+        **kw,
+    )
 
 
 def run(config: PrepareConfig, messages: list[str] | None = None) -> dict:
-    return prepare(config, progress=False, log=(messages.append if messages is not None else lambda m: None))
+    return prepare(
+        config, progress=False, log=(messages.append if messages is not None else lambda m: None)
+    )
 
 
 def tree_digest(out: Path) -> dict[str, str]:
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*")) if p.is_file() and p.name != "params.json"}
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "params.json"
+    }
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
@@ -76,7 +88,18 @@ def test_a_damaged_tokenizer_json_is_one_line_naming_it(small, capsys, damage):
         run(small_config(small))
     assert str(file) in str(caught.value)
     assert not (small / "out").exists()  # refused before anything was written
-    line = one_line_error(capsys, ["prepare", str(small / "corpus"), "--out", str(small / "o"), "--tokenizer", str(file), "--quiet"])
+    line = one_line_error(
+        capsys,
+        [
+            "prepare",
+            str(small / "corpus"),
+            "--out",
+            str(small / "o"),
+            "--tokenizer",
+            str(file),
+            "--quiet",
+        ],
+    )
     assert str(file) in line and ("empty file" in line) == (damage == "empty")
 
 
@@ -84,7 +107,10 @@ def test_a_missing_tokenizer_or_broken_tokenizer_config_is_one_line(small, capsy
     missing = small / "nowhere" / "tokenizer.json"
     with pytest.raises(InputNotFoundError, match="no tokenizer at"):
         run(small_config(small, tokenizer=str(missing)))
-    line = one_line_error(capsys, ["prepare", str(small / "corpus"), "--out", str(small / "o"), "--tokenizer", str(missing)])
+    line = one_line_error(
+        capsys,
+        ["prepare", str(small / "corpus"), "--out", str(small / "o"), "--tokenizer", str(missing)],
+    )
     assert str(missing) in line
     (small / "tok" / "tokenizer_config.json").write_text("{ not json")
     with pytest.raises(InvalidInputError, match="tokenizer_config.json is not readable JSON"):
@@ -99,7 +125,10 @@ def test_out_that_is_a_file_is_refused_in_one_line(small, capsys):
     target.write_text("keep me")
     with pytest.raises(OutputError, match="is a file, not a folder"):
         run(small_config(small, target))
-    line = one_line_error(capsys, ["prepare", str(small / "corpus"), "--out", str(target), "--tokenizer", str(small / "tok")])
+    line = one_line_error(
+        capsys,
+        ["prepare", str(small / "corpus"), "--out", str(target), "--tokenizer", str(small / "tok")],
+    )
     assert str(target) in line and target.read_text() == "keep me"
 
 
@@ -130,8 +159,12 @@ def test_read_only_permissions_are_refused_in_one_line(small):
         (small / "ro").chmod(0o755)
 
 
-@pytest.mark.parametrize("victim", ["part-00001", "shard-00001.tokens", "report.md", "domain_shares.png"])
-def test_full_disk_is_one_line_leaves_no_temporaries_and_a_rerun_resumes(small, monkeypatch, victim):
+@pytest.mark.parametrize(
+    "victim", ["part-00001", "shard-00001.tokens", "report.md", "domain_shares.png"]
+)
+def test_full_disk_is_one_line_leaves_no_temporaries_and_a_rerun_resumes(
+    small, monkeypatch, victim
+):
     reference = small / "reference"
     run(small_config(small, reference))
     real_fsync = os.fsync
@@ -159,7 +192,10 @@ def test_full_disk_is_one_line_leaves_no_temporaries_and_a_rerun_resumes(small, 
 
 
 def test_all_rejected_names_reasons_places_and_the_text_field_to_use(tmp_path):
-    rows = [orjson.dumps({"content": f"w{i} " + "w2 w3 " * 40, "meta": {"redpajama_set_name": "Book"}}) for i in range(5)]
+    rows = [
+        orjson.dumps({"content": f"w{i} " + "w2 w3 " * 40, "meta": {"redpajama_set_name": "Book"}})
+        for i in range(5)
+    ]
     write_jsonl(tmp_path / "corpus" / "a.jsonl", [*rows, b"{broken", b"[1, 2]"])
     make_word_tokenizer(tmp_path / "tok")
     with pytest.raises(PrepareError) as caught:
@@ -192,22 +228,41 @@ def test_zero_tokens_is_refused_and_a_budget_still_reads_with_units(small, capsy
         settings({"tokens": 0})
     assert settings({"tokens": "500M"}).mixture.tokens == 500_000_000
     assert settings({}).mixture.tokens is None
-    line = one_line_error(capsys, ["prepare", str(small / "corpus"), "--out", str(small / "o"), "--tokens", "0"])
+    line = one_line_error(
+        capsys, ["prepare", str(small / "corpus"), "--out", str(small / "o"), "--tokens", "0"]
+    )
     assert "tokens" in line and not (small / "o").exists()
     with pytest.raises(PrepareError, match="--tokens 0: must be positive"):
         run(small_config(small, mixture=MixtureConfig("original", tokens=0)))
     assert not (small / "out").exists()
 
 
-@pytest.mark.parametrize("mixture, reader, match", [
-    (MixtureConfig(long_fraction=1.5), ReaderOptions(), "--long-fraction 1.5: must be within 0..1"),
-    (MixtureConfig("cut:-5"), ReaderOptions(), "cut:-5.*must be a positive number of tokens"),
-    (MixtureConfig("upsample:nonexistent"), ReaderOptions(domain="Book"),
-     r"upsample names unknown domains: nonexistent \(corpus has: book\)$"),
-    (MixtureConfig("upsample:wiki,book"), ReaderOptions(allowed_domains=("book", "c4")), "unknown domains: wikipedia "),
-    (MixtureConfig(domain_weights=(("wiki", 1.0),)), ReaderOptions(allowed_domains=("book", "c4")),
-     "domain weights name domains the corpus lacks: wiki "),
-])
+@pytest.mark.parametrize(
+    "mixture, reader, match",
+    [
+        (
+            MixtureConfig(long_fraction=1.5),
+            ReaderOptions(),
+            "--long-fraction 1.5: must be within 0..1",
+        ),
+        (MixtureConfig("cut:-5"), ReaderOptions(), "cut:-5.*must be a positive number of tokens"),
+        (
+            MixtureConfig("upsample:nonexistent"),
+            ReaderOptions(domain="Book"),
+            r"upsample names unknown domains: nonexistent \(corpus has: book\)$",
+        ),
+        (
+            MixtureConfig("upsample:wiki,book"),
+            ReaderOptions(allowed_domains=("book", "c4")),
+            "unknown domains: wikipedia ",
+        ),
+        (
+            MixtureConfig(domain_weights=(("wiki", 1.0),)),
+            ReaderOptions(allowed_domains=("book", "c4")),
+            "domain weights name domains the corpus lacks: wiki ",
+        ),
+    ],
+)
 def test_settings_are_checked_before_any_tokenization(small, mixture, reader, match):
     config = small_config(small, mixture=mixture, reader=reader)
     with pytest.raises((PrepareError, PlanError), match=match):
@@ -264,7 +319,9 @@ def test_a_damaged_tokenized_shard_is_tokenized_again(small):
 
 
 def test_verify_names_a_folder_that_is_not_prepared(tmp_path):
-    assert verify_prepared(tmp_path) == ["manifest.json: missing: not a finished prepared folder (run or rerun `longmix prepare`)"]
+    assert verify_prepared(tmp_path) == [
+        "manifest.json: missing: not a finished prepared folder (run or rerun `longmix prepare`)"
+    ]
     (tmp_path / "manifest.json").write_text("{trunc")
     assert verify_prepared(tmp_path)[0].startswith("manifest.json: unreadable")
 
@@ -275,9 +332,16 @@ def test_verify_names_a_folder_that_is_not_prepared(tmp_path):
 def test_a_second_writer_fails_at_once_naming_the_holder(small):
     out = small / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom longmix.fsutil import folder_lock\n"
-         f"with folder_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)\n"],
-        env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom longmix.fsutil import folder_lock\n"
+            f"with folder_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)\n",
+        ],
+        env={**os.environ, "PYTHONPATH": SRC},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(FolderLockedError, match=f"process {holder.pid}"):
@@ -287,15 +351,24 @@ def test_a_second_writer_fails_at_once_naming_the_holder(small):
         holder.kill()  # a killed holder frees the folder: the lock ends with its process
         holder.wait()
     assert run(small_config(small))["packing"]["n_sequences"] > 0
-    assert (out / ".lock").read_text() == ""  # no pid left behind: outputs never depend on the writer
+    assert (
+        out / ".lock"
+    ).read_text() == ""  # no pid left behind: outputs never depend on the writer
 
 
 def test_job_array_ranks_share_the_folder_but_exclude_a_full_run(tmp_path):
-    with (folder_lock(tmp_path, shared=True), folder_lock(tmp_path, shared=True),
-          pytest.raises(FolderLockedError, match="ranks of a job array"), folder_lock(tmp_path)):
+    with (
+        folder_lock(tmp_path, shared=True),
+        folder_lock(tmp_path, shared=True),
+        pytest.raises(FolderLockedError, match="ranks of a job array"),
+        folder_lock(tmp_path),
+    ):
         pass
-    with (folder_lock(tmp_path), pytest.raises(FolderLockedError, match=f"process {os.getpid()}"),
-          folder_lock(tmp_path, shared=True)):
+    with (
+        folder_lock(tmp_path),
+        pytest.raises(FolderLockedError, match=f"process {os.getpid()}"),
+        folder_lock(tmp_path, shared=True),
+    ):
         pass
 
 
@@ -304,10 +377,20 @@ def test_job_array_ranks_share_the_folder_but_exclude_a_full_run(tmp_path):
 
 def test_the_same_folder_by_another_spelling_or_a_copy_resumes(small, monkeypatch):
     monkeypatch.chdir(small)
-    relative = PrepareConfig(inputs=("corpus",), out="out", tokenizer="tok", seq_len=128,
-                             mixture=MixtureConfig("per-source", long_threshold=100), part_bytes=2048, workers=1)
+    relative = PrepareConfig(
+        inputs=("corpus",),
+        out="out",
+        tokenizer="tok",
+        seq_len=128,
+        mixture=MixtureConfig("per-source", long_threshold=100),
+        part_bytes=2048,
+        workers=1,
+    )
     run(relative)
-    for config in (small_config(small), small_config(small, corpus=str(small / "corpus" / ".." / "corpus"))):
+    for config in (
+        small_config(small),
+        small_config(small, corpus=str(small / "corpus" / ".." / "corpus")),
+    ):
         messages: list[str] = []
         run(config, messages)
         assert any("already complete" in m for m in messages)
@@ -320,7 +403,16 @@ def test_the_same_folder_by_another_spelling_or_a_copy_resumes(small, monkeypatc
     with pytest.raises(PrepareError, match=r"other settings \(inputs differ\)"):
         run(small_config(small, corpus=str(small / "other-corpus")))
     with pytest.raises(PrepareError, match=r"other settings \(mixture, seq_len differ\)"):
-        run(PrepareConfig(inputs=("corpus",), out="out", tokenizer="tok", seq_len=256, part_bytes=2048, workers=1))
+        run(
+            PrepareConfig(
+                inputs=("corpus",),
+                out="out",
+                tokenizer="tok",
+                seq_len=256,
+                part_bytes=2048,
+                workers=1,
+            )
+        )
 
 
 # ---------------------------------------------------------------------------- logs
@@ -348,13 +440,30 @@ def test_resume_truncates_the_training_log_to_the_checkpoint(small):
     from longmix.train.loop import TrainConfig, read_log, train
 
     run(small_config(small, "data"))
-    transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                             num_key_value_heads=1, vocab_size=512, max_position_embeddings=64).save_pretrained(small / "cfg")
+    transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=512,
+        max_position_embeddings=64,
+    ).save_pretrained(small / "cfg")
 
     def settings(name: str, **kw) -> TrainConfig:
-        return TrainConfig(data=str(small / "data"), out=str(small / name), init_config=str(small / "cfg" / "config.json"),
-                           seq_len=64, batch_tokens=128, steps=3, save_every=2, lr=3e-3, progress=False,
-                           save_dtype="float32", **kw)
+        return TrainConfig(
+            data=str(small / "data"),
+            out=str(small / name),
+            init_config=str(small / "cfg" / "config.json"),
+            seq_len=64,
+            batch_tokens=128,
+            steps=3,
+            save_every=2,
+            lr=3e-3,
+            progress=False,
+            save_dtype="float32",
+            **kw,
+        )
 
     train(settings("straight"))
     train(settings("killed"))
@@ -367,7 +476,9 @@ def test_resume_truncates_the_training_log_to_the_checkpoint(small):
     train(settings("killed", resume=True))
     lines = (killed / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
-    assert [r["loss"] for r in read_log(killed / "log.jsonl")] == [r["loss"] for r in read_log(small / "straight" / "log.jsonl")]
+    assert [r["loss"] for r in read_log(killed / "log.jsonl")] == [
+        r["loss"] for r in read_log(small / "straight" / "log.jsonl")
+    ]
 
 
 def test_errors_raised_in_workers_stay_one_clear_line(tmp_path):

@@ -34,7 +34,9 @@ def test_finalize_refuses_when_a_rank_is_missing(tmp_path, mixed_corpus, word_to
         run(replace(base, rank=2, world_size=2))
 
 
-def test_a_failing_task_is_reported_with_its_file(tmp_path, mixed_corpus, word_tokenizer, monkeypatch):
+def test_a_failing_task_is_reported_with_its_file(
+    tmp_path, mixed_corpus, word_tokenizer, monkeypatch
+):
     original = prepare_module.tokenize_shard
 
     def flaky(task, fingerprint):
@@ -47,7 +49,9 @@ def test_a_failing_task_is_reported_with_its_file(tmp_path, mixed_corpus, word_t
         run(config_for(mixed_corpus, word_tokenizer, tmp_path / "out", workers=1))
     assert not (tmp_path / "out" / "manifest.json").exists()
     monkeypatch.setattr(prepare_module, "tokenize_shard", original)
-    stats = run(config_for(mixed_corpus, word_tokenizer, tmp_path / "out", workers=1))  # the rerun resumes
+    stats = run(
+        config_for(mixed_corpus, word_tokenizer, tmp_path / "out", workers=1)
+    )  # the rerun resumes
     assert stats["documents"]["read"] > 0
 
 

@@ -34,7 +34,9 @@ class Inner:
 @dataclass(frozen=True)
 class Outer:
     name: str = setting(help="required text")
-    rate: float = setting(1e-3, check=lambda v: None if v > 0 else "must be positive", help="a rate")
+    rate: float = setting(
+        1e-3, check=lambda v: None if v > 0 else "must be positive", help="a rate"
+    )
     budget: int = setting(0, unit="count", help="a budget")
     flag: bool = setting(False, help="a switch")
     kind: str = setting("a", choices=("a", "b"), help="a choice")
@@ -44,24 +46,40 @@ class Outer:
 
 
 def test_values_are_read_for_what_they_mean():
-    got = from_mapping(Outer, {"name": "x", "rate": "2e-5", "budget": "5B", "flag": "yes", "items": "a, b,c",
-                               "width": "4K", "maybe": "1e3"})
+    got = from_mapping(
+        Outer,
+        {
+            "name": "x",
+            "rate": "2e-5",
+            "budget": "5B",
+            "flag": "yes",
+            "items": "a, b,c",
+            "width": "4K",
+            "maybe": "1e3",
+        },
+    )
     assert got == Outer("x", 2e-5, 5_000_000_000, True, "a", ("a", "b", "c"), 1000, Inner(4096))
-    assert from_mapping(Outer, {"name": "x", "maybe": "none", "items": ["p", "q"]}).items == ("p", "q")
+    assert from_mapping(Outer, {"name": "x", "maybe": "none", "items": ["p", "q"]}).items == (
+        "p",
+        "q",
+    )
     assert from_mapping(Outer, to_mapping(got), "round trip") == got
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({"name": "x", "rtae": 1}, "unknown settings rtae; did you mean 'rate'"),
-    ({"name": "x", "rate": "fast"}, "rate: 'fast' is not a number"),
-    ({"name": "x", "rate": -1}, "rate: must be positive"),
-    ({"name": "x", "budget": "lots"}, "budget: 'lots' is not a count"),
-    ({"name": "x", "flag": "maybe"}, "flag: 'maybe' is not true or false"),
-    ({"name": "x", "kind": "c"}, "kind: 'c' is not one of a, b"),
-    ({"name": "x", "maybe": 1.5}, "maybe: 1.5 is not an integer"),
-    ({"name": "x", "flag": 1, "width": True}, "width: True is not a length"),
-    ({}, "name is required"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": "x", "rtae": 1}, "unknown settings rtae; did you mean 'rate'"),
+        ({"name": "x", "rate": "fast"}, "rate: 'fast' is not a number"),
+        ({"name": "x", "rate": -1}, "rate: must be positive"),
+        ({"name": "x", "budget": "lots"}, "budget: 'lots' is not a count"),
+        ({"name": "x", "flag": "maybe"}, "flag: 'maybe' is not true or false"),
+        ({"name": "x", "kind": "c"}, "kind: 'c' is not one of a, b"),
+        ({"name": "x", "maybe": 1.5}, "maybe: 1.5 is not an integer"),
+        ({"name": "x", "flag": 1, "width": True}, "width: True is not a length"),
+        ({}, "name is required"),
+    ],
+)
 def test_bad_values_fail_naming_the_setting(data, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         from_mapping(Outer, data, "test")
@@ -71,16 +89,27 @@ def test_nested_settings_are_flat_options_with_help_and_yaml_under_them(tmp_path
     parser = argparse.ArgumentParser()
     add_arguments(parser, Outer)
     help_text = parser.format_help()
-    assert "--width" in help_text and "a width (default: 8)" in help_text and "--no-flag" in help_text
+    assert (
+        "--width" in help_text and "a width (default: 8)" in help_text and "--no-flag" in help_text
+    )
     config = tmp_path / "c.yaml"
     config.write_text("name: from-yaml\nrate: 1e-4\nwidth: 2K\n")
     args = parser.parse_args(["--rate", "3e-4"])
     got = from_args(Outer, args, config)
-    assert (got.name, got.rate, got.inner.width) == ("from-yaml", 3e-4, 2048)  # command line over the file
+    assert (got.name, got.rate, got.inner.width) == (
+        "from-yaml",
+        3e-4,
+        2048,
+    )  # command line over the file
 
 
 def test_every_option_of_every_settings_command_is_documented():
-    for cls in (PrepareConfig, TrainConfig, EvalTarget, *(e.settings for e in evaluations().values())):
+    for cls in (
+        PrepareConfig,
+        TrainConfig,
+        EvalTarget,
+        *(e.settings for e in evaluations().values()),
+    ):
         for spec in specs(cls):
             assert spec.help.strip(), f"{cls.__name__}.{spec.name} has no help"
     train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
@@ -101,10 +130,17 @@ def test_yaml_errors_are_one_line(tmp_path):
 
 def test_train_yaml_reads_scientific_notation_and_units(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("data: d\nout: o\nlr: 2e-5\nrope_theta: 1e6\nbatch_tokens: 4M\nseq_len: 80K\n"
-                    "activation_checkpointing: false\n")
+    path.write_text(
+        "data: d\nout: o\nlr: 2e-5\nrope_theta: 1e6\nbatch_tokens: 4M\nseq_len: 80K\n"
+        "activation_checkpointing: false\n"
+    )
     config = TrainConfig.from_yaml(path)
-    assert (config.lr, config.rope_theta, config.batch_tokens, config.seq_len) == (2e-5, 1e6, 4 * 2**20, 81920)
+    assert (config.lr, config.rope_theta, config.batch_tokens, config.seq_len) == (
+        2e-5,
+        1e6,
+        4 * 2**20,
+        81920,
+    )
     assert config.activation_checkpointing == 0
     path.write_text("lr: high\n")
     with pytest.raises(TrainError, match="lr: 'high' is not a number"):
@@ -119,7 +155,9 @@ def test_mixture_values_are_refused_before_any_work():
 
 
 def test_cli_one_line_errors_and_option_suggestions(tmp_path, capsys):
-    assert main(["prepare", "--sample", "--out", str(tmp_path / "o"), "--long-fraction", "1.5"]) == 2
+    assert (
+        main(["prepare", "--sample", "--out", str(tmp_path / "o"), "--long-fraction", "1.5"]) == 2
+    )
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "long_fraction: must be within 0..1" in err
     with pytest.raises(SystemExit):
@@ -136,28 +174,45 @@ def _study(tmp_path, **sections) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(("sections", "message"), [
-    ({"prepare": {"long_fractoin": 0.3}}, "unknown settings long_fractoin; did you mean 'long_fraction'"),
-    ({"prepare": {"out": "x"}}, "prepare.out is set by the study"),
-    ({"train": {"lr": "fast"}}, "lr: 'fast' is not a number"),
-    ({"train": {"data": "x"}}, "train.data is set by the study"),
-    ({"eval": {"neddle": {}}}, "unknown key 'neddle'; did you mean 'needle'"),
-    ({"eval": {"ruler": {"tasks": "niah_single,nope"}}}, "unknown tasks nope"),
-    ({"eval": {"needle": {"samples": 3}}}, "unknown settings samples"),
-    ({"strategies": ["per-source", "upsampel:book"]}, "unknown strategy"),
-])
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (
+            {"prepare": {"long_fractoin": 0.3}},
+            "unknown settings long_fractoin; did you mean 'long_fraction'",
+        ),
+        ({"prepare": {"out": "x"}}, "prepare.out is set by the study"),
+        ({"train": {"lr": "fast"}}, "lr: 'fast' is not a number"),
+        ({"train": {"data": "x"}}, "train.data is set by the study"),
+        ({"eval": {"neddle": {}}}, "unknown key 'neddle'; did you mean 'needle'"),
+        ({"eval": {"ruler": {"tasks": "niah_single,nope"}}}, "unknown tasks nope"),
+        ({"eval": {"needle": {"samples": 3}}}, "unknown settings samples"),
+        ({"strategies": ["per-source", "upsampel:book"]}, "unknown strategy"),
+    ],
+)
 def test_study_files_are_checked_when_loaded(tmp_path, sections, message):
     with pytest.raises((StudyError, SettingsError), match=message):
         Study.load(_study(tmp_path, **sections))
 
 
 def test_study_sections_use_the_commands_settings(tmp_path):
-    study = Study.load(_study(tmp_path, prepare={"tokens": "20M", "validation_tokens": "1M", "text_field": "content"},
-                              train={"lr": "2e-5"}, eval={"ruler": {"tasks": "niah_single,vt"}, "loss": {}}))
+    study = Study.load(
+        _study(
+            tmp_path,
+            prepare={"tokens": "20M", "validation_tokens": "1M", "text_field": "content"},
+            train={"lr": "2e-5"},
+            eval={"ruler": {"tasks": "niah_single,vt"}, "loss": {}},
+        )
+    )
     config = study.prepare_settings("per-source", ["c"], "o")
     assert config.mixture.tokens == 20_000_000 and config.reader.text_field == "content"
-    assert study.prepare_settings("original", ["v"], "v", validation=True).mixture.tokens == 1_000_000
-    assert study.eval_settings("ruler", tmp_path).tasks == ("niah_single_1", "vt")  # earlier names read as RULER's
+    assert (
+        study.prepare_settings("original", ["v"], "v", validation=True).mixture.tokens == 1_000_000
+    )
+    assert study.eval_settings("ruler", tmp_path).tasks == (
+        "niah_single_1",
+        "vt",
+    )  # earlier names read as RULER's
     assert study.eval_settings("loss", tmp_path / "held").data == str(tmp_path / "held")
     assert study.evaluations() == ["loss", "ruler"]  # the registry's order: quick evaluations first
     assert study.eval_settings("loss", tmp_path).sequences == 64  # one default, the CLI's
@@ -167,5 +222,13 @@ def test_registries_reach_cli_and_study():
     parser = build_parser()
     eval_parser = parser._subparsers._group_actions[0].choices["eval"]
     commands = eval_parser._subparsers._group_actions[0].choices
-    assert set(evaluations()) <= set(commands) and {"needle", "ruler", "loss", "bookqa", "mmlu"} <= set(commands)
-    assert "--data" in commands["mmlu"].format_help() and "--shots" in commands["mmlu"].format_help()
+    assert set(evaluations()) <= set(commands) and {
+        "needle",
+        "ruler",
+        "loss",
+        "bookqa",
+        "mmlu",
+    } <= set(commands)
+    assert (
+        "--data" in commands["mmlu"].format_help() and "--shots" in commands["mmlu"].format_help()
+    )

@@ -15,9 +15,16 @@ from longmix.data.tokenize import builtin_tokenizer_dir  # noqa: E402
 
 def _write_study(tmp_path, strategies=("original", "per-source")):
     base = tmp_path / "base"
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=49152, max_position_embeddings=256,
-                                      tie_word_embeddings=True)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(base)
     (base / "tokenizer.json").write_bytes((builtin_tokenizer_dir() / "tokenizer.json").read_bytes())
     study = {
@@ -25,11 +32,34 @@ def _write_study(tmp_path, strategies=("original", "per-source")):
         "corpus": [str(sample_corpus_dir())],
         "validation": [str(sample_corpus_dir())],
         "strategies": list(strategies),
-        "prepare": {"tokens": "60K", "validation_tokens": "20K", "seq_len": "1K", "long_threshold": "2K", "workers": 1},
-        "train": {"model": str(base), "seq_len": 512, "rope_theta": 1e5, "lr": 1e-3, "batch_tokens": 1024, "steps": 2,
-                  "progress": False, "save_dtype": "float32"},
-        "eval": {"base_model": str(base), "needle": {"protocol": "longmix", "lengths": "256,512", "depths": "0,100", "generate_tokens": 0},
-                 "ruler": {"tasks": ["niah_single"], "lengths": "512", "samples": 1}, "loss": {"sequences": 2}},
+        "prepare": {
+            "tokens": "60K",
+            "validation_tokens": "20K",
+            "seq_len": "1K",
+            "long_threshold": "2K",
+            "workers": 1,
+        },
+        "train": {
+            "model": str(base),
+            "seq_len": 512,
+            "rope_theta": 1e5,
+            "lr": 1e-3,
+            "batch_tokens": 1024,
+            "steps": 2,
+            "progress": False,
+            "save_dtype": "float32",
+        },
+        "eval": {
+            "base_model": str(base),
+            "needle": {
+                "protocol": "longmix",
+                "lengths": "256,512",
+                "depths": "0,100",
+                "generate_tokens": 0,
+            },
+            "ruler": {"tasks": ["niah_single"], "lengths": "512", "samples": 1},
+            "loss": {"sequences": 2},
+        },
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -54,7 +84,11 @@ def test_study_runs_every_step_and_resumes(tmp_path, capsys):
     assert status[1].split()[:3] == ["original", "yes", "done"] and status[-1].split()[0] == "base"
     assert main(["study", str(path), "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "train original: done" in err and "eval per-source: done" in err and "data/per-source is already complete" in err
+    assert (
+        "train original: done" in err
+        and "eval per-source: done" in err
+        and "data/per-source is already complete" in err
+    )
 
 
 def test_study_file_errors(tmp_path, capsys):
@@ -66,18 +100,30 @@ def test_study_file_errors(tmp_path, capsys):
 
 def test_study_on_devices_runs_one_job_per_device(tmp_path, capsys):
     path = _write_study(tmp_path, ("original", "per-source", "global"))
-    assert main(["study", str(path), "--devices", "0,1", "--strategies", "original,global,base"]) == 0
+    assert (
+        main(["study", str(path), "--devices", "0,1", "--strategies", "original,global,base"]) == 0
+    )
     out = tmp_path / "study"
     err = capsys.readouterr().err
     # two devices, three jobs: the third starts when one finishes
-    assert err.count("started on device") == 3 and "original: done on device" in err and "base: done on device" in err
+    assert (
+        err.count("started on device") == 3
+        and "original: done on device" in err
+        and "base: done on device" in err
+    )
     for job in ("original", "global", "base"):
         assert (out / "eval" / job / "needle" / "summary.json").is_file()
         assert (out / "logs" / f"{job}.log").is_file()
     assert not (out / "runs" / "per-source").exists()
     assert main(["study", str(path), "--status"]) == 0
-    per_source = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("per-source"))
-    assert per_source.split()[1:4] == ["no", "no", "–"]  # not selected: neither prepared nor trained
+    per_source = next(
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("per-source")
+    )
+    assert per_source.split()[1:4] == [
+        "no",
+        "no",
+        "–",
+    ]  # not selected: neither prepared nor trained
     report = (out / "report" / "report.md").read_text()
     assert "global" in report and "base model" in report
 
@@ -91,7 +137,12 @@ def test_study_names_unknown_strategies(tmp_path, capsys):
 def test_study_on_devices_names_a_failed_job_and_its_log(tmp_path, capsys):
     path = _write_study(tmp_path)
     # training without prepared data fails in its subprocess: the study says which job and where its log is
-    assert main(["study", str(path), "--devices", "0", "--steps", "train", "--strategies", "per-source"]) == 2
+    assert (
+        main(
+            ["study", str(path), "--devices", "0", "--steps", "train", "--strategies", "per-source"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "per-source: FAILED on device 0" in err and "failed: per-source" in err
     log = (tmp_path / "study" / "logs" / "per-source.log").read_text()

@@ -68,7 +68,9 @@ def make_folder(folder: str | Path) -> Path:
     """``mkdir -p`` whose failures (a file in the way, no permission) are one clear line."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder} is a file, not a folder: choose another folder or move the file")
+        raise OutputError(
+            f"{folder} is a file, not a folder: choose another folder or move the file"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -102,7 +104,9 @@ def folder_lock(folder: str | Path, shared: bool = False) -> Iterator[Path]:
                 f"{folder} is being written by {who}; wait for it to finish, stop it, or use another folder"
             ) from None
         except OSError as err:  # e.g. a network file system without locks
-            raise OutputError(f"cannot lock {path}: {err.strerror or err}; use a folder on a local file system") from err
+            raise OutputError(
+                f"cannot lock {path}: {err.strerror or err}; use a folder on a local file system"
+            ) from err
         if not shared:
             _replace_contents(handle, f"{os.getpid()}\n")
         try:

@@ -32,11 +32,23 @@ class SettingsError(LongmixError):
     """A setting that is unknown, of the wrong type, or out of range."""
 
 
-def setting(default: Any = MISSING, *, help: str, default_factory: Callable[[], Any] | Any = MISSING,
-            unit: str | None = None, choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
-            check: Callable[[Any], str | None] | None = None, parse: Callable[[str], Any] | None = None,
-            flag: str | None = None, aliases: tuple[str, ...] = (), positional: bool = False,
-            cli: bool = True, metavar: str | None = None, repeatable: bool = False, parse_any: bool = False) -> Any:
+def setting(
+    default: Any = MISSING,
+    *,
+    help: str,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    unit: str | None = None,
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    parse: Callable[[str], Any] | None = None,
+    flag: str | None = None,
+    aliases: tuple[str, ...] = (),
+    positional: bool = False,
+    cli: bool = True,
+    metavar: str | None = None,
+    repeatable: bool = False,
+    parse_any: bool = False,
+) -> Any:
     """A documented dataclass field.
 
     ``parse_any``: ``parse`` reads YAML values of any type, not only strings.
@@ -51,9 +63,20 @@ def setting(default: Any = MISSING, *, help: str, default_factory: Callable[[], 
     """
     if unit is not None and unit not in UNITS:
         raise ValueError(f"unknown unit {unit!r}")
-    metadata = {"help": help, "unit": unit, "choices": choices, "check": check, "parse": parse, "flag": flag,
-                "aliases": aliases, "positional": positional, "cli": cli, "metavar": metavar,
-                "repeatable": repeatable, "parse_any": parse_any}
+    metadata = {
+        "help": help,
+        "unit": unit,
+        "choices": choices,
+        "check": check,
+        "parse": parse,
+        "flag": flag,
+        "aliases": aliases,
+        "positional": positional,
+        "cli": cli,
+        "metavar": metavar,
+        "repeatable": repeatable,
+        "parse_any": parse_any,
+    }
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -111,7 +134,9 @@ def specs(cls: type) -> list[Spec]:
     for spec in out:
         for key in spec.keys:
             if key in seen and seen[key] is not spec:
-                raise TypeError(f"{cls.__name__}: key {key!r} is declared twice ({seen[key].name}, {spec.name})")
+                raise TypeError(
+                    f"{cls.__name__}: key {key!r} is declared twice ({seen[key].name}, {spec.name})"
+                )
             seen[key] = spec
     return out
 
@@ -148,7 +173,9 @@ def convert(spec: Spec, value: Any, source: str = "") -> Any:
     where = f"{source}: " if source else ""
     label = f"{where}{spec.name}"
     kind, optional = _strip_optional(spec.type)
-    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("none", "null")):
+    if value is None or (
+        optional and isinstance(value, str) and value.strip().lower() in ("none", "null")
+    ):
         if optional:
             return None
         raise SettingsError(f"{label}: a value is required")
@@ -156,19 +183,28 @@ def convert(spec: Spec, value: Any, source: str = "") -> Any:
     try:
         if parse is not None and (isinstance(value, str) or spec.meta.get("parse_any")):
             result = parse(value)
-        elif parse is not None and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        elif (
+            parse is not None
+            and isinstance(value, list)
+            and value
+            and all(isinstance(v, str) for v in value)
+        ):
             result = tuple(item for text in value for item in parse(text))  # a repeated option
         else:
             result = _convert_type(kind, value, spec.meta.get("unit"))
     except SettingsError:
         raise
     except (TypeError, ValueError) as err:
-        raise SettingsError(f"{label}: {value!r} is not {_describe(kind, spec.meta.get('unit'))} ({err})") from None
+        raise SettingsError(
+            f"{label}: {value!r} is not {_describe(kind, spec.meta.get('unit'))} ({err})"
+        ) from None
     choices = spec.choices()
     if choices is not None and result not in choices:
         close = difflib.get_close_matches(str(result), [str(c) for c in choices], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SettingsError(f"{label}: {result!r} is not one of {', '.join(map(str, choices))}{hint}")
+        raise SettingsError(
+            f"{label}: {result!r} is not one of {', '.join(map(str, choices))}{hint}"
+        )
     check = spec.meta.get("check")
     if check is not None:
         problem = check(result)
@@ -182,7 +218,9 @@ def _describe(kind: Any, unit: str | None) -> str:
         return "a count (e.g. 500M, 5B)"
     if unit in ("length", "binary_count"):
         return "a length (e.g. 32K, 4M)"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(kind, f"of type {kind}")
+    return {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(
+        kind, f"of type {kind}"
+    )
 
 
 def _convert_type(kind: Any, value: Any, unit: str | None) -> Any:
@@ -205,10 +243,16 @@ def _convert_type(kind: Any, value: Any, unit: str | None) -> Any:
             if isinstance(value, float) and value.is_integer():
                 return int(value)
             text = str(value)
-            return parse_length(text) if unit == "length" else parse_count(text, binary=unit == "binary_count")
+            return (
+                parse_length(text)
+                if unit == "length"
+                else parse_count(text, binary=unit == "binary_count")
+            )
         if isinstance(value, int):
             return value
-        number = float(value) if not isinstance(value, str) else float(value.strip().replace("_", ""))
+        number = (
+            float(value) if not isinstance(value, str) else float(value.strip().replace("_", ""))
+        )
         if not number.is_integer():
             raise ValueError("expected a whole number")
         return int(number)
@@ -242,7 +286,9 @@ def key_index(cls: type) -> dict[str, Spec]:
     return {key: spec for spec in specs(cls) for key in spec.keys}
 
 
-def check_keys(cls: type, data: Mapping[str, Any], source: str, extra: tuple[str, ...] = ()) -> None:
+def check_keys(
+    cls: type, data: Mapping[str, Any], source: str, extra: tuple[str, ...] = ()
+) -> None:
     """Fail on the first unknown key, naming the closest valid one."""
     index = key_index(cls)
     valid = [*index, *extra]
@@ -250,11 +296,17 @@ def check_keys(cls: type, data: Mapping[str, Any], source: str, extra: tuple[str
         normal = str(key).replace("-", "_")
         if normal not in index and normal not in extra:
             close = difflib.get_close_matches(normal, valid, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(sorted(valid))})"
+            hint = (
+                f"; did you mean {close[0]!r}?"
+                if close
+                else f" (valid: {', '.join(sorted(valid))})"
+            )
             raise SettingsError(f"{source}: unknown settings {key}{hint}")
 
 
-def from_mapping(cls: type, data: Mapping[str, Any] | None, source: str = "settings", /, **overrides: Any) -> Any:
+def from_mapping(
+    cls: type, data: Mapping[str, Any] | None, source: str = "settings", /, **overrides: Any
+) -> Any:
     """An instance of ``cls`` from a flat mapping (YAML, a study section), ``overrides`` on top.
 
     Keys may use ``-`` or ``_``; nested settings classes take their keys from the same mapping.
@@ -268,7 +320,9 @@ def from_mapping(cls: type, data: Mapping[str, Any] | None, source: str = "setti
     for key, value in merged.items():
         spec = index[str(key).replace("-", "_")]
         if spec.name in values and values[spec.name][0] != key:
-            raise SettingsError(f"{source}: {spec.name} is given twice ({values[spec.name][0]!r} and {key!r})")
+            raise SettingsError(
+                f"{source}: {spec.name} is given twice ({values[spec.name][0]!r} and {key!r})"
+            )
         values[spec.name] = (key, convert(spec, value, source))
     return _build(cls, (), {name: v for name, (_, v) in values.items()}, source)
 
@@ -283,8 +337,11 @@ def _build(cls: type, path: tuple[str, ...], values: dict[str, Any], source: str
         elif f.name in values:
             kwargs[f.name] = values[f.name]
         elif f.default is MISSING and f.default_factory is MISSING:
-            hint = f.metadata.get("metavar") if f.metadata.get("positional") else (
-                f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+            hint = (
+                f.metadata.get("metavar")
+                if f.metadata.get("positional")
+                else (f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+            )
             raise SettingsError(f"{source}: {f.name} is required ({hint})")
     return cls(**kwargs)
 
@@ -308,7 +365,9 @@ def replace(obj: Any, **changes: Any) -> Any:
 # ---------------------------------------------------------------------------- command line
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()
+) -> None:
     """One option per field of ``cls`` (nested settings flattened), help from the declarations.
 
     Every option defaults to None, so that values from ``--config`` stay unless given here;
@@ -318,23 +377,44 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
         if not spec.meta.get("cli", True) or spec.name in skip:
             continue
         default = spec.default()
-        shown = "" if spec.required or default in (None, (), "") else f" (default: {_show(default)})"
+        shown = (
+            "" if spec.required or default in (None, (), "") else f" (default: {_show(default)})"
+        )
         help_text = (spec.help + shown).replace("%", "%%")  # argparse formats help with %
         choices = spec.choices() if not callable(spec.meta.get("choices")) else None
         if spec.meta.get("positional"):
-            parser.add_argument(spec.name, nargs="*", default=None, help=help_text, metavar=spec.meta.get("metavar"))
+            parser.add_argument(
+                spec.name, nargs="*", default=None, help=help_text, metavar=spec.meta.get("metavar")
+            )
             continue
         kind, _ = _strip_optional(spec.type)
         flags = [spec.flag]
         if kind is bool:
-            parser.add_argument(*flags, dest=spec.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
+            parser.add_argument(
+                *flags,
+                dest=spec.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
         elif spec.meta.get("repeatable"):
-            parser.add_argument(*flags, dest=spec.name, action="append", default=None, help=help_text,
-                                metavar=spec.meta.get("metavar") or spec.name.upper())
+            parser.add_argument(
+                *flags,
+                dest=spec.name,
+                action="append",
+                default=None,
+                help=help_text,
+                metavar=spec.meta.get("metavar") or spec.name.upper(),
+            )
         else:
-            parser.add_argument(*flags, dest=spec.name, default=None, help=help_text, choices=choices,
-                                metavar=spec.meta.get("metavar") or (None if choices else spec.name.upper()))
+            parser.add_argument(
+                *flags,
+                dest=spec.name,
+                default=None,
+                help=help_text,
+                choices=choices,
+                metavar=spec.meta.get("metavar") or (None if choices else spec.name.upper()),
+            )
 
 
 def _show(value: Any) -> str:
@@ -355,8 +435,9 @@ def args_mapping(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return out
 
 
-def from_args(cls: type, args: argparse.Namespace, config_file: str | Path | None = None, /,
-              **overrides: Any) -> Any:
+def from_args(
+    cls: type, args: argparse.Namespace, config_file: str | Path | None = None, /, **overrides: Any
+) -> Any:
     """Settings from ``--config`` YAML (if any), the command line on top, then ``overrides``."""
     data: dict[str, Any] = {}
     source = "command line"

@@ -111,7 +111,9 @@ class Study:
     def slug(self, strategy: str) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", strategy).strip("-")
 
-    def prepare_settings(self, strategy: str, inputs: list[str], out: str, validation: bool = False):
+    def prepare_settings(
+        self, strategy: str, inputs: list[str], out: str, validation: bool = False
+    ):
         """`longmix prepare` settings of one strategy (or of the held-out data)."""
         from .data.prepare import PrepareConfig
 
@@ -121,10 +123,20 @@ class Study:
                 raise StudyError(f"prepare.{key} is set by the study; remove it")
         validation_tokens = section.pop("validation_tokens", None)
         if validation:
-            section["tokens"] = validation_tokens or None  # 0 or absent: all of the held-out data, once
+            section["tokens"] = (
+                validation_tokens or None
+            )  # 0 or absent: all of the held-out data, once
         cache = self.out / "cache" / ("validation" if validation else "train")
-        return from_mapping(PrepareConfig, section, "study prepare", inputs=tuple(inputs), out=str(out),
-                            tokenizer=self.tokenizer, strategy=strategy, cache=str(cache))
+        return from_mapping(
+            PrepareConfig,
+            section,
+            "study prepare",
+            inputs=tuple(inputs),
+            out=str(out),
+            tokenizer=self.tokenizer,
+            strategy=strategy,
+            cache=str(cache),
+        )
 
     def evaluations(self) -> list[str]:
         """The study's evaluations in the registry's order (quickest first)."""
@@ -153,24 +165,51 @@ def check_keys_in(data: dict, valid: tuple[str, ...], source: str) -> None:
             raise StudyError(f"{source}: unknown key {key!r}{hint} (valid: {', '.join(valid)})")
 
 
-def run_study(study: Study, steps: tuple[str, ...] = STEPS, only: list[str] | None = None,
-              log: Callable[[str], None] | None = None, progress: bool = True) -> None:
+def run_study(
+    study: Study,
+    steps: tuple[str, ...] = STEPS,
+    only: list[str] | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = True,
+) -> None:
     log = log or (lambda message: print(message, file=sys.stderr))
     strategies = selected_strategies(study, only)
     if "prepare" in steps:
         if study.validation:
-            _prepare(study, "original", study.out / "data" / "validation", study.validation, log, progress, validation=True)
+            _prepare(
+                study,
+                "original",
+                study.out / "data" / "validation",
+                study.validation,
+                log,
+                progress,
+                validation=True,
+            )
         for strategy in strategies:
-            _prepare(study, strategy, study.out / "data" / study.slug(strategy), study.corpus, log, progress)
+            _prepare(
+                study,
+                strategy,
+                study.out / "data" / study.slug(strategy),
+                study.corpus,
+                log,
+                progress,
+            )
     if "train" in steps:
         for strategy in strategies:
             _train(study, strategy, log)
     if "eval" in steps:
         if base_selected(study, only):
-            _evaluate(study, Path(study.eval["base_model"]), study.out / "eval" / "base", log, progress)
+            _evaluate(
+                study, Path(study.eval["base_model"]), study.out / "eval" / "base", log, progress
+            )
         for strategy in strategies:
-            _evaluate(study, study.out / "runs" / study.slug(strategy) / "model", study.out / "eval" / study.slug(strategy),
-                      log, progress)
+            _evaluate(
+                study,
+                study.out / "runs" / study.slug(strategy) / "model",
+                study.out / "eval" / study.slug(strategy),
+                log,
+                progress,
+            )
     if "report" in steps:
         from .eval.report import build_report
 
@@ -188,7 +227,9 @@ def selected_strategies(study: Study, only: list[str] | None) -> list[str]:
     if only:
         unknown = [s for s in only if s not in study.strategies and s != BASE]
         if unknown:
-            raise StudyError(f"unknown strategies {', '.join(unknown)} (the study has {', '.join(study.strategies)}, and {BASE})")
+            raise StudyError(
+                f"unknown strategies {', '.join(unknown)} (the study has {', '.join(study.strategies)}, and {BASE})"
+            )
     return [s for s in study.strategies if not only or s in only]
 
 
@@ -197,9 +238,14 @@ def base_selected(study: Study, only: list[str] | None) -> bool:
     return bool(study.eval.get("base_model")) and (not only or BASE in only)
 
 
-def run_study_on_devices(config: str | Path, devices: list[str], steps: tuple[str, ...] = STEPS,
-                         only: list[str] | None = None, log: Callable[[str], None] | None = None,
-                         poll_s: float = 2.0) -> None:
+def run_study_on_devices(
+    config: str | Path,
+    devices: list[str],
+    steps: tuple[str, ...] = STEPS,
+    only: list[str] | None = None,
+    log: Callable[[str], None] | None = None,
+    poll_s: float = 2.0,
+) -> None:
     """Run the study with one strategy per device at a time: a mixture ablation on N GPUs takes 1/N of the time.
 
     Preparation and the report run here; each strategy's training and evaluation (and the base
@@ -220,18 +266,34 @@ def run_study_on_devices(config: str | Path, devices: list[str], steps: tuple[st
     logs = study.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     # each job gets its share of the cores: oversubscribed CPU threads slow every job many times
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // len(devices)))
+    threads = os.environ.get("OMP_NUM_THREADS") or str(
+        max(1, (os.cpu_count() or 1) // len(devices))
+    )
     running: dict[str, tuple[subprocess.Popen, str, float]] = {}
     failed: list[str] = []
     free = list(devices)
     while queue or running:
         while queue and free:
             job, device = queue.pop(0), free.pop(0)
-            command = [sys.executable, "-m", "longmix", "study", str(config), "--steps", ",".join(device_steps),
-                       "--strategies", job, "--quiet"]
+            command = [
+                sys.executable,
+                "-m",
+                "longmix",
+                "study",
+                str(config),
+                "--steps",
+                ",".join(device_steps),
+                "--strategies",
+                job,
+                "--quiet",
+            ]
             with open(logs / f"{study.slug(job)}.log", "ab") as handle:
-                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                           env={**os.environ, "CUDA_VISIBLE_DEVICES": device, "OMP_NUM_THREADS": threads})
+                process = subprocess.Popen(
+                    command,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "CUDA_VISIBLE_DEVICES": device, "OMP_NUM_THREADS": threads},
+                )
             running[job] = (process, device, time.monotonic())
             log(f"{job}: started on device {device}")
         time.sleep(poll_s if running else 0)
@@ -243,7 +305,9 @@ def run_study_on_devices(config: str | Path, devices: list[str], steps: tuple[st
             minutes = (time.monotonic() - started) / 60
             if process.returncode:
                 failed.append(job)
-                log(f"{job}: FAILED on device {device} after {minutes:.1f} min, see {logs / (study.slug(job) + '.log')}")
+                log(
+                    f"{job}: FAILED on device {device} after {minutes:.1f} min, see {logs / (study.slug(job) + '.log')}"
+                )
             else:
                 log(f"{job}: done on device {device} in {minutes:.1f} min")
     if "report" in steps:
@@ -264,8 +328,11 @@ def study_status(study: Study) -> list[dict]:
             row["prepared"] = (study.out / "data" / slug / "manifest.json").is_file()
             run = study.out / "runs" / slug
             last = _last_log_row(run / "log.jsonl")
-            row["trained"] = "done" if (run / "model" / "config.json").is_file() else (
-                f"step {last['step']}" if last else "no")
+            row["trained"] = (
+                "done"
+                if (run / "model" / "config.json").is_file()
+                else (f"step {last['step']}" if last else "no")
+            )
             row["loss"] = round(last["loss"], 4) if last else None
         for kind in study.evaluations():
             folder = study.out / "eval" / slug / kind
@@ -291,7 +358,9 @@ def format_status(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = [columns] + [[_cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table
+    )
 
 
 def _cell(value) -> str:
@@ -300,12 +369,22 @@ def _cell(value) -> str:
     return "–" if value is None else str(value)
 
 
-def _prepare(study: Study, strategy: str, out: Path, inputs: list[str], log, progress: bool, validation: bool = False) -> None:
+def _prepare(
+    study: Study,
+    strategy: str,
+    out: Path,
+    inputs: list[str],
+    log,
+    progress: bool,
+    validation: bool = False,
+) -> None:
     from .data.prepare import prepare
 
     # No shortcut on an existing manifest: prepare checks every file of a finished folder and redoes damage.
     log(f"prepare {out.name} ({strategy})")
-    prepare(study.prepare_settings(strategy, inputs, str(out), validation), progress=progress, log=log)
+    prepare(
+        study.prepare_settings(strategy, inputs, str(out), validation), progress=progress, log=log
+    )
 
 
 def _train(study: Study, strategy: str, log) -> None:
@@ -319,10 +398,20 @@ def _train(study: Study, strategy: str, log) -> None:
         return
     resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step-*"))
     log(f"train {strategy}{' (resuming)' if resume else ''}")
-    record = train(from_mapping(TrainConfig, study.train, "study train", data=str(study.out / "data" / study.slug(strategy)),
-                                out=str(out), resume=resume))
+    record = train(
+        from_mapping(
+            TrainConfig,
+            study.train,
+            "study train",
+            data=str(study.out / "data" / study.slug(strategy)),
+            out=str(out),
+            resume=resume,
+        )
+    )
     if record.get("stopped"):
-        raise StudyError(f"training of {strategy} was stopped ({record['stopped']}); rerun the study to resume")
+        raise StudyError(
+            f"training of {strategy} was stopped ({record['stopped']}); rerun the study to resume"
+        )
 
 
 def _evaluate(study: Study, model: Path, out: Path, log, progress: bool) -> None:
@@ -340,10 +429,15 @@ def _evaluate(study: Study, model: Path, out: Path, log, progress: bool) -> None
     for name, config in settings.items():
         data = getattr(config, "data", None)
         if data == str(heldout) and not (heldout / "manifest.json").is_file():
-            raise StudyError(f"the {name} evaluation needs held-out data: set `validation:` corpus paths in the study")
+            raise StudyError(
+                f"the {name} evaluation needs held-out data: set `validation:` corpus paths in the study"
+            )
     from .eval.runtime import load_eval_model
 
     em = load_eval_model(model, study.eval.get("tokenizer"))
-    for name, config in settings.items():  # quickest first: a stopped evaluation keeps the quick results
+    for (
+        name,
+        config,
+    ) in settings.items():  # quickest first: a stopped evaluation keeps the quick results
         log(f"eval {out.name}: {name}")
         run_evaluation(name, em, config, out, progress=progress)

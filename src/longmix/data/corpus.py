@@ -43,6 +43,7 @@ def sample_corpus_dir() -> Path:
     """The small multi-domain corpus shipped with the package (SlimPajama layout)."""
     return Path(str(resources.files("longmix") / "assets" / "sample"))
 
+
 # SlimPajama's set names, and the short names users type (`upsample:book`, `cc=0.5`).
 _DOMAIN_ALIASES = {
     "commoncrawl": "cc",
@@ -71,8 +72,14 @@ REJECT_REASONS = (
     "json_document",
 )
 # Reasons that concern a whole file, not one document of it.
-FILE_REASONS = ("truncated_archive", "unreadable_file", "not_regular_file", "binary_file", "metadata_file",
-                "json_document")
+FILE_REASONS = (
+    "truncated_archive",
+    "unreadable_file",
+    "not_regular_file",
+    "binary_file",
+    "metadata_file",
+    "json_document",
+)
 
 
 class BadInputError(LongmixError):
@@ -109,7 +116,9 @@ class Rejection:
 
     def describe(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.reason.replace('_', ' ')}" + (f" ({self.detail})" if self.detail else "")
+        return f"{where}: {self.reason.replace('_', ' ')}" + (
+            f" ({self.detail})" if self.detail else ""
+        )
 
 
 def _parse_domain_rules(text: str) -> tuple[tuple[str, str], ...]:
@@ -128,16 +137,28 @@ class ReaderOptions:
 
     text_field: str = setting("text", help="the records' text field")
     # A JSON-string ``meta`` (as in some parquet mirrors) is parsed on the way.
-    domain_field: str = setting("meta.redpajama_set_name", help="dotted path of the records' domain label")
-    domain: str | None = setting(None, help="one domain for every document (corpora without labels)")
+    domain_field: str = setting(
+        "meta.redpajama_set_name", help="dotted path of the records' domain label"
+    )
+    domain: str | None = setting(
+        None, help="one domain for every document (corpora without labels)"
+    )
     # Without a match the first folder under the corpus root names the domain.
     domain_rules: tuple[tuple[str, str], ...] = setting(
-        (), parse=_parse_domain_rules, flag="--domain-rule", metavar="GLOB=DOMAIN", repeatable=True,
+        (),
+        parse=_parse_domain_rules,
+        flag="--domain-rule",
+        metavar="GLOB=DOMAIN",
+        repeatable=True,
         help="plain-text files: domain by path pattern (repeatable), first match wins; "
-        "default: the first folder under the corpus root")
+        "default: the first folder under the corpus root",
+    )
     allowed_domains: tuple[str, ...] | None = setting(
-        None, parse=lambda text: tuple(normalize_domain(d) for d in text.split(",") if d.strip()), flag="--domains",
-        help="comma-separated known domains; documents of others are rejected as unknown_domain")
+        None,
+        parse=lambda text: tuple(normalize_domain(d) for d in text.split(",") if d.strip()),
+        flag="--domains",
+        help="comma-separated known domains; documents of others are rejected as unknown_domain",
+    )
 
 
 @dataclass(frozen=True)
@@ -149,11 +170,17 @@ class Shard:
     paths: tuple[str, ...]
     labels: tuple[str, ...]  # stable names for doc ids and messages
     roots: tuple[str, ...] = field(default=())  # label of each file's corpus root
-    kinds: tuple[FileKind, ...] = field(default=())  # what each file was found to be (see classify_file)
+    kinds: tuple[FileKind, ...] = field(
+        default=()
+    )  # what each file was found to be (see classify_file)
 
     @property
     def name(self) -> str:
-        return self.labels[0] if len(self.labels) == 1 else f"{self.labels[0]} (+{len(self.labels) - 1} files)"
+        return (
+            self.labels[0]
+            if len(self.labels) == 1
+            else f"{self.labels[0]} (+{len(self.labels) - 1} files)"
+        )
 
 
 def is_record_file(path: str | Path) -> bool:
@@ -179,9 +206,17 @@ class FileKind:
 # What HF `datasets` writes beside the data in a save_to_disk folder.
 _DATASETS_METADATA = ("dataset_info.json", "state.json", "dataset_dict.json")
 _MAGIC = (
-    (b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"GIF8", "GIF image"), (b"%PDF", "PDF document"),
-    (b"PK\x03\x04", "zip archive"), (b"\x1f\x8b", "gzip data"), (b"\x28\xb5\x2f\xfd", "zstd data"),
-    (b"PAR1", "parquet data"), (b"ARROW1", "Arrow data"), (b"\x7fELF", "executable"), (b"RIFF", "RIFF media"),
+    (b"\x89PNG", "PNG image"),
+    (b"\xff\xd8\xff", "JPEG image"),
+    (b"GIF8", "GIF image"),
+    (b"%PDF", "PDF document"),
+    (b"PK\x03\x04", "zip archive"),
+    (b"\x1f\x8b", "gzip data"),
+    (b"\x28\xb5\x2f\xfd", "zstd data"),
+    (b"PAR1", "parquet data"),
+    (b"ARROW1", "Arrow data"),
+    (b"\x7fELF", "executable"),
+    (b"RIFF", "RIFF media"),
 )
 _SNIFF_BYTES = 1 << 16
 
@@ -234,7 +269,9 @@ def looks_like_json_lines(head: bytes) -> bool:
         return isinstance(orjson.loads(line), dict)
     except orjson.JSONDecodeError:
         # A first record longer than the sniffed bytes: judge by its opening.
-        return not newline and len(head) >= _SNIFF_BYTES and text[1:].lstrip().startswith((b'"', b"}"))
+        return (
+            not newline and len(head) >= _SNIFF_BYTES and text[1:].lstrip().startswith((b'"', b"}"))
+        )
 
 
 def _head(path: str) -> bytes:
@@ -243,8 +280,13 @@ def _head(path: str) -> bytes:
 
 
 def _file_type(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder")):
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "folder"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -257,9 +299,18 @@ def describe_files(shards: list[Shard]) -> str:
     refused: dict[str, Counter] = {}
     for shard in shards:
         for label, kind in zip(shard.labels, shard.kinds):
-            target = refused.setdefault(kind.reason, Counter()) if kind.refused else read.setdefault(kind.format, Counter())
+            target = (
+                refused.setdefault(kind.reason, Counter())
+                if kind.refused
+                else read.setdefault(kind.format, Counter())
+            )
             target[_suffix(label)] += 1
-    names = {"jsonl": "JSON lines", "parquet": "parquet", "arrow": "Arrow (HF datasets)", "text": "plain text"}
+    names = {
+        "jsonl": "JSON lines",
+        "parquet": "parquet",
+        "arrow": "Arrow (HF datasets)",
+        "text": "plain text",
+    }
     total = sum(sum(c.values()) for group in (read, refused) for c in group.values())
 
     def part(title: str, counts: Counter) -> str:
@@ -268,14 +319,17 @@ def describe_files(shards: list[Shard]) -> str:
 
     text = f"{total} files: " + ", ".join(part(names[f], c) for f, c in sorted(read.items()))
     if refused:
-        text += f"; {sum(sum(c.values()) for c in refused.values())} refused (" + ", ".join(
-            part(reason.replace("_", " "), c) for reason, c in sorted(refused.items())) + ")"
+        text += (
+            f"; {sum(sum(c.values()) for c in refused.values())} refused ("
+            + ", ".join(part(reason.replace("_", " "), c) for reason, c in sorted(refused.items()))
+            + ")"
+        )
     return text
 
 
 def _suffix(label: str) -> str:
     name = label.rsplit("/", 1)[-1]
-    return name[name.find("."):] if "." in name.lstrip(".") else "no extension"
+    return name[name.find(".") :] if "." in name.lstrip(".") else "no extension"
 
 
 def discover_shards(inputs: list[str | Path], text_files_per_shard: int = 256) -> list[Shard]:
@@ -298,8 +352,15 @@ def discover_shards(inputs: list[str | Path], text_files_per_shard: int = 256) -
             files = []
             for dirpath, dirnames, filenames in os.walk(root):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                files.extend(Path(dirpath, f) for f in filenames if not f.startswith(".") and not f.endswith(".tmp"))
-            found = [(path, f"{root.name}/{path.relative_to(root).as_posix()}", root.name) for path in sorted(files)]
+                files.extend(
+                    Path(dirpath, f)
+                    for f in filenames
+                    if not f.startswith(".") and not f.endswith(".tmp")
+                )
+            found = [
+                (path, f"{root.name}/{path.relative_to(root).as_posix()}", root.name)
+                for path in sorted(files)
+            ]
         for path, label, root_label in found:
             kind = classify_file(path)
             target = records if kind.format in ("jsonl", "parquet", "arrow") else texts
@@ -308,7 +369,10 @@ def discover_shards(inputs: list[str | Path], text_files_per_shard: int = 256) -
         raise InputNotFoundError(f"no input files under {', '.join(map(str, inputs))}")
     records.sort(key=lambda item: item[1])
     texts.sort(key=lambda item: item[1])
-    shards = [Shard(i, "records", (p,), (label,), (root,), (kind,)) for i, (p, label, root, kind) in enumerate(records)]
+    shards = [
+        Shard(i, "records", (p,), (label,), (root,), (kind,))
+        for i, (p, label, root, kind) in enumerate(records)
+    ]
     for start in range(0, len(texts), text_files_per_shard):
         group = texts[start : start + text_files_per_shard]
         shards.append(Shard(len(shards), "text", *(tuple(column) for column in zip(*group))))
@@ -319,7 +383,9 @@ def iter_documents(shard: Shard, options: ReaderOptions) -> Iterator[Document | 
     """Every document of the shard, in file order, or the reason it was rejected."""
     kinds = shard.kinds or tuple(classify_file(p) for p in shard.paths)
     if shard.kind == "text":
-        for path, label, root, kind in zip(shard.paths, shard.labels, shard.roots or [""] * len(shard.paths), kinds):
+        for path, label, root, kind in zip(
+            shard.paths, shard.labels, shard.roots or [""] * len(shard.paths), kinds
+        ):
             if kind.refused:
                 yield Rejection(kind.reason, label, 0, kind.detail)
             else:
@@ -339,15 +405,21 @@ def iter_documents(shard: Shard, options: ReaderOptions) -> Iterator[Document | 
 # ---------------------------------------------------------------------------- records
 
 
-def _record_to_document(record: Any, label: str, line: int, options: ReaderOptions) -> Document | Rejection:
+def _record_to_document(
+    record: Any, label: str, line: int, options: ReaderOptions
+) -> Document | Rejection:
     if not isinstance(record, dict):
         return Rejection("broken_json", label, line, "a line must hold a JSON object")
     text = record.get(options.text_field)
     if text is None:
         fields = ", ".join(sorted(map(str, record))[:10])  # names the field to pass as --text-field
-        return Rejection("missing_text", label, line, f"no field {options.text_field!r}; fields: {fields}")
+        return Rejection(
+            "missing_text", label, line, f"no field {options.text_field!r}; fields: {fields}"
+        )
     if not isinstance(text, str):
-        return Rejection("non_string_text", label, line, f"{options.text_field!r} is {type(text).__name__}")
+        return Rejection(
+            "non_string_text", label, line, f"{options.text_field!r} is {type(text).__name__}"
+        )
     if not text.strip():
         return Rejection("empty_document", label, line)
     if options.domain is not None:
@@ -355,7 +427,9 @@ def _record_to_document(record: Any, label: str, line: int, options: ReaderOptio
     else:
         domain = _lookup(record, options.domain_field)
         if not isinstance(domain, str) or not domain.strip():
-            return Rejection("missing_domain", label, line, f"no string field {options.domain_field!r}")
+            return Rejection(
+                "missing_domain", label, line, f"no string field {options.domain_field!r}"
+            )
     return _checked_domain(Document(text, normalize_domain(domain), label, line), options)
 
 
@@ -400,9 +474,16 @@ def _read_jsonl(path: str, label: str, options: ReaderOptions) -> Iterator[Docum
                     continue
                 yield _record_to_document(record, label, line_no, options)
     except (EOFError, TruncatedArchiveError) as err:
-        yield Rejection("truncated_archive", label, line_no + 1, f"{type(err).__name__}: {err}; rest of file lost")
+        yield Rejection(
+            "truncated_archive",
+            label,
+            line_no + 1,
+            f"{type(err).__name__}: {err}; rest of file lost",
+        )
     except (OSError, zlib.error, zstandard.ZstdError) as err:  # gzip.BadGzipFile is an OSError
-        yield Rejection("unreadable_file", label, line_no + 1 if line_no else 0, f"{type(err).__name__}: {err}")
+        yield Rejection(
+            "unreadable_file", label, line_no + 1 if line_no else 0, f"{type(err).__name__}: {err}"
+        )
 
 
 def _read_parquet(path: str, label: str, options: ReaderOptions) -> Iterator[Document | Rejection]:
@@ -419,7 +500,9 @@ def _read_parquet(path: str, label: str, options: ReaderOptions) -> Iterator[Doc
                 row += 1
                 yield _record_to_document(record, label, row, options)
     except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        yield Rejection("unreadable_file", label, row + 1 if row else 0, f"{type(err).__name__}: {err}")
+        yield Rejection(
+            "unreadable_file", label, row + 1 if row else 0, f"{type(err).__name__}: {err}"
+        )
 
 
 def _read_arrow(path: str, label: str, options: ReaderOptions) -> Iterator[Document | Rejection]:
@@ -443,7 +526,9 @@ def _read_arrow(path: str, label: str, options: ReaderOptions) -> Iterator[Docum
                     row += 1
                     yield _record_to_document(record, label, row, options)
     except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        yield Rejection("unreadable_file", label, row + 1 if row else 0, f"{type(err).__name__}: {err}")
+        yield Rejection(
+            "unreadable_file", label, row + 1 if row else 0, f"{type(err).__name__}: {err}"
+        )
 
 
 # ---------------------------------------------------------------------------- plain text
@@ -461,7 +546,9 @@ def text_file_domain(label: str, root: str, options: ReaderOptions) -> str:
     return normalize_domain(parts[1] if len(parts) > 2 else (root or parts[0]))
 
 
-def _read_text_file(path: str, label: str, root: str, options: ReaderOptions) -> Document | Rejection:
+def _read_text_file(
+    path: str, label: str, root: str, options: ReaderOptions
+) -> Document | Rejection:
     try:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):  # replaced since discovery: opening a FIFO would block
@@ -476,7 +563,9 @@ def _read_text_file(path: str, label: str, root: str, options: ReaderOptions) ->
         return Rejection("invalid_utf8", label, 0, f"byte {err.start}")
     if not text.strip():
         return Rejection("empty_document", label, 0)
-    return _checked_domain(Document(text, text_file_domain(label, root, options), label, 0), options)
+    return _checked_domain(
+        Document(text, text_file_domain(label, root, options), label, 0), options
+    )
 
 
 # ---------------------------------------------------------------------------- decompression

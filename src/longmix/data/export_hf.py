@@ -20,9 +20,18 @@ import pyarrow.parquet as pq
 from ..fsutil import atomic_write, write_json
 from .store import PackedDataset
 
-SPAN_TYPE = pa.struct([("source", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
-                       ("doc_key", pa.uint64()), ("doc_offset", pa.int64())])
-_FILE_TOKENS = 1 << 28  # ~1 GB of int32 ids per file: large enough to be few, small enough to download
+SPAN_TYPE = pa.struct(
+    [
+        ("source", pa.string()),
+        ("start", pa.int32()),
+        ("end", pa.int32()),
+        ("doc_key", pa.uint64()),
+        ("doc_offset", pa.int64()),
+    ]
+)
+_FILE_TOKENS = (
+    1 << 28
+)  # ~1 GB of int32 ids per file: large enough to be few, small enough to download
 _GROUP_TOKENS = 1 << 23  # a row group: what a reader holds in memory at once
 
 
@@ -30,7 +39,9 @@ def hf_schema(token_type: pa.DataType) -> pa.Schema:
     return pa.schema([("input_ids", pa.list_(token_type)), ("source", pa.list_(SPAN_TYPE))])
 
 
-def export_hf(folder: str | Path, out: str | Path, sequences_per_file: int | None = None) -> list[Path]:
+def export_hf(
+    folder: str | Path, out: str | Path, sequences_per_file: int | None = None
+) -> list[Path]:
     """Write ``OUT/data-NNNNN-of-MMMMM.parquet`` (and ``OUT/longmix_export.json``); returns the files.
 
     Token ids are int32 (every vocabulary we pack fits) so HF tooling needs no cast.
@@ -50,11 +61,17 @@ def export_hf(folder: str | Path, out: str | Path, sequences_per_file: int | Non
                 rows = [sequence_row(dataset, i) for i in range(start, min(hi, start + per_group))]
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
         files.append(path)
-    write_json(out / "longmix_export.json", {
-        "source": str(Path(folder).resolve()), "sequences": len(dataset), "seq_len": dataset.seq_len,
-        "files": [f.name for f in files], "tokenizer": dataset.manifest.get("tokenizer"),
-        "schema": "input_ids: list<int32>; source: list<{source, start, end, doc_key, doc_offset}>",
-    })
+    write_json(
+        out / "longmix_export.json",
+        {
+            "source": str(Path(folder).resolve()),
+            "sequences": len(dataset),
+            "seq_len": dataset.seq_len,
+            "files": [f.name for f in files],
+            "tokenizer": dataset.manifest.get("tokenizer"),
+            "schema": "input_ids: list<int32>; source: list<{source, start, end, doc_key, doc_offset}>",
+        },
+    )
     return files
 
 
@@ -62,6 +79,16 @@ def sequence_row(dataset: PackedDataset, i: int) -> dict:
     """Sequence ``i`` as one exported row."""
     seq = dataset[i]
     ends = seq.doc_starts.astype(np.int64) + seq.doc_lengths
-    spans = [{"source": domain, "start": int(start), "end": int(end), "doc_key": int(key), "doc_offset": int(offset)}
-             for domain, start, end, key, offset in zip(seq.domains, seq.doc_starts, ends, seq.doc_keys, seq.doc_offsets)]
+    spans = [
+        {
+            "source": domain,
+            "start": int(start),
+            "end": int(end),
+            "doc_key": int(key),
+            "doc_offset": int(offset),
+        }
+        for domain, start, end, key, offset in zip(
+            seq.domains, seq.doc_starts, ends, seq.doc_keys, seq.doc_offsets
+        )
+    ]
     return {"input_ids": seq.tokens.astype(np.int32), "source": spans}

@@ -127,7 +127,9 @@ def parse_strategy(text: str) -> tuple[str, str | None]:
     try:
         strategy.parse(argument.strip() or None)
     except PlanError as err:
-        raise PlanError(f"unknown strategy {text!r}: {err}; choose one of {strategy_names()}") from None
+        raise PlanError(
+            f"unknown strategy {text!r}: {err}; choose one of {strategy_names()}"
+        ) from None
     return name, argument.strip() or None
 
 
@@ -162,7 +164,9 @@ def _read_chunk_length(text: str) -> int:
     except LongmixError:
         value = 0
     if value < 1:
-        raise PlanError(f"the length must be a positive number of tokens such as 4K or 4096, got {text!r}")
+        raise PlanError(
+            f"the length must be a positive number of tokens such as 4K or 4096, got {text!r}"
+        )
     return value
 
 
@@ -174,7 +178,11 @@ def _read_domains(text: str) -> tuple[str, ...]:
 
 
 def _check_short_keep(value: float | None) -> str | None:
-    return None if value is None or 0.0 < value <= 1.0 else "must be within (0, 1], e.g. 0.1 (Fu et al.'s code)"
+    return (
+        None
+        if value is None or 0.0 < value <= 1.0
+        else "must be within (0, 1], e.g. 0.1 (Fu et al.'s code)"
+    )
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,9 @@ class DomainSummary:
 # ---------------------------------------------------------------------------- plan functions
 
 
-def keep_length_mix(summary: dict[str, DomainSummary], shares: dict[str, float], budget: int) -> dict[str, dict[str, float]]:
+def keep_length_mix(
+    summary: dict[str, DomainSummary], shares: dict[str, float], budget: int
+) -> dict[str, dict[str, float]]:
     """Each domain gets its share of the budget, split short/long as it is in the corpus."""
     targets = {}
     for domain, s in summary.items():
@@ -207,7 +217,11 @@ def keep_length_mix(summary: dict[str, DomainSummary], shares: dict[str, float],
 
 
 def per_source(
-    summary: dict[str, DomainSummary], shares: dict[str, float], budget: int, long_fraction: float, notes: list[str],
+    summary: dict[str, DomainSummary],
+    shares: dict[str, float],
+    budget: int,
+    long_fraction: float,
+    notes: list[str],
     exact: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Keep each domain's share; within it raise the long share to ``long_fraction``.
@@ -221,7 +235,9 @@ def per_source(
     for domain, s in summary.items():
         amount = budget * shares[domain]
         if amount > 0 and s.long_tokens == 0 and long_fraction > 0:
-            notes.append(f"{domain}: no documents longer than the threshold; its share stays all short (target {long_fraction:.0%} long is impossible)")
+            notes.append(
+                f"{domain}: no documents longer than the threshold; its share stays all short (target {long_fraction:.0%} long is impossible)"
+            )
             long_share = 0.0
         elif s.short_tokens == 0:
             long_share = 1.0
@@ -232,7 +248,11 @@ def per_source(
 
 
 def global_long(
-    summary: dict[str, DomainSummary], shares: dict[str, float], budget: int, long_fraction: float, notes: list[str],
+    summary: dict[str, DomainSummary],
+    shares: dict[str, float],
+    budget: int,
+    long_fraction: float,
+    notes: list[str],
     exact: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Raise the long share over the whole corpus by one long rate and one short rate (``exact``: set it).
@@ -244,28 +264,42 @@ def global_long(
     long_total = sum(t["long"] for t in targets.values())
     short_total = sum(t["short"] for t in targets.values())
     if long_total == 0:
-        notes.append(f"no documents longer than the threshold anywhere: target {long_fraction:.0%} long is impossible")
+        notes.append(
+            f"no documents longer than the threshold anywhere: target {long_fraction:.0%} long is impossible"
+        )
         return targets
     if (long_total / (long_total + short_total) >= long_fraction and not exact) or short_total == 0:
         return targets
     long_rate = long_fraction * budget / long_total
     short_rate = (1 - long_fraction) * budget / short_total
-    return {d: {"short": t["short"] * short_rate, "long": t["long"] * long_rate} for d, t in targets.items()}
+    return {
+        d: {"short": t["short"] * short_rate, "long": t["long"] * long_rate}
+        for d, t in targets.items()
+    }
 
 
-def upsample_shares(shares: dict[str, float], domains: tuple[str, ...] | str, weight: float) -> dict[str, float]:
+def upsample_shares(
+    shares: dict[str, float], domains: tuple[str, ...] | str, weight: float
+) -> dict[str, float]:
     """Set the named domains' raw weight to ``weight``, keep the others, normalise."""
     chosen = _read_domains(domains) if isinstance(domains, str) else domains
     unknown = sorted(set(chosen) - set(shares))
     if unknown:
-        raise PlanError(f"upsample names unknown domains: {', '.join(unknown)} (corpus has: {', '.join(sorted(shares))})")
+        raise PlanError(
+            f"upsample names unknown domains: {', '.join(unknown)} (corpus has: {', '.join(sorted(shares))})"
+        )
     raw = {d: (weight if d in chosen else share) for d, share in shares.items()}
     norm = sum(raw.values())
     return {d: w / norm for d, w in raw.items()}
 
 
-def short_keep_targets(summary: dict[str, DomainSummary], shares: dict[str, float], budget: int, keep: float,
-                       per_domain: bool) -> dict[str, dict[str, float]]:
+def short_keep_targets(
+    summary: dict[str, DomainSummary],
+    shares: dict[str, float],
+    budget: int,
+    keep: float,
+    per_domain: bool,
+) -> dict[str, dict[str, float]]:
     """The expected outcome of Fu et al.'s drop: all long tokens and a share ``keep`` of the short ones.
 
     A domain's long share p becomes p / (p + keep·(1-p)). ``per_domain``: each domain
@@ -291,12 +325,16 @@ def _plan_original(p: PlanInput) -> dict[str, dict[str, float]]:
 
 def _plan_per_source(p: PlanInput) -> dict[str, dict[str, float]]:
     fraction = p.long_fraction if p.argument is None else p.argument
-    return per_source(p.summary, p.shares, p.budget, fraction, p.notes, exact=p.argument is not None)
+    return per_source(
+        p.summary, p.shares, p.budget, fraction, p.notes, exact=p.argument is not None
+    )
 
 
 def _plan_global(p: PlanInput) -> dict[str, dict[str, float]]:
     fraction = p.long_fraction if p.argument is None else p.argument
-    return global_long(p.summary, p.shares, p.budget, fraction, p.notes, exact=p.argument is not None)
+    return global_long(
+        p.summary, p.shares, p.budget, fraction, p.notes, exact=p.argument is not None
+    )
 
 
 # ---------------------------------------------------------------------------- packing units
@@ -347,85 +385,157 @@ def packing_units(table: dict, strategy: str) -> dict:
 
 # ---------------------------------------------------------------------------- the strategies
 
-register(Strategy(
-    "original", "original", "the corpus' own domain and length mix", _plan_original,
-    paper="baseline: SlimPajama as it is (≈30% of tokens from documents > 4K)",
-    fu_code="`--down_sample_mode none`",
-    flags="`--strategy original`",
-))
-register(Strategy(
-    "per-source", "per-source[:F]",
-    "keep each domain's token share, raise its long share to --long-fraction (F: set it both ways)",
-    _plan_per_source, argument="optional", read_argument=_read_fraction, short_keep="per-domain",
-    paper="per-source length upsampling: keep each domain's share, raise its long share ≈30% → ≈70% (§5.3)",
-    fu_code="`per_source`: keeps every long document and each short one with probability 0.1, one pass, "
-            "until each domain's original token budget is filled: long share p → p/(p+0.1(1−p)) (CC 0.30 → 0.81)",
-    flags="paper: `--strategy per-source --long-fraction 0.7`; code: `--strategy per-source --short-keep 0.1 "
-          "--length-estimate chars`",
-))
-register(Strategy(
-    "global", "global[:F]", "raise the long share over the whole corpus, ignoring domains (the mix drifts)",
-    _plan_global, argument="optional", read_argument=_read_fraction, short_keep="global",
-    paper="global length upsampling: raise the long share over the whole corpus; the domain mix drifts",
-    fu_code="`global`: the same drop of short documents (probability 0.1 kept), no per-domain budgets",
-    flags="paper: `--strategy global --long-fraction 0.7`; code: `--strategy global --short-keep 0.1 "
-          "--length-estimate chars`",
-))
-register(Strategy(
-    "upsample", "upsample:DOMAIN[,DOMAIN]",
-    "give the named domains raw weight --domain-weight before normalising, length mix kept",
-    _plan_original, argument="required", read_argument=_read_domains, short_keep="per-domain",
-    shares=lambda shares, domains, config: upsample_shares(shares, domains, config.domain_weight),
-    paper="Code↑ / Book↑ / Arxiv↑: one domain upsampled",
-    fu_code="`upsample_code_arxiv_book`: GitHub, ArXiv and Book together at weight 0.6 (budgets not normalised: "
-            "the same proportions), plus the per-source drop of short documents; single-domain rows are not in the code",
-    flags="paper: `--strategy upsample:book`; code: `--strategy upsample:github,arxiv,book --domain-weight 0.6 "
-          "--short-keep 0.1`",
-))
-register(Strategy(
-    "cut", "cut:N", "split every document into consecutive chunks of at most N tokens; the mix is kept",
-    _plan_original, argument="required", read_argument=_read_chunk_length, reshape=chunk_documents,
-    paper="\"truncates documents into 4K-length chunks\"; the result \"inherits the original mixture\" (§3)",
-    fu_code="not in the code",
-    flags="`--strategy cut:4K`",
-))
-register(Strategy(
-    "truncate", "truncate:N", "keep each document's first N tokens and drop the rest, then original",
-    _plan_original, argument="required", read_argument=_read_chunk_length, reshape=truncate_documents,
-    paper="not in the paper (drops tokens, so long domains such as Book shrink)",
-    fu_code="not in the code",
-    flags="`--strategy truncate:4K`",
-))
+register(
+    Strategy(
+        "original",
+        "original",
+        "the corpus' own domain and length mix",
+        _plan_original,
+        paper="baseline: SlimPajama as it is (≈30% of tokens from documents > 4K)",
+        fu_code="`--down_sample_mode none`",
+        flags="`--strategy original`",
+    )
+)
+register(
+    Strategy(
+        "per-source",
+        "per-source[:F]",
+        "keep each domain's token share, raise its long share to --long-fraction (F: set it both ways)",
+        _plan_per_source,
+        argument="optional",
+        read_argument=_read_fraction,
+        short_keep="per-domain",
+        paper="per-source length upsampling: keep each domain's share, raise its long share ≈30% → ≈70% (§5.3)",
+        fu_code="`per_source`: keeps every long document and each short one with probability 0.1, one pass, "
+        "until each domain's original token budget is filled: long share p → p/(p+0.1(1−p)) (CC 0.30 → 0.81)",
+        flags="paper: `--strategy per-source --long-fraction 0.7`; code: `--strategy per-source --short-keep 0.1 "
+        "--length-estimate chars`",
+    )
+)
+register(
+    Strategy(
+        "global",
+        "global[:F]",
+        "raise the long share over the whole corpus, ignoring domains (the mix drifts)",
+        _plan_global,
+        argument="optional",
+        read_argument=_read_fraction,
+        short_keep="global",
+        paper="global length upsampling: raise the long share over the whole corpus; the domain mix drifts",
+        fu_code="`global`: the same drop of short documents (probability 0.1 kept), no per-domain budgets",
+        flags="paper: `--strategy global --long-fraction 0.7`; code: `--strategy global --short-keep 0.1 "
+        "--length-estimate chars`",
+    )
+)
+register(
+    Strategy(
+        "upsample",
+        "upsample:DOMAIN[,DOMAIN]",
+        "give the named domains raw weight --domain-weight before normalising, length mix kept",
+        _plan_original,
+        argument="required",
+        read_argument=_read_domains,
+        short_keep="per-domain",
+        shares=lambda shares, domains, config: upsample_shares(
+            shares, domains, config.domain_weight
+        ),
+        paper="Code↑ / Book↑ / Arxiv↑: one domain upsampled",
+        fu_code="`upsample_code_arxiv_book`: GitHub, ArXiv and Book together at weight 0.6 (budgets not normalised: "
+        "the same proportions), plus the per-source drop of short documents; single-domain rows are not in the code",
+        flags="paper: `--strategy upsample:book`; code: `--strategy upsample:github,arxiv,book --domain-weight 0.6 "
+        "--short-keep 0.1`",
+    )
+)
+register(
+    Strategy(
+        "cut",
+        "cut:N",
+        "split every document into consecutive chunks of at most N tokens; the mix is kept",
+        _plan_original,
+        argument="required",
+        read_argument=_read_chunk_length,
+        reshape=chunk_documents,
+        paper='"truncates documents into 4K-length chunks"; the result "inherits the original mixture" (§3)',
+        fu_code="not in the code",
+        flags="`--strategy cut:4K`",
+    )
+)
+register(
+    Strategy(
+        "truncate",
+        "truncate:N",
+        "keep each document's first N tokens and drop the rest, then original",
+        _plan_original,
+        argument="required",
+        read_argument=_read_chunk_length,
+        reshape=truncate_documents,
+        paper="not in the paper (drops tokens, so long domains such as Book shrink)",
+        fu_code="not in the code",
+        flags="`--strategy truncate:4K`",
+    )
+)
 
 
 @dataclass(frozen=True)
 class MixtureConfig:
     """The mixture knobs of `longmix prepare`."""
 
-    strategy: str = setting("per-source", check=_check_strategy,
-                            help=f"mixture strategy (the paper's Table 5), one of {strategy_names()}")
-    tokens: int | None = setting(None, unit="count",
-                                 check=lambda v: None if v is None or v > 0 else "must be positive (leave it out for the corpus' own size)",
-                                 help="token budget, e.g. 500M or 5B; default: the corpus' own size")
-    long_threshold: int = setting(4096, unit="length", check=lambda v: None if v > 0 else "must be positive",
-                                  help="a document is long when it has more tokens than this")
-    long_fraction: float = setting(0.7, check=lambda v: None if 0.0 <= v <= 1.0 else "must be within 0..1",
-                                   help="per-source / global: target share of tokens from long documents")
-    domain_weight: float = setting(0.6, check=lambda v: None if v > 0 else "must be positive",
-                                   help="upsample: raw weight of each named domain before normalising (Fu's code: 0.6)")
+    strategy: str = setting(
+        "per-source",
+        check=_check_strategy,
+        help=f"mixture strategy (the paper's Table 5), one of {strategy_names()}",
+    )
+    tokens: int | None = setting(
+        None,
+        unit="count",
+        check=lambda v: (
+            None
+            if v is None or v > 0
+            else "must be positive (leave it out for the corpus' own size)"
+        ),
+        help="token budget, e.g. 500M or 5B; default: the corpus' own size",
+    )
+    long_threshold: int = setting(
+        4096,
+        unit="length",
+        check=lambda v: None if v > 0 else "must be positive",
+        help="a document is long when it has more tokens than this",
+    )
+    long_fraction: float = setting(
+        0.7,
+        check=lambda v: None if 0.0 <= v <= 1.0 else "must be within 0..1",
+        help="per-source / global: target share of tokens from long documents",
+    )
+    domain_weight: float = setting(
+        0.6,
+        check=lambda v: None if v > 0 else "must be positive",
+        help="upsample: raw weight of each named domain before normalising (Fu's code: 0.6)",
+    )
     domain_weights: tuple[tuple[str, float], ...] | None = setting(
-        None, parse=lambda text: parse_domain_weights(text), metavar="D=W,...",
-        help="explicit starting domain mix, e.g. cc=0.67,c4=0.15,github=0.045")
+        None,
+        parse=lambda text: parse_domain_weights(text),
+        metavar="D=W,...",
+        help="explicit starting domain mix, e.g. cc=0.67,c4=0.15,github=0.045",
+    )
     short_keep: float | None = setting(
-        None, check=_check_short_keep, metavar="P",
+        None,
+        check=_check_short_keep,
+        metavar="P",
         help="per-source / global / upsample as Fu et al.'s code: keep every long document and each short one "
-             "with probability P (0.1 in his code), once each, instead of a target long fraction; "
-             "other strategies ignore it")
-    length_estimate: str = setting("tokens", choices=LENGTH_ESTIMATES,
-                                   help="what decides long vs short: exact tokens, or characters / 3.68 as Fu et al.'s code")
-    max_repeats: int = setting(4, check=lambda v: None if v >= 1 else "must be 1 or more",
-                               help="no document is used more than this many times; a target that needs more "
-                                    "takes what there is and is reported (Muennighoff et al. 2023: ~4 epochs)")
+        "with probability P (0.1 in his code), once each, instead of a target long fraction; "
+        "other strategies ignore it",
+    )
+    length_estimate: str = setting(
+        "tokens",
+        choices=LENGTH_ESTIMATES,
+        help="what decides long vs short: exact tokens, or characters / 3.68 as Fu et al.'s code",
+    )
+    max_repeats: int = setting(
+        4,
+        check=lambda v: None if v >= 1 else "must be 1 or more",
+        help="no document is used more than this many times; a target that needs more "
+        "takes what there is and is reported (Muennighoff et al. 2023: ~4 epochs)",
+    )
     seed: int = setting(0, help="seed of the selection and of the packing order")
 
     def __post_init__(self) -> None:
@@ -433,8 +543,10 @@ class MixtureConfig:
             return
         strategy, argument = strategy_of(self.strategy)
         if strategy.name in ("per-source", "global") and argument is not None:
-            raise PlanError(f"strategy {self.strategy} sets a long fraction and --short-keep {self.short_keep} replaces "
-                            f"it: use {strategy.name} with --short-keep, or drop --short-keep")
+            raise PlanError(
+                f"strategy {self.strategy} sets a long fraction and --short-keep {self.short_keep} replaces "
+                f"it: use {strategy.name} with --short-keep, or drop --short-keep"
+            )
 
 
 @dataclass
@@ -448,7 +560,9 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     max_repeats: int | None = None  # None: unbounded
     short_keep: float | None = None  # Fu et al.'s sampling: keep probability of short documents
-    domain_budgets: bool = True  # with short_keep: fill each domain's budget (per-source), or one (global)
+    domain_budgets: bool = (
+        True  # with short_keep: fill each domain's budget (per-source), or one (global)
+    )
     cut_to: int | None = None
 
 
@@ -476,7 +590,9 @@ def parse_domain_weights(text: str) -> tuple[tuple[str, float], ...]:
         except ValueError:
             weight = -1.0
         if not sep or weight < 0 or not math.isfinite(weight):
-            raise PlanError(f"bad domain weight {item!r}: write DOMAIN=WEIGHT, e.g. cc=0.67,book=0.05")
+            raise PlanError(
+                f"bad domain weight {item!r}: write DOMAIN=WEIGHT, e.g. cc=0.67,book=0.05"
+            )
         pairs.append((normalize_domain(name), weight))
     if not pairs or sum(w for _, w in pairs) <= 0:
         raise PlanError("domain weights must name at least one domain with a positive weight")
@@ -492,18 +608,27 @@ def check_domains(config: MixtureConfig, domains: list[str] | tuple[str, ...]) -
         raise PlanError(f"upsample names unknown domains: {', '.join(unknown)} {have}")
     unknown = sorted({d for d, _ in config.domain_weights or ()} - set(domains))
     if unknown:
-        raise PlanError(f"domain weights name domains the corpus lacks: {', '.join(unknown)} {have}")
+        raise PlanError(
+            f"domain weights name domains the corpus lacks: {', '.join(unknown)} {have}"
+        )
 
 
-def long_documents(lengths: np.ndarray, threshold: int, chars: np.ndarray | None = None) -> np.ndarray:
+def long_documents(
+    lengths: np.ndarray, threshold: int, chars: np.ndarray | None = None
+) -> np.ndarray:
     """Which documents are long: more tokens than ``threshold``, or (``chars``) more characters / 3.68."""
     if chars is None:
         return lengths > threshold
     return chars / CHARS_PER_TOKEN > threshold
 
 
-def summarize(domains: np.ndarray, names: list[str], lengths: np.ndarray, threshold: int,
-              long: np.ndarray | None = None) -> dict[str, DomainSummary]:
+def summarize(
+    domains: np.ndarray,
+    names: list[str],
+    lengths: np.ndarray,
+    threshold: int,
+    long: np.ndarray | None = None,
+) -> dict[str, DomainSummary]:
     """Token and document counts per domain, split at the long threshold (or by ``long``)."""
     long = lengths > threshold if long is None else long
     out = {}
@@ -534,21 +659,33 @@ def make_plan(summary: dict[str, DomainSummary], config: MixtureConfig) -> Plan:
         shares = strategy.shares(shares, argument, config)
     short_keep = effective_short_keep(config)
     if config.short_keep is not None and short_keep is None:
-        notes.append(f"--short-keep applies to per-source, global and upsample; {strategy.name} ignores it")
+        notes.append(
+            f"--short-keep applies to per-source, global and upsample; {strategy.name} ignores it"
+        )
     if short_keep is not None:
-        targets = short_keep_targets(summary, shares, budget, short_keep, per_domain=strategy.short_keep == "per-domain")
+        targets = short_keep_targets(
+            summary, shares, budget, short_keep, per_domain=strategy.short_keep == "per-domain"
+        )
     else:
         targets = strategy.plan(PlanInput(summary, shares, budget, long_fraction, argument, notes))
     return Plan(
-        config.strategy, budget, config.long_threshold,
+        config.strategy,
+        budget,
+        config.long_threshold,
         truncate_to=argument if strategy.name == "truncate" else None,
-        targets=targets, notes=notes, max_repeats=config.max_repeats, short_keep=short_keep,
-        domain_budgets=strategy.short_keep != "global", cut_to=argument if strategy.name == "cut" else None,
+        targets=targets,
+        notes=notes,
+        max_repeats=config.max_repeats,
+        short_keep=short_keep,
+        domain_budgets=strategy.short_keep != "global",
+        cut_to=argument if strategy.name == "cut" else None,
     )
 
 
 def base_shares(
-    summary: dict[str, DomainSummary], weights: tuple[tuple[str, float], ...] | None, notes: list[str]
+    summary: dict[str, DomainSummary],
+    weights: tuple[tuple[str, float], ...] | None,
+    notes: list[str],
 ) -> dict[str, float]:
     """The starting domain mix: explicit weights (normalised) or the corpus' own token shares."""
     total = sum(s.tokens for s in summary.values())
@@ -557,7 +694,9 @@ def base_shares(
     given = dict(weights)
     unknown = sorted(set(given) - set(summary))
     if unknown:
-        raise PlanError(f"domain weights name domains the corpus lacks: {', '.join(unknown)} (corpus has: {', '.join(sorted(summary))})")
+        raise PlanError(
+            f"domain weights name domains the corpus lacks: {', '.join(unknown)} (corpus has: {', '.join(sorted(summary))})"
+        )
     empty = [d for d, w in given.items() if w > 0 and summary[d].tokens == 0]
     if empty:
         raise PlanError(f"domains with weight but no tokens: {', '.join(empty)}")
@@ -574,7 +713,9 @@ def base_shares(
 def seeded_hash(keys: np.ndarray, seed: int, salt: int = 0) -> np.ndarray:
     """SplitMix64 of (key, seed, salt): a uniform, reproducible 64-bit rank per document."""
     with np.errstate(over="ignore"):
-        x = keys.astype(np.uint64) ^ np.uint64((seed * 0x9E3779B97F4A7C15 + salt * 0xD1B54A32D192ED03) & (2**64 - 1))
+        x = keys.astype(np.uint64) ^ np.uint64(
+            (seed * 0x9E3779B97F4A7C15 + salt * 0xD1B54A32D192ED03) & (2**64 - 1)
+        )
         x = x + np.uint64(0x9E3779B97F4A7C15)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
@@ -594,8 +735,15 @@ class Selection:
     shortfalls: list[dict] = field(default_factory=list)
 
 
-def select(plan: Plan, domains: np.ndarray, names: list[str], lengths: np.ndarray, keys: np.ndarray, seed: int,
-           long: np.ndarray | None = None) -> Selection:
+def select(
+    plan: Plan,
+    domains: np.ndarray,
+    names: list[str],
+    lengths: np.ndarray,
+    keys: np.ndarray,
+    seed: int,
+    long: np.ndarray | None = None,
+) -> Selection:
     """Repeat counts per document that meet each cell's token target as closely as allowed.
 
     ``long`` marks the long documents (default: more tokens than the plan's threshold).
@@ -611,21 +759,30 @@ def select(plan: Plan, domains: np.ndarray, names: list[str], lengths: np.ndarra
             rows = np.flatnonzero((domains == code) & members)
             available = int(lengths[rows].sum())
             achieved = int((lengths[rows] * repeats[rows]).sum())
-            cells.append({
-                "domain": domain,
-                "class": length_class,
-                "target_tokens": round(plan.targets[domain][length_class]),
-                "available_tokens": available,
-                "selected_tokens": achieved,
-                "repeat_factor": achieved / available if available else 0.0,
-                "max_repeats": int(repeats[rows].max()) if len(rows) else 0,
-                "limited": bool(limited.get((domain, length_class), False)),
-            })
+            cells.append(
+                {
+                    "domain": domain,
+                    "class": length_class,
+                    "target_tokens": round(plan.targets[domain][length_class]),
+                    "available_tokens": available,
+                    "selected_tokens": achieved,
+                    "repeat_factor": achieved / available if available else 0.0,
+                    "max_repeats": int(repeats[rows].max()) if len(rows) else 0,
+                    "limited": bool(limited.get((domain, length_class), False)),
+                }
+            )
     return Selection(repeats, cells, shortfalls(cells, plan))
 
 
-def _select_to_targets(plan: Plan, domains: np.ndarray, names: list[str], lengths: np.ndarray, keys: np.ndarray,
-                       seed: int, long: np.ndarray) -> tuple[np.ndarray, dict]:
+def _select_to_targets(
+    plan: Plan,
+    domains: np.ndarray,
+    names: list[str],
+    lengths: np.ndarray,
+    keys: np.ndarray,
+    seed: int,
+    long: np.ndarray,
+) -> tuple[np.ndarray, dict]:
     """Whole copies while the target allows (at most ``max_repeats``), then the hash-ranked prefix nearest the rest."""
     repeats = np.zeros(len(lengths), dtype=np.int32)
     ranks = seeded_hash(keys, seed)
@@ -649,15 +806,24 @@ def _select_to_targets(plan: Plan, domains: np.ndarray, names: list[str], length
             order = rows[np.argsort(ranks[rows], kind="stable")]
             cumulative = np.cumsum(lengths[order])
             take = int(np.searchsorted(cumulative, rest))  # cumulative[take] >= rest
-            if take < len(order) and cumulative[take] - rest < rest - (cumulative[take - 1] if take else 0):
+            if take < len(order) and cumulative[take] - rest < rest - (
+                cumulative[take - 1] if take else 0
+            ):
                 take += 1  # including the crossing document lands nearer the target
             repeats[rows] += whole
             repeats[order[:take]] += 1
     return repeats, limited
 
 
-def _select_short_keep(plan: Plan, domains: np.ndarray, names: list[str], lengths: np.ndarray, keys: np.ndarray,
-                       seed: int, long: np.ndarray) -> tuple[np.ndarray, dict]:
+def _select_short_keep(
+    plan: Plan,
+    domains: np.ndarray,
+    names: list[str],
+    lengths: np.ndarray,
+    keys: np.ndarray,
+    seed: int,
+    long: np.ndarray,
+) -> tuple[np.ndarray, dict]:
     """Fu et al.'s one pass: keep long documents and short ones with probability P, in seeded order, until the budget.
 
     As his stream, the document that crosses the budget is still taken; no document twice.
@@ -667,20 +833,28 @@ def _select_short_keep(plan: Plan, domains: np.ndarray, names: list[str], length
     kept = long | (seeded_uniform(keys, seed, _SHORT_KEEP_SALT) < plan.short_keep)
     ranks = seeded_hash(keys, seed)
     if plan.domain_budgets:
-        groups = [([d], np.flatnonzero(kept & (domains == code)), sum(plan.targets[d].values()))
-                  for code, d in enumerate(names)]
+        groups = [
+            ([d], np.flatnonzero(kept & (domains == code)), sum(plan.targets[d].values()))
+            for code, d in enumerate(names)
+        ]
     else:
         groups = [(list(names), np.flatnonzero(kept), plan.budget)]
     limited = {}
     for group_names, rows, budget in groups:
         order = rows[np.argsort(ranks[rows], kind="stable")]
         cumulative = np.cumsum(lengths[order])
-        take = min(int(np.searchsorted(cumulative, budget, side="left")) + 1, len(order)) if budget >= 1 else 0
+        take = (
+            min(int(np.searchsorted(cumulative, budget, side="left")) + 1, len(order))
+            if budget >= 1
+            else 0
+        )
         repeats[order[:take]] = 1
         short_of_budget = budget - (int(cumulative[take - 1]) if take else 0) >= 1
         for domain in group_names:
             for length_class in ("short", "long"):
-                limited[(domain, length_class)] = short_of_budget and plan.targets[domain][length_class] >= 1
+                limited[(domain, length_class)] = (
+                    short_of_budget and plan.targets[domain][length_class] >= 1
+                )
     return repeats, limited
 
 
@@ -695,21 +869,28 @@ def shortfalls(cells: list[dict], plan: Plan) -> list[dict]:
         achieved = sum(c["selected_tokens"] for c in mine)
         target_long = sum(c["target_tokens"] for c in mine if c["class"] == "long")
         achieved_long = sum(c["selected_tokens"] for c in mine if c["class"] == "long")
-        reason = (f"short_keep {plan.short_keep:g} keeps too few documents, none used twice" if plan.short_keep is not None
-                  else f"at most {plan.max_repeats} uses per document")
-        out.append({
-            "domain": domain,
-            "target_tokens": target,
-            "achieved_tokens": achieved,
-            "target_long_share": target_long / target if target else 0.0,
-            "achieved_long_share": achieved_long / achieved if achieved else 0.0,
-            "reason": reason,
-        })
+        reason = (
+            f"short_keep {plan.short_keep:g} keeps too few documents, none used twice"
+            if plan.short_keep is not None
+            else f"at most {plan.max_repeats} uses per document"
+        )
+        out.append(
+            {
+                "domain": domain,
+                "target_tokens": target,
+                "achieved_tokens": achieved,
+                "target_long_share": target_long / target if target else 0.0,
+                "achieved_long_share": achieved_long / achieved if achieved else 0.0,
+                "reason": reason,
+            }
+        )
     return out
 
 
 def format_shortfall(record: dict) -> str:
     """One warning line: ``web: target 70.0% long of 1.20M tokens, achieved 41.3% long of 800K (...)``."""
-    return (f"{record['domain']}: target {record['target_long_share']:.1%} long of {format_count(record['target_tokens'])} "
-            f"tokens, achieved {record['achieved_long_share']:.1%} long of {format_count(record['achieved_tokens'])} "
-            f"({record['reason']})")
+    return (
+        f"{record['domain']}: target {record['target_long_share']:.1%} long of {format_count(record['target_tokens'])} "
+        f"tokens, achieved {record['achieved_long_share']:.1%} long of {format_count(record['achieved_tokens'])} "
+        f"({record['reason']})"
+    )

@@ -44,7 +44,9 @@ class Layout:
         return np.searchsorted(self.span_seq, np.arange(self.n_sequences + 1)).astype(np.int64)
 
 
-def shuffled_pieces(repeats: np.ndarray, keys: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def shuffled_pieces(
+    repeats: np.ndarray, keys: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows and repeat numbers of all selected copies, in seeded random order.
 
     The order key hashes (document id, repeat number), so the order depends on nothing
@@ -55,7 +57,9 @@ def shuffled_pieces(repeats: np.ndarray, keys: np.ndarray, seed: int) -> tuple[n
     starts = np.repeat(np.cumsum(repeats) - repeats, repeats)
     copy = (np.arange(len(rows), dtype=np.int64) - starts).astype(np.int32)
     with np.errstate(over="ignore"):
-        order_key = seeded_hash(keys[rows] + copy.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15), seed, _ORDER_SALT)
+        order_key = seeded_hash(
+            keys[rows] + copy.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15), seed, _ORDER_SALT
+        )
     order = np.lexsort((rows, order_key))
     return rows[order], copy[order]
 
@@ -65,7 +69,9 @@ def compute_layout(
 ) -> Layout:
     """Cut the concatenation of pieces (document + separator) into ``seq_len`` sequences."""
     piece = lengths[rows].astype(np.int64) + (1 if separator else 0)
-    piece_start = np.concatenate([[0], np.cumsum(piece)[:-1]]) if len(piece) else np.zeros(0, np.int64)
+    piece_start = (
+        np.concatenate([[0], np.cumsum(piece)[:-1]]) if len(piece) else np.zeros(0, np.int64)
+    )
     total = int(piece.sum())
     n_sequences = total // seq_len
     kept = n_sequences * seq_len
@@ -73,7 +79,9 @@ def compute_layout(
     cuts = np.union1d(piece_start[piece_start < kept], np.arange(0, kept, seq_len, dtype=np.int64))
     ends = np.append(cuts[1:], kept)
     owner = np.searchsorted(piece_start, cuts, side="right") - 1
-    cut_documents = int(((piece_start < kept) & (piece_start + piece > kept)).sum() + (piece_start >= kept).sum())
+    cut_documents = int(
+        ((piece_start < kept) & (piece_start + piece > kept)).sum() + (piece_start >= kept).sum()
+    )
     return Layout(
         seq_len=seq_len,
         n_sequences=n_sequences,
@@ -109,7 +117,9 @@ class PartTask:
     span_doc_tokens: np.ndarray  # document length (after any cut), without the separator
 
 
-CHUNK_BYTES = 64 << 20  # a worker holds one chunk of its part, not the whole part (512 MiB by default)
+CHUNK_BYTES = (
+    64 << 20
+)  # a worker holds one chunk of its part, not the whole part (512 MiB by default)
 
 
 def write_part(task: PartTask, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -118,7 +128,9 @@ def write_part(task: PartTask, chunk_bytes: int = CHUNK_BYTES) -> int:
     sources: dict[int, np.memmap] = {}
     per_chunk = max(1, chunk_bytes // (task.seq_len * dtype.itemsize))
     # Spans are sorted by sequence: the spans of sequences [a, b) are one contiguous slice.
-    bounds = np.searchsorted(task.span_seq, np.arange(task.first, task.last + per_chunk, per_chunk).clip(max=task.last))
+    bounds = np.searchsorted(
+        task.span_seq, np.arange(task.first, task.last + per_chunk, per_chunk).clip(max=task.last)
+    )
     written = 0
     with atomic_write(Path(task.path)) as sink:
         for chunk, first in enumerate(range(task.first, task.last, per_chunk)):

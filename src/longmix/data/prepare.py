@@ -80,7 +80,16 @@ from .tokenize import (
 from .verify import digest_files, digest_job, find_damage, recorded_files
 
 # Outputs of a prepared folder, removed by ``overwrite`` (the tokenized cache is kept).
-_OUTPUTS = (MANIFEST, "params.json", "stats.json", "plan.json", "report.md", "plots", "tokens", "index")
+_OUTPUTS = (
+    MANIFEST,
+    "params.json",
+    "stats.json",
+    "plan.json",
+    "report.md",
+    "plots",
+    "tokens",
+    "index",
+)
 
 
 class PrepareError(LongmixError):
@@ -91,39 +100,85 @@ class PrepareError(LongmixError):
 class PrepareConfig:
     """Every knob of `longmix prepare`; saved (less how and where it runs) in the manifest."""
 
-    inputs: tuple[str, ...] = setting(positional=True, aliases=("corpus",), metavar="CORPUS",
-                                      help="corpus files or folders: .jsonl[.gz|.zst], .parquet, or plain-text files")
+    inputs: tuple[str, ...] = setting(
+        positional=True,
+        aliases=("corpus",),
+        metavar="CORPUS",
+        help="corpus files or folders: .jsonl[.gz|.zst], .parquet, or plain-text files",
+    )
     out: str = setting(help="the prepared folder")
-    tokenizer: str = setting("smollm2", help="tokenizer.json, a HF tokenizer folder, or 'smollm2' (built in)")
-    separator: str | None = setting(None, help="token between packed documents (default: the tokenizer's EOS); '' for none")
-    seq_len: int = setting(81920, unit="length", check=lambda v: None if v > 1 else "must be at least 2",
-                           help="tokens per packed sequence (80K = 81,920, the paper's)")
+    tokenizer: str = setting(
+        "smollm2", help="tokenizer.json, a HF tokenizer folder, or 'smollm2' (built in)"
+    )
+    separator: str | None = setting(
+        None, help="token between packed documents (default: the tokenizer's EOS); '' for none"
+    )
+    seq_len: int = setting(
+        81920,
+        unit="length",
+        check=lambda v: None if v > 1 else "must be at least 2",
+        help="tokens per packed sequence (80K = 81,920, the paper's)",
+    )
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     reader: ReaderOptions = field(default_factory=ReaderOptions)
-    cache: str | None = setting(None, help="folder for tokenized shards, shared between runs with different strategies")
-    workers: int | None = setting(None, check=lambda v: None if v is None or v > 0 else "must be positive",
-                                  help="processes (default: all cores); the output does not depend on it")
-    strict: bool = setting(False, help="stop at the first bad document instead of skipping and counting it")
-    part_bytes: int = setting(1 << 29, unit="length", flag="--part-size",
-                              help="size of one tokens/part-NNNNN.bin file (whole sequences)")
-    text_files_per_shard: int = setting(256, cli=False, help="plain-text documents per tokenization task")
+    cache: str | None = setting(
+        None, help="folder for tokenized shards, shared between runs with different strategies"
+    )
+    workers: int | None = setting(
+        None,
+        check=lambda v: None if v is None or v > 0 else "must be positive",
+        help="processes (default: all cores); the output does not depend on it",
+    )
+    strict: bool = setting(
+        False, help="stop at the first bad document instead of skipping and counting it"
+    )
+    part_bytes: int = setting(
+        1 << 29,
+        unit="length",
+        flag="--part-size",
+        help="size of one tokens/part-NNNNN.bin file (whole sequences)",
+    )
+    text_files_per_shard: int = setting(
+        256, cli=False, help="plain-text documents per tokenization task"
+    )
     overwrite: bool = setting(False, help="replace a prepared folder made with other settings")
-    executor: str = setting("local", choices=("local", "ray"), help="local processes or a Ray cluster; same output")
-    ray_address: str | None = setting(None, help="a running Ray cluster ('auto', 'ray://host:10001'); default: start one here")
-    rank: int | None = setting(None, help="with --world-size: tokenize only shards i with i % world_size == rank")
-    world_size: int | None = setting(None, help="ranks sharing the tokenization (a Slurm job array, several machines)")
-    finalize: bool = setting(False, help="after the ranks: check every shard is done, then plan and pack")
+    executor: str = setting(
+        "local", choices=("local", "ray"), help="local processes or a Ray cluster; same output"
+    )
+    ray_address: str | None = setting(
+        None, help="a running Ray cluster ('auto', 'ray://host:10001'); default: start one here"
+    )
+    rank: int | None = setting(
+        None, help="with --world-size: tokenize only shards i with i % world_size == rank"
+    )
+    world_size: int | None = setting(
+        None, help="ranks sharing the tokenization (a Slurm job array, several machines)"
+    )
+    finalize: bool = setting(
+        False, help="after the ranks: check every shard is done, then plan and pack"
+    )
 
     def params(self) -> dict:
         """The settings that determine the output (not how or where the work runs), by meaning:
         paths are resolved, so ``data``, ``./data`` and ``/abs/data`` compare equal, and the
         output folder itself is left out (it is where the record lives, wherever it moved)."""
         data = asdict(self)
-        for key in ("out", "workers", "overwrite", "executor", "ray_address", "rank", "world_size", "finalize"):
+        for key in (
+            "out",
+            "workers",
+            "overwrite",
+            "executor",
+            "ray_address",
+            "rank",
+            "world_size",
+            "finalize",
+        ):
             data.pop(key)
         data["inputs"] = [_real_path(p) for p in self.inputs]
         data["cache"] = _real_path(self.cache) if self.cache else None
-        data["tokenizer"] = self.tokenizer if self.tokenizer == BUILTIN_TOKENIZER else _real_path(self.tokenizer)
+        data["tokenizer"] = (
+            self.tokenizer if self.tokenizer == BUILTIN_TOKENIZER else _real_path(self.tokenizer)
+        )
         return as_json_types(data)
 
 
@@ -131,13 +186,17 @@ def _real_path(path: str) -> str:
     return os.path.realpath(os.path.expanduser(path))
 
 
-def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+def prepare(
+    config: PrepareConfig, *, progress: bool = True, log: Callable[[str], None] | None = None
+) -> dict:
     """Run the whole pipeline; returns the contents of ``stats.json``."""
     log = log or (lambda message: print(message, file=sys.stderr))
     started = time.perf_counter()
     out = Path(config.out)
     _check_config(config)
-    if config.world_size is not None and (config.rank is None or not 0 <= config.rank < config.world_size):
+    if config.world_size is not None and (
+        config.rank is None or not 0 <= config.rank < config.world_size
+    ):
         raise PrepareError(f"--rank must be within 0..{config.world_size - 1}")
     tokenizer = resolve_tokenizer(config.tokenizer, config.separator)
     # One writer per folder; the ranks of a job array share theirs.
@@ -148,13 +207,21 @@ def prepare(config: PrepareConfig, *, progress: bool = True, log: Callable[[str]
         return _prepare_locked(config, out, tokenizer, started, progress, log)
 
 
-def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, started: float, progress: bool,
-                    log: Callable[[str], None]) -> dict:
+def _prepare_locked(
+    config: PrepareConfig,
+    out: Path,
+    tokenizer: TokenizerInfo,
+    started: float,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict:
     _claim_output(out, config)
     if (out / MANIFEST).is_file():
         damage = find_damage(out)
         if not damage:
-            log(f"{out} is already complete (every file checked); delete it or pass --overwrite to redo it")
+            log(
+                f"{out} is already complete (every file checked); delete it or pass --overwrite to redo it"
+            )
             return read_json(out / "stats.json")
         more = f" and {len(damage) - 1} more" if len(damage) > 1 else ""
         log(f"{out} is damaged ({damage[0].describe(out)}{more}): redoing the damaged files")
@@ -170,50 +237,76 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
         remove_stale_temporaries(tokenized)
     executor = make_executor(config.executor, config.workers, config.ray_address)
     log(describe_files(shards))
-    log(f"{len(shards)} shards from {', '.join(config.inputs)}; tokenizer {tokenizer.name} "
-        f"(vocab {tokenizer.vocab_size}, {tokenizer.dtype.name}); {config.executor} executor, {executor.workers} workers")
+    log(
+        f"{len(shards)} shards from {', '.join(config.inputs)}; tokenizer {tokenizer.name} "
+        f"(vocab {tokenizer.vocab_size}, {tokenizer.dtype.name}); {config.executor} executor, {executor.workers} workers"
+    )
 
     if config.world_size is not None:  # one rank of a job array: its share of the shards, then stop
         mine = [s for s in shards if s.index % config.world_size == config.rank]
         tokenize_all(mine, tokenized, tokenizer, config, executor, progress, log)
-        log(f"rank {config.rank}/{config.world_size}: {len(mine)} shards tokenized; when every rank is done, run "
-            "the same command with --finalize instead of --rank/--world-size")
+        log(
+            f"rank {config.rank}/{config.world_size}: {len(mine)} shards tokenized; when every rank is done, run "
+            "the same command with --finalize instead of --rank/--world-size"
+        )
         return {"rank": config.rank, "world_size": config.world_size, "shards": len(mine)}
     if config.finalize:
         missing = missing_shards(shards, tokenized, tokenizer, config)
         if missing:
-            raise PrepareError(f"{len(missing)} of {len(shards)} shards are not tokenized yet (e.g. "
-                               f"{', '.join(s.name for s in missing[:3])}): rerun the ranks that failed")
+            raise PrepareError(
+                f"{len(missing)} of {len(shards)} shards are not tokenized yet (e.g. "
+                f"{', '.join(s.name for s in missing[:3])}): rerun the ranks that failed"
+            )
     summaries = tokenize_all(shards, tokenized, tokenizer, config, executor, progress, log)
     table = load_document_table(tokenized, [s.index for s in shards])
     check_domains(config.mixture, table["names"])
     if config.mixture.length_estimate == "chars" and "n_chars" not in table:
-        raise PrepareError(f"the tokenized shards in {tokenized} predate character counts, which --length-estimate "
-                           "chars needs: delete that folder to tokenize again, or use --length-estimate tokens")
+        raise PrepareError(
+            f"the tokenized shards in {tokenized} predate character counts, which --length-estimate "
+            "chars needs: delete that folder to tokenize again, or use --length-estimate tokens"
+        )
     read = sum(s["documents_read"] for s in summaries)
     used = sum(s["documents_used"] for s in summaries)
     rejected = sum(s["documents_rejected"] for s in summaries)
     if read != used + rejected:
-        raise PrepareError(f"document accounting broke: read {read} != used {used} + rejected {rejected}")
+        raise PrepareError(
+            f"document accounting broke: read {read} != used {used} + rejected {rejected}"
+        )
     if not sum(s["tokens"] for s in summaries):
         raise PrepareError(explain_no_documents(summaries))
     if used != len(table["n_tokens"]):
-        raise PrepareError(f"document table has {len(table['n_tokens'])} rows but shards report {used} documents")
+        raise PrepareError(
+            f"document table has {len(table['n_tokens'])} rows but shards report {used} documents"
+        )
 
     plan_result = plan_mixture(table, config.mixture)
-    layout, parts = pack_all(out, table, plan_result, tokenizer, tokenized, config, executor, progress)
+    layout, parts = pack_all(
+        out, table, plan_result, tokenizer, tokenized, config, executor, progress
+    )
 
     stats = {
-        "documents": {"read": read, "used": used, "rejected": rejected,
-                      "file_errors": sum(s["file_errors"] for s in summaries)},
+        "documents": {
+            "read": read,
+            "used": used,
+            "rejected": rejected,
+            "file_errors": sum(s["file_errors"] for s in summaries),
+        },
         "rejections": _collect_rejections(summaries),
         "before": plan_result["before"],
         "after": plan_result["after"],
-        "plan": {"notes": plan_result["plan"].notes, "cells": plan_result["selection"].cells,
-                 "targets": plan_result["plan"].targets, "shortfalls": plan_result["selection"].shortfalls},
-        "packing": {"n_sequences": layout.n_sequences, "seq_len": layout.seq_len,
-                    "tail_tokens_dropped": layout.tail_tokens_dropped, "tail_documents_cut": layout.tail_documents_cut,
-                    "spans": len(layout.span_seq)},
+        "plan": {
+            "notes": plan_result["plan"].notes,
+            "cells": plan_result["selection"].cells,
+            "targets": plan_result["plan"].targets,
+            "shortfalls": plan_result["selection"].shortfalls,
+        },
+        "packing": {
+            "n_sequences": layout.n_sequences,
+            "seq_len": layout.seq_len,
+            "tail_tokens_dropped": layout.tail_tokens_dropped,
+            "tail_documents_cut": layout.tail_documents_cut,
+            "spans": len(layout.span_seq),
+        },
     }
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -231,7 +324,9 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
         "long_threshold": config.mixture.long_threshold,
         "long_fraction": long_fraction_of(config.mixture),
         "domain_weight": config.mixture.domain_weight,
-        "domain_weights": dict(config.mixture.domain_weights) if config.mixture.domain_weights else None,
+        "domain_weights": dict(config.mixture.domain_weights)
+        if config.mixture.domain_weights
+        else None,
         "seed": config.mixture.seed,
         "truncate_to": plan_result["plan"].truncate_to,
         "cut_to": plan_result["plan"].cut_to,
@@ -247,13 +342,19 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
     with atomic_write(out / "report.md", "w") as sink:
         sink.write(markdown_report(stats))
     units = plan_result["units"]
-    plot_length_distribution(table["names"], (table["domains"], table["n_tokens"], np.ones(len(table["n_tokens"]), np.int32)),
-                             (units["domains"], units["n_tokens"], plan_result["selection"].repeats),
-                             config.mixture.long_threshold, out / "plots" / "length_distribution.png")
+    plot_length_distribution(
+        table["names"],
+        (table["domains"], table["n_tokens"], np.ones(len(table["n_tokens"]), np.int32)),
+        (units["domains"], units["n_tokens"], plan_result["selection"].repeats),
+        config.mixture.long_threshold,
+        out / "plots" / "length_distribution.png",
+    )
     plot_domain_shares(stats["before"], stats["after"], out / "plots" / "domain_shares.png")
     # Sizes and checksums let a rerun (and `longmix verify`) tell a whole folder from a damaged one.
     paths = [str(p) for p in recorded_files(out)]
-    manifest["files"] = digest_files(out, executor.map(digest_job, paths, desc="checksum", progress=progress, unit="file"))
+    manifest["files"] = digest_files(
+        out, executor.map(digest_job, paths, desc="checksum", progress=progress, unit="file")
+    )
     write_json(out / MANIFEST, manifest)
 
     log(format_table(stats["before"], stats["after"]))
@@ -264,7 +365,9 @@ def _prepare_locked(config: PrepareConfig, out: Path, tokenizer: TokenizerInfo, 
     log(f"documents read {read} = used {used} + rejected {rejected}")
     if rejected or stats["documents"]["file_errors"]:
         log(format_rejections(stats["rejections"]))
-    log(f"wrote {layout.n_sequences} sequences × {config.seq_len} tokens to {out} in {time.perf_counter() - started:.1f}s")
+    log(
+        f"wrote {layout.n_sequences} sequences × {config.seq_len} tokens to {out} in {time.perf_counter() - started:.1f}s"
+    )
     return stats
 
 
@@ -279,8 +382,13 @@ def _check_config(config: PrepareConfig) -> None:
             continue
         choices = spec.choices()
         check = spec.meta.get("check")
-        problem = (f"{value!r} is not one of {', '.join(map(str, choices))}" if choices is not None and value not in choices
-                   else check(value) if check is not None else None)
+        problem = (
+            f"{value!r} is not one of {', '.join(map(str, choices))}"
+            if choices is not None and value not in choices
+            else check(value)
+            if check is not None
+            else None
+        )
         if problem:
             raise PrepareError(f"{spec.flag} {value!r}: {problem}")
     if config.seq_len < 2:
@@ -302,7 +410,17 @@ def _check_named_domains(config: PrepareConfig) -> None:
 
 
 # A field holding a document's text, by the names corpora commonly use for it.
-_TEXT_FIELD_NAMES = ("content", "raw_content", "contents", "body", "document", "article", "markdown", "passage", "story")
+_TEXT_FIELD_NAMES = (
+    "content",
+    "raw_content",
+    "contents",
+    "body",
+    "document",
+    "article",
+    "markdown",
+    "passage",
+    "story",
+)
 # What usually causes each rejection when every document is rejected.
 _LIKELY_FIX = {
     "missing_domain": "pass --domain NAME (one domain for all) or --domain-field with the records' domain path",
@@ -330,19 +448,27 @@ def explain_no_documents(summaries: list[dict]) -> str:
         place = ""
         if where:
             line = f":{where['line']}" if where["line"] else ""  # 0: a whole file
-            place = f" (e.g. {where['file']}{line}{': ' + where['detail'] if where['detail'] else ''})"
+            place = (
+                f" (e.g. {where['file']}{line}{': ' + where['detail'] if where['detail'] else ''})"
+            )
         reasons.append(f"{reason.replace('_', ' ')} ×{count}{place}")
-    return (f"no usable document: {read} read, all rejected: {'; '.join(reasons)}; "
-            f"{_likely_fix(top[0][0], example.get(top[0][0]))}")
+    return (
+        f"no usable document: {read} read, all rejected: {'; '.join(reasons)}; "
+        f"{_likely_fix(top[0][0], example.get(top[0][0]))}"
+    )
 
 
 def _likely_fix(reason: str, example: dict | None) -> str:
     if reason == "missing_text":
-        match = re.search(r"no field '([^']*)'; fields: (.*)$", example["detail"] if example else "")
+        match = re.search(
+            r"no field '([^']*)'; fields: (.*)$", example["detail"] if example else ""
+        )
         if match:
             fields = match.group(2).split(", ")
             guess = next((f for f in _TEXT_FIELD_NAMES if f in fields), None)
-            choice = f"--text-field {guess}" if guess else "--text-field with the one holding the text"
+            choice = (
+                f"--text-field {guess}" if guess else "--text-field with the one holding the text"
+            )
             return f"the records have no {match.group(1)!r} field but {', '.join(fields)}: pass {choice}"
         return "pass --text-field with the field that holds the text"
     return _LIKELY_FIX.get(reason, "see the examples above")
@@ -358,7 +484,11 @@ def _claim_output(out: Path, config: PrepareConfig) -> None:
         # their own fingerprints), so a run that failed early may be rerun with a fix.
         if previous != config.params() and packed:
             if not config.overwrite:
-                changed = sorted(k for k in set(previous) | set(config.params()) if previous.get(k) != config.params().get(k))
+                changed = sorted(
+                    k
+                    for k in set(previous) | set(config.params())
+                    if previous.get(k) != config.params().get(k)
+                )
                 raise PrepareError(
                     f"{out} holds a dataset prepared with other settings ({', '.join(changed)} differ); "
                     "use another --out, or --overwrite to replace it"
@@ -388,10 +518,22 @@ def copy_tokenizer(tokenizer_json: Path, folder: Path) -> None:
                 sink.write(source.read_bytes())
 
 
-def tokenize_all(shards, tokenized: Path, tokenizer: TokenizerInfo, config: PrepareConfig,
-                 executor, progress: bool, log: Callable[[str], None]) -> list[dict]:
+def tokenize_all(
+    shards,
+    tokenized: Path,
+    tokenizer: TokenizerInfo,
+    config: PrepareConfig,
+    executor,
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[dict]:
     """Tokenize the shards not done yet; return every shard's summary in shard order."""
-    tasks = [TokenizeTask(s, str(tokenized), tokenizer.path, tokenizer.vocab_size, config.reader, config.strict) for s in shards]
+    tasks = [
+        TokenizeTask(
+            s, str(tokenized), tokenizer.path, tokenizer.vocab_size, config.reader, config.strict
+        )
+        for s in shards
+    ]
     jobs = [(t, input_fingerprint(t, tokenizer.sha256)) for t in tasks]
     todo = [job for job in jobs if not shard_is_done(*job)]
     if len(todo) < len(jobs):
@@ -408,8 +550,15 @@ def tokenize_all(shards, tokenized: Path, tokenizer: TokenizerInfo, config: Prep
     return [read_json(tokenized / f"{shard_stem(s.index)}.json") for s in shards]
 
 
-def missing_shards(shards, tokenized: Path, tokenizer: TokenizerInfo, config: PrepareConfig) -> list:
-    tasks = [TokenizeTask(s, str(tokenized), tokenizer.path, tokenizer.vocab_size, config.reader, config.strict) for s in shards]
+def missing_shards(
+    shards, tokenized: Path, tokenizer: TokenizerInfo, config: PrepareConfig
+) -> list:
+    tasks = [
+        TokenizeTask(
+            s, str(tokenized), tokenizer.path, tokenizer.vocab_size, config.reader, config.strict
+        )
+        for s in shards
+    ]
     return [t.shard for t in tasks if not shard_is_done(t, input_fingerprint(t, tokenizer.sha256))]
 
 
@@ -426,11 +575,19 @@ def load_document_table(tokenized: Path, shard_ids: list[int]) -> dict:
     parts = [pq.read_table(f, columns=wanted) for f in files]
     domain_names = sorted({d for p in parts for d in p.column("domain").to_pylist()})
     code = {name: i for i, name in enumerate(domain_names)}
-    columns = {"doc_key": [], "domains": [], "n_tokens": [], "offset": [], "shard": [],
-               **({"n_chars": []} if with_chars else {})}
+    columns = {
+        "doc_key": [],
+        "domains": [],
+        "n_tokens": [],
+        "offset": [],
+        "shard": [],
+        **({"n_chars": []} if with_chars else {}),
+    }
     for shard, part in zip(shard_ids, parts):
         columns["doc_key"].append(part.column("doc_key").to_numpy())
-        columns["domains"].append(np.array([code[d] for d in part.column("domain").to_pylist()], dtype=np.int16))
+        columns["domains"].append(
+            np.array([code[d] for d in part.column("domain").to_pylist()], dtype=np.int16)
+        )
         columns["n_tokens"].append(part.column("n_tokens").to_numpy())
         columns["offset"].append(part.column("offset").to_numpy())
         columns["shard"].append(np.full(part.num_rows, shard, dtype=np.int32))
@@ -455,53 +612,82 @@ def plan_mixture(table: dict, mixture: MixtureConfig) -> dict:
     plus ``rank_key``, the id that ranks and shuffles them.
     """
     if mixture.length_estimate == "chars" and "n_chars" not in table:
-        raise PlanError("--length-estimate chars needs character counts, which this document table lacks: tokenize again")
+        raise PlanError(
+            "--length-estimate chars needs character counts, which this document table lacks: tokenize again"
+        )
     units = packing_units(table, mixture.strategy)
     lengths = units["n_tokens"]
     chars = units["n_chars"] if mixture.length_estimate == "chars" else None
     long = long_documents(lengths, mixture.long_threshold, chars)
     summary = summarize(units["domains"], units["names"], lengths, mixture.long_threshold, long)
     plan = make_plan(summary, mixture)
-    selection = select(plan, units["domains"], units["names"], lengths, units["rank_key"], mixture.seed, long)
+    selection = select(
+        plan, units["domains"], units["names"], lengths, units["rank_key"], mixture.seed, long
+    )
     ones = np.ones(len(table["n_tokens"]), dtype=np.int32)
     return {
         "plan": plan,
         "selection": selection,
         "units": units,
-        "before": mixture_stats(table["domains"], table["names"], table["n_tokens"], ones, mixture.long_threshold),
-        "after": mixture_stats(units["domains"], units["names"], lengths, selection.repeats, mixture.long_threshold),
+        "before": mixture_stats(
+            table["domains"], table["names"], table["n_tokens"], ones, mixture.long_threshold
+        ),
+        "after": mixture_stats(
+            units["domains"], units["names"], lengths, selection.repeats, mixture.long_threshold
+        ),
     }
 
 
 # ---------------------------------------------------------------------------- stage 3
 
 
-def pack_all(out: Path, table: dict, plan_result: dict, tokenizer: TokenizerInfo, tokenized: Path,
-             config: PrepareConfig, executor, progress: bool):
+def pack_all(
+    out: Path,
+    table: dict,
+    plan_result: dict,
+    tokenizer: TokenizerInfo,
+    tokenized: Path,
+    config: PrepareConfig,
+    executor,
+    progress: bool,
+):
     """Lay out all sequences, write the span index, then the token parts (skipping done ones)."""
     table = plan_result["units"]  # rows: the packed units (documents, or their chunks)
     lengths = table["n_tokens"]
-    rows, copies = shuffled_pieces(plan_result["selection"].repeats, table["rank_key"], config.mixture.seed)
-    layout = compute_layout(rows, copies, lengths, config.seq_len, tokenizer.separator_id is not None)
+    rows, copies = shuffled_pieces(
+        plan_result["selection"].repeats, table["rank_key"], config.mixture.seed
+    )
+    layout = compute_layout(
+        rows, copies, lengths, config.seq_len, tokenizer.separator_id is not None
+    )
     if layout.n_sequences == 0:
         raise PrepareError(
             f"the selection holds {layout.tail_tokens_dropped} tokens, less than one sequence of {config.seq_len}: "
             "raise --tokens or lower --seq-len"
         )
     offsets = layout.seq_offsets()
-    write_index(out, {
-        "span_start": layout.span_start,
-        "span_length": layout.span_length,
-        "span_domain": table["domains"][layout.span_row],
-        "span_doc_key": table["doc_key"][layout.span_row],
-        "span_doc_offset": layout.span_doc_offset,
-        "span_repeat": layout.span_repeat,
-    }, offsets)
+    write_index(
+        out,
+        {
+            "span_start": layout.span_start,
+            "span_length": layout.span_length,
+            "span_domain": table["domains"][layout.span_row],
+            "span_doc_key": table["doc_key"][layout.span_row],
+            "span_doc_offset": layout.span_doc_offset,
+            "span_repeat": layout.span_repeat,
+        },
+        offsets,
+    )
 
     itemsize = tokenizer.dtype.itemsize
     per_part = max(1, config.part_bytes // (config.seq_len * itemsize))
-    shard_files = tuple(str(tokenized / f"{shard_stem(i)}.tokens") for i in range(int(table["shard"].max()) + 1)) \
-        if len(table["shard"]) else ()
+    shard_files = (
+        tuple(
+            str(tokenized / f"{shard_stem(i)}.tokens") for i in range(int(table["shard"].max()) + 1)
+        )
+        if len(table["shard"])
+        else ()
+    )
     tasks = []
     for part, first in enumerate(range(0, layout.n_sequences, per_part)):
         last = min(first + per_part, layout.n_sequences)
@@ -510,13 +696,24 @@ def pack_all(out: Path, table: dict, plan_result: dict, tokenizer: TokenizerInfo
             continue  # written whole by an earlier, interrupted run (writes are atomic)
         lo, hi = int(offsets[first]), int(offsets[last])
         span_rows = layout.span_row[lo:hi]
-        tasks.append(PartTask(
-            path=str(path), first=first, last=last, seq_len=config.seq_len, dtype=tokenizer.dtype.str,
-            separator_id=tokenizer.separator_id, shard_files=shard_files,
-            span_start=layout.span_start[lo:hi], span_length=layout.span_length[lo:hi], span_seq=layout.span_seq[lo:hi],
-            span_doc_offset=layout.span_doc_offset[lo:hi], span_shard=table["shard"][span_rows],
-            span_shard_offset=table["offset"][span_rows], span_doc_tokens=lengths[span_rows],
-        ))
+        tasks.append(
+            PartTask(
+                path=str(path),
+                first=first,
+                last=last,
+                seq_len=config.seq_len,
+                dtype=tokenizer.dtype.str,
+                separator_id=tokenizer.separator_id,
+                shard_files=shard_files,
+                span_start=layout.span_start[lo:hi],
+                span_length=layout.span_length[lo:hi],
+                span_seq=layout.span_seq[lo:hi],
+                span_doc_offset=layout.span_doc_offset[lo:hi],
+                span_shard=table["shard"][span_rows],
+                span_shard_offset=table["offset"][span_rows],
+                span_doc_tokens=lengths[span_rows],
+            )
+        )
     for _ in executor.map(write_part, tasks, desc="pack", progress=progress, unit="part"):
         pass
     return layout, per_part

@@ -15,7 +15,9 @@ BUCKET_EDGES = (4096, 32768, 131072)
 BUCKET_NAMES = ("<4K", "4K-32K", "32K-128K", ">128K")
 
 
-def mixture_stats(domains: np.ndarray, names: list[str], lengths: np.ndarray, copies: np.ndarray, threshold: int) -> dict:
+def mixture_stats(
+    domains: np.ndarray, names: list[str], lengths: np.ndarray, copies: np.ndarray, threshold: int
+) -> dict:
     """Per-domain table of a mixture where document i appears ``copies[i]`` times.
 
     Returns ``{"total": {...}, "domains": {name: {...}}}`` with documents, tokens, token
@@ -43,7 +45,8 @@ def _row(lengths: np.ndarray, copies: np.ndarray, threshold: int, total_tokens: 
         "share": n_tokens / total_tokens if total_tokens else 0.0,
         "long_share": float(tokens[lengths > threshold].sum() / n_tokens) if n_tokens else 0.0,
         "buckets": {
-            name: float(tokens[bucket == i].sum() / n_tokens) if n_tokens else 0.0 for i, name in enumerate(BUCKET_NAMES)
+            name: float(tokens[bucket == i].sum() / n_tokens) if n_tokens else 0.0
+            for i, name in enumerate(BUCKET_NAMES)
         },
         "percentiles": _weighted_percentiles(lengths, copies),
         "max_repeats": int(copies.max()) if len(copies) else 0,
@@ -132,12 +135,18 @@ def markdown_report(stats: dict) -> str:
         lines.append(f"> note: {note}")
     shortfalls = stats["plan"].get("shortfalls", [])
     if shortfalls:
-        lines += ["", "## Targets not met", "",
-                  "| domain | target tokens | achieved tokens | target long share | achieved long share | why |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Targets not met",
+            "",
+            "| domain | target tokens | achieved tokens | target long share | achieved long share | why |",
+            "|---|---|---|---|---|---|",
+        ]
         for s in shortfalls:
-            lines.append(f"| {s['domain']} | {format_count(s['target_tokens'])} | {format_count(s['achieved_tokens'])} | "
-                         f"{s['target_long_share']:.1%} | {s['achieved_long_share']:.1%} | {s['reason']} |")
+            lines.append(
+                f"| {s['domain']} | {format_count(s['target_tokens'])} | {format_count(s['achieved_tokens'])} | "
+                f"{s['target_long_share']:.1%} | {s['achieved_long_share']:.1%} | {s['reason']} |"
+            )
     lines += [
         "",
         "## Per domain, before → after",
@@ -153,20 +162,39 @@ def markdown_report(stats: dict) -> str:
             f"{format_count(b['tokens'])} → {format_count(a['tokens'])}",
             f"{b['share']:.1%} → {a['share']:.1%}",
             f"{b['long_share']:.1%} → {a['long_share']:.1%}",
-            *(f"{format_count(b['percentiles'][k])} → {format_count(a['percentiles'][k])}" for k in ("p50", "p90", "max")),
+            *(
+                f"{format_count(b['percentiles'][k])} → {format_count(a['percentiles'][k])}"
+                for k in ("p50", "p90", "max")
+            ),
             *(f"{b['buckets'][k]:.0%} → {a['buckets'][k]:.0%}" for k in BUCKET_NAMES),
             str(a["max_repeats"]),
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Sampling plan (per domain and length class)", "",
-              "| domain | class | target | available | selected | repeat factor |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Sampling plan (per domain and length class)",
+        "",
+        "| domain | class | target | available | selected | repeat factor |",
+        "|---|---|---|---|---|---|",
+    ]
     for cell in stats["plan"]["cells"]:
         lines.append(
             f"| {cell['domain']} | {cell['class']} | {format_count(cell['target_tokens'])} | {format_count(cell['available_tokens'])}"
             f" | {format_count(cell['selected_tokens'])} | {cell['repeat_factor']:.2f} |"
         )
-    lines += ["", "## Rejected documents", "", "```", format_rejections(stats["rejections"]), "```", "",
-              "![length distribution](plots/length_distribution.png)", "", "![domain shares](plots/domain_shares.png)", ""]
+    lines += [
+        "",
+        "## Rejected documents",
+        "",
+        "```",
+        format_rejections(stats["rejections"]),
+        "```",
+        "",
+        "![length distribution](plots/length_distribution.png)",
+        "",
+        "![domain shares](plots/domain_shares.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -174,7 +202,9 @@ def _sampling_lines(manifest: dict) -> list[str]:
     """The sampling settings newer manifests record (older ones lack them)."""
     parts = []
     if manifest.get("short_keep") is not None:
-        parts.append(f"short documents kept with probability {manifest['short_keep']:g} (Fu et al.'s sampling)")
+        parts.append(
+            f"short documents kept with probability {manifest['short_keep']:g} (Fu et al.'s sampling)"
+        )
     if manifest.get("length_estimate") == "chars":
         parts.append("long/short by characters / 3.68")
     if manifest.get("max_repeats") is not None:
@@ -187,8 +217,13 @@ def _sampling_lines(manifest: dict) -> list[str]:
 # ---------------------------------------------------------------------------- plots
 
 
-def plot_length_distribution(names: list[str], before: tuple[np.ndarray, np.ndarray, np.ndarray],
-                             after: tuple[np.ndarray, np.ndarray, np.ndarray], threshold: int, path: Path) -> None:
+def plot_length_distribution(
+    names: list[str],
+    before: tuple[np.ndarray, np.ndarray, np.ndarray],
+    after: tuple[np.ndarray, np.ndarray, np.ndarray],
+    threshold: int,
+    path: Path,
+) -> None:
     """Token-weighted histogram of document length per domain, before and after.
 
     ``before`` and ``after`` are (domain codes, lengths, copies) of their own rows: ``cut``
@@ -209,13 +244,20 @@ def plot_length_distribution(names: list[str], before: tuple[np.ndarray, np.ndar
             members = domains == code
             tokens = (lengths[members] * weights[members]).astype(float)
             if tokens.sum() > 0:
-                ax.hist(lengths[members], bins=bins, weights=tokens / tokens.sum(), histtype="step", lw=1.6, label=label)
+                ax.hist(
+                    lengths[members],
+                    bins=bins,
+                    weights=tokens / tokens.sum(),
+                    histtype="step",
+                    lw=1.6,
+                    label=label,
+                )
         ax.axvline(threshold, color="grey", ls="--", lw=1)
         ax.set_xscale("log")
         ax.set_title(name)
         ax.set_xlabel("document length (tokens)")
         ax.set_ylabel("share of domain tokens")
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     axes.flat[0].legend()
     fig.suptitle(f"Where each domain's tokens come from (dashed: long threshold {threshold})")
@@ -235,11 +277,23 @@ def plot_domain_shares(before: dict, after: dict, path: Path) -> None:
     names = list(after["domains"])
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 4))
-    for offset, stats, label, color in ((-0.2, before, "before", "#8da0cb"), (0.2, after, "after", "#fc8d62")):
+    for offset, stats, label, color in (
+        (-0.2, before, "before", "#8da0cb"),
+        (0.2, after, "after", "#fc8d62"),
+    ):
         share = np.array([stats["domains"][n]["share"] for n in names])
         long = share * np.array([stats["domains"][n]["long_share"] for n in names])
         ax.bar(x + offset, share - long, 0.38, color=color, label=f"{label}: short docs")
-        ax.bar(x + offset, long, 0.38, bottom=share - long, color=color, hatch="///", edgecolor="white", label=f"{label}: long docs")
+        ax.bar(
+            x + offset,
+            long,
+            0.38,
+            bottom=share - long,
+            color=color,
+            hatch="///",
+            edgecolor="white",
+            label=f"{label}: long docs",
+        )
     ax.set_xticks(x, names)
     ax.set_ylabel("share of tokens")
     ax.set_title("Domain shares before and after (hatched: documents longer than the threshold)")

@@ -90,7 +90,9 @@ class PackedDataset:
             )
         self.manifest = read_json(manifest_path)
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise InvalidInputError(f"{self.path}: unsupported format version {self.manifest.get('format_version')}")
+            raise InvalidInputError(
+                f"{self.path}: unsupported format version {self.manifest.get('format_version')}"
+            )
         self.seq_len: int = self.manifest["seq_len"]
         self.dtype = np.dtype(self.manifest["dtype"])
         self.domains: list[str] = self.manifest["domains"]
@@ -108,7 +110,9 @@ class PackedDataset:
             raise IndexError(f"sequence {i} out of range (dataset has {len(self)})")
         part, row = divmod(i, self.per_part)
         if part not in self._parts:
-            self._parts[part] = np.memmap(part_path(self.path, part), dtype=self.dtype, mode="r").reshape(-1, self.seq_len)
+            self._parts[part] = np.memmap(
+                part_path(self.path, part), dtype=self.dtype, mode="r"
+            ).reshape(-1, self.seq_len)
         return self._parts[part][row]
 
     def __getitem__(self, i: int) -> PackedSequence:
@@ -151,7 +155,10 @@ class PackedDataset:
             return {**arrays, "max_seqlen": int(lengths.max())}
         import torch
 
-        return {**{k: torch.from_numpy(v) for k, v in arrays.items()}, "max_seqlen": int(lengths.max())}
+        return {
+            **{k: torch.from_numpy(v) for k, v in arrays.items()},
+            "max_seqlen": int(lengths.max()),
+        }
 
     def torch_sample(self, i: int) -> dict:
         """Sequence ``i`` as torch tensors (``input_ids``, ``cu_seqlens``, ``position_ids``)."""
@@ -169,8 +176,16 @@ class PackedDataset:
 
 _MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
 # Megatron-LM's DType codes (megatron/core/datasets/indexed_dataset.py)
-_MEGATRON_DTYPE_CODE = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3, np.dtype(np.int32): 4,
-                        np.dtype(np.int64): 5, np.dtype(np.float64): 6, np.dtype(np.float32): 7, np.dtype(np.uint16): 8}
+_MEGATRON_DTYPE_CODE = {
+    np.dtype(np.uint8): 1,
+    np.dtype(np.int8): 2,
+    np.dtype(np.int16): 3,
+    np.dtype(np.int32): 4,
+    np.dtype(np.int64): 5,
+    np.dtype(np.float64): 6,
+    np.dtype(np.float32): 7,
+    np.dtype(np.uint16): 8,
+}
 
 
 def export_megatron(dataset: PackedDataset, prefix: str | Path) -> tuple[Path, Path]:

@@ -99,19 +99,34 @@ def resolve_tokenizer(spec: str | Path | None, separator: str | None = None) -> 
             separator = eos.get("content") if isinstance(eos, dict) else eos
     if separator is None:
         separator = next(
-            (t for t in ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>") if tokenizer.token_to_id(t) is not None),
+            (
+                t
+                for t in ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
+                if tokenizer.token_to_id(t) is not None
+            ),
             None,
         )
     separator_id = None
     if separator is not None and separator != "":
         separator_id = tokenizer.token_to_id(separator)
         if separator_id is None:
-            raise InvalidInputError(f"separator token {separator!r} is not in the vocabulary of {file}")
+            raise InvalidInputError(
+                f"separator token {separator!r} is not in the vocabulary of {file}"
+            )
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    name = BUILTIN_TOKENIZER if builtin else (folder.name if file.name == "tokenizer.json" else file.stem)
+    name = (
+        BUILTIN_TOKENIZER
+        if builtin
+        else (folder.name if file.name == "tokenizer.json" else file.stem)
+    )
     return TokenizerInfo(
-        str(file.resolve()), name, tokenizer.get_vocab_size(with_added_tokens=True), digest, vocab_digest(file),
-        separator_id, separator or None,
+        str(file.resolve()),
+        name,
+        tokenizer.get_vocab_size(with_added_tokens=True),
+        digest,
+        vocab_digest(file),
+        separator_id,
+        separator or None,
     )
 
 
@@ -134,16 +149,22 @@ def _read_tokenizer_config(path: Path) -> dict:
     try:
         data = read_json(path)
     except (OSError, ValueError) as err:
-        raise InvalidInputError(f"{path} is not readable JSON ({err}): repair it, delete it, or pass --separator") from None
+        raise InvalidInputError(
+            f"{path} is not readable JSON ({err}): repair it, delete it, or pass --separator"
+        ) from None
     if not isinstance(data, dict):
-        raise InvalidInputError(f"{path} must hold a JSON object: repair it, delete it, or pass --separator")
+        raise InvalidInputError(
+            f"{path} must hold a JSON object: repair it, delete it, or pass --separator"
+        )
     return data
 
 
 def vocab_digest(tokenizer_json: str | Path) -> str:
     """SHA-256 of the sorted token -> id map of a ``tokenizer.json``."""
     vocab = load_tokenizer_file(tokenizer_json).get_vocab(with_added_tokens=True)
-    return hashlib.sha256("\n".join(f"{t}\t{i}" for t, i in sorted(vocab.items())).encode()).hexdigest()
+    return hashlib.sha256(
+        "\n".join(f"{t}\t{i}" for t, i in sorted(vocab.items())).encode()
+    ).hexdigest()
 
 
 @lru_cache(maxsize=4)
@@ -210,7 +231,9 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
     dtype = token_dtype(task.vocab_size)
     out = Path(task.out_dir)
     stem = shard_stem(task.shard.index)
-    columns: dict[str, list] = {k: [] for k in ("doc_key", "domain", "n_tokens", "n_chars", "offset", "file", "line")}
+    columns: dict[str, list] = {
+        k: [] for k in ("doc_key", "domain", "n_tokens", "n_chars", "offset", "file", "line")
+    }
     rejected: dict[str, int] = {}
     listed: list[dict] = []
     offset = 0
@@ -224,7 +247,9 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
             nonlocal offset, batch_chars
             if not batch:
                 return
-            encodings = tokenizer.encode_batch_fast([d.text for d in batch], add_special_tokens=False)
+            encodings = tokenizer.encode_batch_fast(
+                [d.text for d in batch], add_special_tokens=False
+            )
             for document, encoding in zip(batch, encodings):
                 ids = np.asarray(encoding.ids, dtype=dtype)
                 if len(ids) == 0:  # only whitespace the tokenizer drops
@@ -290,4 +315,3 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
     }
     write_json(out / f"{stem}.json", summary)
     return summary
-

@@ -34,8 +34,11 @@ class Damage:
 def recorded_files(folder: Path) -> list[Path]:
     """The files whose size and checksum the manifest records, in a stable order."""
     return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.name not in _UNRECORDED and not p.name.endswith(".tmp")
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.name not in _UNRECORDED
+        and not p.name.endswith(".tmp")
         and p.relative_to(folder).parts[0] != _CACHE
     )
 
@@ -55,13 +58,23 @@ def find_damage(folder: str | Path, digest: Callable[[str], dict] = file_digest)
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        return [Damage(manifest_path, "missing: not a finished prepared folder (run or rerun `longmix prepare`)")]
+        return [
+            Damage(
+                manifest_path,
+                "missing: not a finished prepared folder (run or rerun `longmix prepare`)",
+            )
+        ]
     try:
         manifest = read_json(manifest_path)
     except (OSError, ValueError) as err:
         return [Damage(manifest_path, f"unreadable ({type(err).__name__}: {err})")]
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        return [Damage(manifest_path, f"unsupported format version {manifest.get('format_version') if isinstance(manifest, dict) else None}")]
+        return [
+            Damage(
+                manifest_path,
+                f"unsupported format version {manifest.get('format_version') if isinstance(manifest, dict) else None}",
+            )
+        ]
     damage = _check_layout(folder, manifest)
     reported = {d.path for d in damage}
     for name, expected in sorted((manifest.get("files") or {}).items()):
@@ -71,7 +84,11 @@ def find_damage(folder: str | Path, digest: Callable[[str], dict] = file_digest)
         if not path.is_file():
             damage.append(Damage(path, "missing"))
         elif path.stat().st_size != expected["size"]:
-            damage.append(Damage(path, f"{path.stat().st_size} bytes, the manifest records {expected['size']}"))
+            damage.append(
+                Damage(
+                    path, f"{path.stat().st_size} bytes, the manifest records {expected['size']}"
+                )
+            )
         elif digest(str(path))["blake2b"] != expected["blake2b"]:
             damage.append(Damage(path, "contents differ from the manifest's checksum"))
     return damage

@@ -27,7 +27,9 @@ from .common import EvalError, ResultsFile
 from .registry import evaluation
 
 WINDOW = 32  # examples tokenized and answered together
-PROMPT = "Read the book below and answer a question.\n\n{context}\n\nQuestion: {question}\n\nAnswer:"
+PROMPT = (
+    "Read the book below and answer a question.\n\n{context}\n\nQuestion: {question}\n\nAnswer:"
+)
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,23 @@ def read_examples(path: str | Path) -> list[BookQAExample]:
                 raise EvalError(f"{path}:{line_no}: not a JSON line ({err.msg})") from None
             for field in ("context", "input", "answer"):
                 if field not in row:
-                    raise EvalError(f"{path}:{line_no}: missing field {field!r} (InfiniteBench En.QA has context, input, answer)")
+                    raise EvalError(
+                        f"{path}:{line_no}: missing field {field!r} (InfiniteBench En.QA has context, input, answer)"
+                    )
             answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
-            if not answers or not all(isinstance(a, str) for a in answers) or not isinstance(row["context"], str):
-                raise EvalError(f"{path}:{line_no}: 'answer' must be a list of strings and 'context' a string")
-            examples.append(BookQAExample(str(row.get("id", line_no)), row["context"], str(row["input"]), tuple(answers)))
+            if (
+                not answers
+                or not all(isinstance(a, str) for a in answers)
+                or not isinstance(row["context"], str)
+            ):
+                raise EvalError(
+                    f"{path}:{line_no}: 'answer' must be a list of strings and 'context' a string"
+                )
+            examples.append(
+                BookQAExample(
+                    str(row.get("id", line_no)), row["context"], str(row["input"]), tuple(answers)
+                )
+            )
     if not examples:
         raise EvalError(f"{path} holds no examples")
     return examples
@@ -69,7 +83,7 @@ def truncate_middle(tokens: list[int], limit: int) -> list[int]:
     if len(tokens) <= limit:
         return tokens
     head = limit // 2
-    return tokens[:head] + tokens[len(tokens) - (limit - head):]
+    return tokens[:head] + tokens[len(tokens) - (limit - head) :]
 
 
 def normalize_answer(text: str) -> list[str]:
@@ -96,8 +110,15 @@ def f1_score(prediction: str, answer: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def run_bookqa(em: EvalModel, data: str | Path, out: Path, max_length: int, generate_tokens: int = 40,
-               limit: int | None = None, progress: bool = True) -> dict:
+def run_bookqa(
+    em: EvalModel,
+    data: str | Path,
+    out: Path,
+    max_length: int,
+    generate_tokens: int = 40,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
     from tqdm import tqdm
 
     from .runtime import in_order, iter_generate_batch, timed
@@ -106,42 +127,70 @@ def run_bookqa(em: EvalModel, data: str | Path, out: Path, max_length: int, gene
     results = ResultsFile(out / "results.jsonl", ("id",))
     budget = max_length - generate_tokens
     if budget <= 0:
-        raise EvalError(f"--max-length {max_length} leaves no room for {generate_tokens} answer tokens")
+        raise EvalError(
+            f"--max-length {max_length} leaves no room for {generate_tokens} answer tokens"
+        )
     todo = [e for e in examples if (e.id,) not in results.done]
     with tqdm(total=len(todo), desc="bookqa", unit="example", disable=not progress) as bar:
         for start in range(0, len(todo), WINDOW):  # books tokenized a window at a time
-            window = todo[start:start + WINDOW]
-            fulls = [em.encode(PROMPT.format(context=e.context, question=e.question)) for e in window]
+            window = todo[start : start + WINDOW]
+            fulls = [
+                em.encode(PROMPT.format(context=e.context, question=e.question)) for e in window
+            ]
             prompts = [truncate_middle(full, budget) for full in fulls]
             # the prediction is the answer's first line: decoding stops at the newline that ends it
             batches = timed(iter_generate_batch(em, prompts, generate_tokens, stop=("\n",)))
-            for row in in_order([(i, _row(window[i], prompts[i], len(fulls[i]), em.decode(tokens), seconds))
-                                 for i, tokens in batch] for batch, seconds in batches):
+            for row in in_order(
+                [
+                    (i, _row(window[i], prompts[i], len(fulls[i]), em.decode(tokens), seconds))
+                    for i, tokens in batch
+                ]
+                for batch, seconds in batches
+            ):
                 results.add(row)  # in the file's order, as soon as the ones before are done
                 bar.update(1)
     rows = [r for r in results.rows if r["id"] in {e.id for e in examples}]
-    summary = {"model": em.name, "examples": len(rows), "max_length": max_length,
-               "recall": float(np.mean([r["recall"] for r in rows])) * 100, "f1": float(np.mean([r["f1"] for r in rows])) * 100,
-               "note": "recall = the paper's score (Table 4: 27.4 for its 7B, 31.1 for 13B); f1 = InfiniteBench's metric"}
+    summary = {
+        "model": em.name,
+        "examples": len(rows),
+        "max_length": max_length,
+        "recall": float(np.mean([r["recall"] for r in rows])) * 100,
+        "f1": float(np.mean([r["f1"] for r in rows])) * 100,
+        "note": "recall = the paper's score (Table 4: 27.4 for its 7B, 31.1 for 13B); f1 = InfiniteBench's metric",
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _row(example: BookQAExample, prompt: list[int], full_length: int, response: str, seconds: float) -> dict:
+def _row(
+    example: BookQAExample, prompt: list[int], full_length: int, response: str, seconds: float
+) -> dict:
     prediction = response.strip().split("\n")[0]
-    return {"id": example.id, "prompt_tokens": len(prompt), "truncated_from": full_length, "prediction": prediction,
-            "answers": list(example.answers), "recall": max(recall_score(prediction, a) for a in example.answers),
-            "f1": max(f1_score(prediction, a) for a in example.answers), "seconds": seconds}
+    return {
+        "id": example.id,
+        "prompt_tokens": len(prompt),
+        "truncated_from": full_length,
+        "prediction": prediction,
+        "answers": list(example.answers),
+        "recall": max(recall_score(prediction, a) for a in example.answers),
+        "f1": max(f1_score(prediction, a) for a in example.answers),
+        "seconds": seconds,
+    }
 
 
 @dataclass(frozen=True)
 class BookQAConfig:
     """Settings of `longmix eval bookqa`."""
 
-    data: str = setting(help="InfiniteBench's longbook_qa_eng.jsonl (fields context, input, answer)")
-    max_length: int = setting(131072, unit="length", help="prompt + answer tokens; the book's middle is cut")
-    generate_tokens: int = setting(40, check=lambda v: None if v > 0 else "must be positive",
-                                   help="greedy answer tokens")
+    data: str = setting(
+        help="InfiniteBench's longbook_qa_eng.jsonl (fields context, input, answer)"
+    )
+    max_length: int = setting(
+        131072, unit="length", help="prompt + answer tokens; the book's middle is cut"
+    )
+    generate_tokens: int = setting(
+        40, check=lambda v: None if v > 0 else "must be positive", help="greedy answer tokens"
+    )
     limit: int | None = setting(None, help="the first N examples only")
 
 
@@ -149,8 +198,20 @@ def _describe(summary: dict) -> str:
     return json.dumps(summary, indent=2)
 
 
-@evaluation("bookqa", BookQAConfig, doc="long-book QA (InfiniteBench En.QA), recall and F1", describe=_describe,
-            order=60)
+@evaluation(
+    "bookqa",
+    BookQAConfig,
+    doc="long-book QA (InfiniteBench En.QA), recall and F1",
+    describe=_describe,
+    order=60,
+)
 def run_bookqa_eval(em: EvalModel, config: BookQAConfig, out: Path, progress: bool = True) -> dict:
-    return run_bookqa(em, config.data, out, config.max_length, config.generate_tokens, config.limit,
-                      progress=progress)
+    return run_bookqa(
+        em,
+        config.data,
+        out,
+        config.max_length,
+        config.generate_tokens,
+        config.limit,
+        progress=progress,
+    )

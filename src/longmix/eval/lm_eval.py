@@ -47,15 +47,28 @@ class LmEvalConfig:
     """Settings of `longmix eval lm-eval`."""
 
     # The check runs when the settings are read: a missing extra fails before the model loads.
-    tasks: tuple[str, ...] = setting(parse=_task_list, check=harness_missing, metavar="TASK,TASK",
-                                     help="lm-evaluation-harness task or group names, comma-separated")
+    tasks: tuple[str, ...] = setting(
+        parse=_task_list,
+        check=harness_missing,
+        metavar="TASK,TASK",
+        help="lm-evaluation-harness task or group names, comma-separated",
+    )
     num_fewshot: int | None = setting(None, help="few-shot examples (default: each task's own)")
-    limit: float | None = setting(None, help="examples per task (a count, or a share below 1): quick checks only")
-    batch_size: int = setting(8, check=lambda v: None if v > 0 else "must be positive", help="harness batch size")
-    max_length: int | None = setting(None, unit="length", help="longest input the harness may build "
-                                     "(default: the model's trained length)")
+    limit: float | None = setting(
+        None, help="examples per task (a count, or a share below 1): quick checks only"
+    )
+    batch_size: int = setting(
+        8, check=lambda v: None if v > 0 else "must be positive", help="harness batch size"
+    )
+    max_length: int | None = setting(
+        None,
+        unit="length",
+        help="longest input the harness may build (default: the model's trained length)",
+    )
     seed: int = setting(1234, help="seed of the harness's few-shot sampling")
-    include_path: str | None = setting(None, help="a folder of task YAML files of your own (e.g. on local data)")
+    include_path: str | None = setting(
+        None, help="a folder of task YAML files of your own (e.g. on local data)"
+    )
 
 
 def flatten_metrics(task_results: dict[str, Any]) -> dict[str, float]:
@@ -79,14 +92,20 @@ def headline(metrics: dict[str, float]) -> tuple[str, float] | None:
     return None
 
 
-def summarize_results(results: dict[str, Any], model: str, config: LmEvalConfig, seconds: float) -> dict:
+def summarize_results(
+    results: dict[str, Any], model: str, config: LmEvalConfig, seconds: float
+) -> dict:
     tasks = {task: flatten_metrics(values) for task, values in results.get("results", {}).items()}
     samples = {task: int(m.pop("sample_len")) for task, m in tasks.items() if "sample_len" in m}
     return {
         "model": model,
         "tasks": tasks,
         "samples": samples,
-        "headline": {task: dict(zip(("metric", "value"), pick)) for task, m in tasks.items() if (pick := headline(m))},
+        "headline": {
+            task: dict(zip(("metric", "value"), pick))
+            for task, m in tasks.items()
+            if (pick := headline(m))
+        },
         "n_shot": results.get("n-shot", {}),
         "versions": results.get("versions", {}),
         "limit": config.limit,
@@ -117,14 +136,23 @@ def _hf_tokenizer(em: EvalModel, folder: str) -> Any:
 def _describe(summary: dict) -> str:
     lines = []
     for task, metrics in summary["tasks"].items():
-        shown = ", ".join(f"{name} {value:.4f}" + (f" ± {metrics[f'{name}_stderr']:.4f}" if f"{name}_stderr" in metrics else "")
-                          for name, value in metrics.items() if "_stderr" not in name)
+        shown = ", ".join(
+            f"{name} {value:.4f}"
+            + (f" ± {metrics[f'{name}_stderr']:.4f}" if f"{name}_stderr" in metrics else "")
+            for name, value in metrics.items()
+            if "_stderr" not in name
+        )
         lines.append(f"{task:<24} {shown}")
     return "\n".join(lines) or "(no results)"
 
 
-@evaluation("lm-eval", LmEvalConfig, doc="standard benchmarks through lm-evaluation-harness (extra: lm-eval)",
-            describe=_describe, order=80)
+@evaluation(
+    "lm-eval",
+    LmEvalConfig,
+    doc="standard benchmarks through lm-evaluation-harness (extra: lm-eval)",
+    describe=_describe,
+    order=80,
+)
 def run_lm_eval(em: EvalModel, config: LmEvalConfig, out: Path, progress: bool = True) -> dict:
     if problem := harness_missing():
         raise EvalError(problem)
@@ -133,17 +161,30 @@ def run_lm_eval(em: EvalModel, config: LmEvalConfig, out: Path, progress: bool =
 
     folder = str(getattr(em.model, "name_or_path", "") or em.name)
     started = time.perf_counter()
-    model = HFLM(pretrained=em.model, tokenizer=_hf_tokenizer(em, folder), batch_size=config.batch_size,
-                 max_length=config.max_length or em.train_length, device=str(em.device))
+    model = HFLM(
+        pretrained=em.model,
+        tokenizer=_hf_tokenizer(em, folder),
+        batch_size=config.batch_size,
+        max_length=config.max_length or em.train_length,
+        device=str(em.device),
+    )
     extra = {}
     if config.include_path:
         from lm_eval.tasks import TaskManager
 
         extra["task_manager"] = TaskManager(include_path=config.include_path)
-    results = lm_eval.simple_evaluate(model=model, tasks=list(config.tasks), num_fewshot=config.num_fewshot,
-                                      limit=config.limit, log_samples=False, random_seed=config.seed, **extra,
-                                      numpy_random_seed=config.seed, torch_random_seed=config.seed,
-                                      fewshot_random_seed=config.seed)
+    results = lm_eval.simple_evaluate(
+        model=model,
+        tasks=list(config.tasks),
+        num_fewshot=config.num_fewshot,
+        limit=config.limit,
+        log_samples=False,
+        random_seed=config.seed,
+        **extra,
+        numpy_random_seed=config.seed,
+        torch_random_seed=config.seed,
+        fewshot_random_seed=config.seed,
+    )
     if results is None:  # a non-main rank of a distributed harness run
         return {}
     summary = summarize_results(results, em.name, config, time.perf_counter() - started)

@@ -37,10 +37,12 @@ from .registry import evaluation
 
 SPLIT = 4096  # the paper's 0-4K / 4K-max split
 
-DEFINITION = ("Each domain is evaluated on sequences packed from its own held-out documents only; a token's bucket is "
-              "its offset within its own document (tokens of that document before it in the evaluated sequence; a "
-              "document continued from the previous sequence counts from the sequence start). Second view "
-              "(by_position): the same tokens bucketed by position in the evaluated sequence.")
+DEFINITION = (
+    "Each domain is evaluated on sequences packed from its own held-out documents only; a token's bucket is "
+    "its offset within its own document (tokens of that document before it in the evaluated sequence; a "
+    "document continued from the previous sequence counts from the sequence start). Second view "
+    "(by_position): the same tokens bucketed by position in the evaluated sequence."
+)
 
 
 def bucket_edges(seq_len: int) -> list[int]:
@@ -73,7 +75,11 @@ def token_losses(em: EvalModel, tokens: np.ndarray, chunk: int = 8192) -> np.nda
         out = []
         for start in range(0, hidden.shape[0], chunk):
             logits = em.model.lm_head(hidden[start : start + chunk]).float()
-            out.append(F.cross_entropy(logits, targets[start : start + chunk], reduction="none").double().cpu())
+            out.append(
+                F.cross_entropy(logits, targets[start : start + chunk], reduction="none")
+                .double()
+                .cpu()
+            )
         return torch.cat(out).numpy()
 
 
@@ -114,7 +120,9 @@ def domain_sequences(source: SequenceSource, per_domain: int) -> Iterator[Domain
     """Up to ``per_domain`` sequences per domain, each ``seq_len`` tokens of that domain's
     documents in the source's order (a domain's last one may be shorter)."""
     seq_len = source.seq_len
-    pending: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {d: [] for d in source.domains}
+    pending: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+        d: [] for d in source.domains
+    }
     made = dict.fromkeys(source.domains, 0)
 
     def cut(domain: str, final: bool) -> Iterator[DomainSequence]:
@@ -123,23 +131,35 @@ def domain_sequences(source: SequenceSource, per_domain: int) -> Iterator[Domain
             return
         tokens, keys, offsets = (np.concatenate(column) for column in zip(*parts))
         start = 0
-        while made[domain] < per_domain and (len(tokens) - start >= seq_len or (final and len(tokens) - start >= 2)):
+        while made[domain] < per_domain and (
+            len(tokens) - start >= seq_len or (final and len(tokens) - start >= 2)
+        ):
             end = min(start + seq_len, len(tokens))
-            yield DomainSequence(domain, tokens[start:end], own_document_context(keys[start:end], offsets[start:end]))
+            yield DomainSequence(
+                domain, tokens[start:end], own_document_context(keys[start:end], offsets[start:end])
+            )
             made[domain] += 1
             start = end
-        pending[domain] = [(tokens[start:], keys[start:], offsets[start:])] if start < len(tokens) else []
+        pending[domain] = (
+            [(tokens[start:], keys[start:], offsets[start:])] if start < len(tokens) else []
+        )
 
     for i in range(len(source)):
         if all(n >= per_domain for n in made.values()):
             break
         seq = source[i]
-        for start, length, domain, key, offset in zip(seq.doc_starts, seq.doc_lengths, seq.domains, seq.doc_keys,
-                                                      seq.doc_offsets):
+        for start, length, domain, key, offset in zip(
+            seq.doc_starts, seq.doc_lengths, seq.domains, seq.doc_keys, seq.doc_offsets
+        ):
             if made[domain] >= per_domain:
                 continue
-            pending[domain].append((np.asarray(seq.tokens[start : start + length]), np.full(length, key, np.uint64),
-                                    offset + np.arange(length, dtype=np.int64)))
+            pending[domain].append(
+                (
+                    np.asarray(seq.tokens[start : start + length]),
+                    np.full(length, key, np.uint64),
+                    offset + np.arange(length, dtype=np.int64),
+                )
+            )
         for domain in source.domains:
             yield from cut(domain, final=False)
     for domain in source.domains:
@@ -166,32 +186,52 @@ class LossTotals:
         np.add.at(self.counts[domain], bucket, 1)
 
 
-def evaluate_loss(source: SequenceSource, losses_of: Callable[[np.ndarray], np.ndarray], per_domain: int,
-                  splits: tuple[int, ...] = (SPLIT,), progress: bool = False) -> dict:
+def evaluate_loss(
+    source: SequenceSource,
+    losses_of: Callable[[np.ndarray], np.ndarray],
+    per_domain: int,
+    splits: tuple[int, ...] = (SPLIT,),
+    progress: bool = False,
+) -> dict:
     """Both views' totals over :func:`domain_sequences`; ``losses_of(tokens)`` gives the loss of
     predicting each token from the ones before it (length ``len(tokens) - 1``)."""
     from tqdm import tqdm
 
-    edges = sorted(set(bucket_edges(source.seq_len)) | {s for s in splits if 0 < s < source.seq_len})
+    edges = sorted(
+        set(bucket_edges(source.seq_len)) | {s for s in splits if 0 < s < source.seq_len}
+    )
     domains = list(source.domains)
     by_document = LossTotals.empty(len(domains), len(edges) - 1)
     by_position = LossTotals.empty(len(domains), len(edges) - 1)
     sequences = dict.fromkeys(domains, 0)
     total = per_domain * len(domains)
-    for seq in tqdm(domain_sequences(source, per_domain), total=total, desc="loss", unit="seq", disable=not progress):
+    for seq in tqdm(
+        domain_sequences(source, per_domain),
+        total=total,
+        desc="loss",
+        unit="seq",
+        disable=not progress,
+    ):
         losses = np.asarray(losses_of(seq.tokens), dtype=np.float64)
         d = domains.index(seq.domain)
         # position p predicts token p+1: its context is what came before token p+1
         by_document.add(d, edges, seq.doc_context[1:], losses)
         by_position.add(d, edges, np.arange(1, len(seq.tokens)), losses)
         sequences[seq.domain] += 1
-    return {"by_document": summarize_loss(by_document.sums, by_document.counts, domains, edges, splits),
-            "by_position": summarize_loss(by_position.sums, by_position.counts, domains, edges, splits),
-            "sequences": sequences}
+    return {
+        "by_document": summarize_loss(by_document.sums, by_document.counts, domains, edges, splits),
+        "by_position": summarize_loss(by_position.sums, by_position.counts, domains, edges, splits),
+        "sequences": sequences,
+    }
 
 
-def summarize_loss(sums: np.ndarray, counts: np.ndarray, domains: list[str], edges: list[int],
-                   splits: tuple[int, ...] = (SPLIT,)) -> dict:
+def summarize_loss(
+    sums: np.ndarray,
+    counts: np.ndarray,
+    domains: list[str],
+    edges: list[int],
+    splits: tuple[int, ...] = (SPLIT,),
+) -> dict:
     """Mean loss per domain: overall, per coarse bucket (``0-4K``, ``4K-max`` by default) and per
     fine bucket (the curve, with token counts)."""
     starts = np.array(edges[:-1])
@@ -216,15 +256,31 @@ def summarize_loss(sums: np.ndarray, counts: np.ndarray, domains: list[str], edg
     return {"domains": table, "edges": edges, "buckets": labels}
 
 
-def run_loss(em: EvalModel, data: str | Path, out: Path, max_sequences: int = 64, progress: bool = True,
-             splits: tuple[int, ...] = (SPLIT,)) -> dict:
+def run_loss(
+    em: EvalModel,
+    data: str | Path,
+    out: Path,
+    max_sequences: int = 64,
+    progress: bool = True,
+    splits: tuple[int, ...] = (SPLIT,),
+) -> dict:
     """Loss per domain by own-document offset (and by position) on ``max_sequences`` sequences per domain."""
     dataset = PackedDataset(data)
     started = time.perf_counter()
-    views = evaluate_loss(dataset, lambda tokens: token_losses(em, tokens), max_sequences, splits, progress)
-    summary = {"definition": DEFINITION, **views["by_document"], "by_position": views["by_position"],
-               "split": list(splits), "model": em.name, "data": str(data), "sequences": views["sequences"],
-               "seq_len": dataset.seq_len, "seconds": time.perf_counter() - started}
+    views = evaluate_loss(
+        dataset, lambda tokens: token_losses(em, tokens), max_sequences, splits, progress
+    )
+    summary = {
+        "definition": DEFINITION,
+        **views["by_document"],
+        "by_position": views["by_position"],
+        "split": list(splits),
+        "model": em.name,
+        "data": str(data),
+        "sequences": views["sequences"],
+        "seq_len": dataset.seq_len,
+        "seconds": time.perf_counter() - started,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_loss_curve(summary, out / "loss_by_position.png")
@@ -249,7 +305,9 @@ def plot_loss_curve(summary: dict, path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("offset within the token's own document (tokens of its document before it)")
     ax.set_ylabel("loss")
-    ax.set_title(f"{summary.get('model', '')}: loss by own-document offset, per-domain packing", fontsize=9)
+    ax.set_title(
+        f"{summary.get('model', '')}: loss by own-document offset, per-domain packing", fontsize=9
+    )
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -272,11 +330,19 @@ class LossConfig:
     """Settings of `longmix eval loss`."""
 
     data: str = setting(help="held-out data: a folder written by `longmix prepare`")
-    sequences: int = setting(64, check=lambda v: None if v > 0 else "must be positive",
-                             help="sequences per domain, each packed from that domain's held-out documents")
-    split: tuple[int, ...] = setting((SPLIT,), parse=_parse_splits, check=_check_splits, metavar="OFFSETS",
-                                     help="bucket edges of a token's offset within its own document: 4K gives the "
-                                          "paper's 0-4K and 4K-max; 2K,4K,16K gives four buckets")
+    sequences: int = setting(
+        64,
+        check=lambda v: None if v > 0 else "must be positive",
+        help="sequences per domain, each packed from that domain's held-out documents",
+    )
+    split: tuple[int, ...] = setting(
+        (SPLIT,),
+        parse=_parse_splits,
+        check=_check_splits,
+        metavar="OFFSETS",
+        help="bucket edges of a token's offset within its own document: 4K gives the "
+        "paper's 0-4K and 4K-max; 2K,4K,16K gives four buckets",
+    )
 
 
 def describe_loss(summary: dict) -> str:
@@ -285,19 +351,33 @@ def describe_loss(summary: dict) -> str:
 
     labels = summary.get("buckets", ["0-4K", "4K-max"])
     lines = [f"Definition: {summary['definition']}"] if summary.get("definition") else []
-    lines += [f"{domain:<14} loss {show(row['loss'])}  " + "  ".join(f"{b} {show(row.get(b))}" for b in labels)
-              + f"  ({row['tokens']} tokens)" for domain, row in summary["domains"].items()]
+    lines += [
+        f"{domain:<14} loss {show(row['loss'])}  "
+        + "  ".join(f"{b} {show(row.get(b))}" for b in labels)
+        + f"  ({row['tokens']} tokens)"
+        for domain, row in summary["domains"].items()
+    ]
     position = summary.get("by_position")
     if position:
         row = position["domains"]["all"]
-        lines.append("by position in the sequence (all domains): "
-                     + "  ".join(f"{b} {show(row.get(b))}" for b in position.get("buckets", labels)))
+        lines.append(
+            "by position in the sequence (all domains): "
+            + "  ".join(f"{b} {show(row.get(b))}" for b in position.get("buckets", labels))
+        )
     return "\n".join(lines)
 
 
-@evaluation("loss", LossConfig, doc="per-domain loss by own-document offset on held-out prepared data",
-            describe=describe_loss, order=20, uses_heldout=True)
+@evaluation(
+    "loss",
+    LossConfig,
+    doc="per-domain loss by own-document offset on held-out prepared data",
+    describe=describe_loss,
+    order=20,
+    uses_heldout=True,
+)
 def run_loss_eval(em: EvalModel, config: LossConfig, out: Path, progress: bool = True) -> dict:
     if not Path(config.data).exists():
-        raise EvalError(f"held-out data {config.data} not found: give a folder written by `longmix prepare`")
+        raise EvalError(
+            f"held-out data {config.data} not found: give a folder written by `longmix prepare`"
+        )
     return run_loss(em, config.data, out, config.sequences, progress=progress, splits=config.split)

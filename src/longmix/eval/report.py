@@ -20,7 +20,12 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
     """Markdown (``out/report.md``) and PNGs comparing ``runs``; the first is the baseline."""
     names = names or [p.name if p.name not in ("eval", "") else p.parent.name for p in runs]
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Evaluation report: {', '.join(names)}", "", f"Baseline for deltas: **{names[0]}**.", ""]
+    lines = [
+        f"# Evaluation report: {', '.join(names)}",
+        "",
+        f"Baseline for deltas: **{names[0]}**.",
+        "",
+    ]
 
     needles = [load_needle_summary(run / "needle") for run in runs]
     if any(needles):
@@ -37,11 +42,17 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
     bookqa = [_load(run / "bookqa" / "summary.json") for run in runs]
     mmlu = [_load(run / "mmlu" / "summary.json") for run in runs]
     if any(bookqa) or any(mmlu):
-        lines += ["## Long-book QA and MMLU", "", "| run | BookQA recall (paper's score) | BookQA F1 | MMLU 5-shot (macro) |",
-                  "|---|---|---|---|"]
+        lines += [
+            "## Long-book QA and MMLU",
+            "",
+            "| run | BookQA recall (paper's score) | BookQA F1 | MMLU 5-shot (macro) |",
+            "|---|---|---|---|",
+        ]
         for name, b, m in zip(names, bookqa, mmlu):
-            lines.append(f"| {name} | {_fmt(b and b['recall'], 1)} | {_fmt(b and b['f1'], 1)} | "
-                         f"{_fmt(m and m['macro_accuracy'], 1)} |")
+            lines.append(
+                f"| {name} | {_fmt(b and b['recall'], 1)} | {_fmt(b and b['f1'], 1)} | "
+                f"{_fmt(m and m['macro_accuracy'], 1)} |"
+            )
         lines += ["", "The paper: BookQA 27.4 (7B) / 31.1 (13B); MMLU 43.3 (7B) / 52.4 (13B).", ""]
     harness = [_load(run / "lm-eval" / "summary.json") for run in runs]
     if any(harness):
@@ -64,7 +75,9 @@ def task_summary(folder: Path) -> dict | None:
         return None
     config = _load(folder / "config.json") or {}
     # RULER files record their sample count; generated runs have tasks × lengths × samples
-    expected = config.get("expected") or len(config.get("tasks", [])) * len(config.get("lengths", [])) * (config.get("samples") or 0)
+    expected = config.get("expected") or len(config.get("tasks", [])) * len(
+        config.get("lengths", [])
+    ) * (config.get("samples") or 0)
     summary = summarize_tasks(rows, config.get("threshold", RULER_THRESHOLD))
     return {**summary, "partial": f"{len(rows)} of {expected or '?'} samples"}
 
@@ -74,19 +87,37 @@ def task_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
     present = [(name, s) for name, s in zip(names, summaries) if s]
     lengths = sorted({n for _, s in present for n in s["mean"]}, key=int)
     tasks = list(dict.fromkeys(t for _, s in present for t in s["tasks"]))
-    label = {name: name + (f" (partial: {s['partial']})" if s.get("partial") else "") for name, s in present}
-    lines = ["## Synthetic tasks (mean over tasks)", "", "| run | " + " | ".join(_k(int(n)) for n in lengths)
-             + " | effective length |", "|---|" + "---|" * (len(lengths) + 1)]
+    label = {
+        name: name + (f" (partial: {s['partial']})" if s.get("partial") else "")
+        for name, s in present
+    }
+    lines = [
+        "## Synthetic tasks (mean over tasks)",
+        "",
+        "| run | " + " | ".join(_k(int(n)) for n in lengths) + " | effective length |",
+        "|---|" + "---|" * (len(lengths) + 1),
+    ]
     for name, s in present:
-        lines.append(f"| {label[name]} | " + " | ".join(_fmt(s["mean"].get(n), 2) for n in lengths)
-                     + f" | {s['effective_length'] or 'none'} (≥ {s['threshold']}) |")
+        lines.append(
+            f"| {label[name]} | "
+            + " | ".join(_fmt(s["mean"].get(n), 2) for n in lengths)
+            + f" | {s['effective_length'] or 'none'} (≥ {s['threshold']}) |"
+        )
     lines += ["", *threshold_notes(present)]
-    lines += ["", "Each task, mean over the lengths it was scored at (– not scored):", "",
-              "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    lines += [
+        "",
+        "Each task, mean over the lengths it was scored at (– not scored):",
+        "",
+        "| run | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
     for name, s in present:
         cells = [s["tasks"].get(t) for t in tasks]
-        lines.append(f"| {label[name]} | " + " | ".join(
-            _fmt(sum(c.values()) / len(c), 2) if c else "–" for c in cells) + " |")
+        lines.append(
+            f"| {label[name]} | "
+            + " | ".join(_fmt(sum(c.values()) / len(c), 2) if c else "–" for c in cells)
+            + " |"
+        )
     return [*lines, ""]
 
 
@@ -94,16 +125,23 @@ def threshold_notes(present: list[tuple[str, dict]]) -> list[str]:
     """What the effective length means: its threshold's basis, and how many of RULER's tasks each run averages."""
     from .tasks import RULER_TASK_COUNT, RULER_THRESHOLD, THRESHOLD_BASIS
 
-    lines = ["Effective length: the longest length at which the mean over tasks, and the mean at every shorter "
-             "length, reaches the threshold."]
+    lines = [
+        "Effective length: the longest length at which the mean over tasks, and the mean at every shorter "
+        "length, reaches the threshold."
+    ]
     for threshold in sorted({s["threshold"] for _, s in present}):
         basis = THRESHOLD_BASIS if threshold == RULER_THRESHOLD else "set by the user"
         lines.append(f"Threshold {threshold}: {basis}.")
-    partial = [f"{name} ({s.get('n_tasks', len(s['tasks']))})" for name, s in present
-               if s.get("n_tasks", len(s["tasks"])) != RULER_TASK_COUNT]
+    partial = [
+        f"{name} ({s.get('n_tasks', len(s['tasks']))})"
+        for name, s in present
+        if s.get("n_tasks", len(s["tasks"])) != RULER_TASK_COUNT
+    ]
     if partial:
-        lines.append(f"Averaged over fewer than RULER's {RULER_TASK_COUNT} tasks, so not comparable with published "
-                     f"effective lengths: {', '.join(partial)}.")
+        lines.append(
+            f"Averaged over fewer than RULER's {RULER_TASK_COUNT} tasks, so not comparable with published "
+            f"effective lengths: {', '.join(partial)}."
+        )
     return [*lines, ""]
 
 
@@ -113,13 +151,23 @@ def loss_tables(names: list[str], summaries: list[dict | None]) -> list[str]:
     if base is None:
         return ["## Loss", "", "(no loss results for the baseline run)", ""]
     domains = [d for d in base["domains"] if d != "all"] + ["all"]
-    definition = base.get("definition") or ("a token's bucket is its position in a packed mixed-domain sequence "
-                                            "(results written before the per-domain definition)")
+    definition = base.get("definition") or (
+        "a token's bucket is its position in a packed mixed-domain sequence "
+        "(results written before the per-domain definition)"
+    )
     lines = [f"Loss buckets: {definition}", ""]
     for bucket in base.get("buckets", ["0-4K", "4K-max"]):
-        lines += [f"## Loss, context {bucket} (Δ against {names[0]}; * |Δ| > {SIGNIFICANT})", "",
-                  "| run | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
-        lines.append(f"| {names[0]} (loss) | " + " | ".join(_fmt(base["domains"][d].get(bucket)) for d in domains) + " |")
+        lines += [
+            f"## Loss, context {bucket} (Δ against {names[0]}; * |Δ| > {SIGNIFICANT})",
+            "",
+            "| run | " + " | ".join(domains) + " |",
+            "|---|" + "---|" * len(domains),
+        ]
+        lines.append(
+            f"| {names[0]} (loss) | "
+            + " | ".join(_fmt(base["domains"][d].get(bucket)) for d in domains)
+            + " |"
+        )
         for name, s in zip(names[1:], summaries[1:]):
             if s is None:
                 continue
@@ -143,28 +191,43 @@ def lm_eval_table(names: list[str], summaries: list[dict | None]) -> list[str]:
     """lm-evaluation-harness: each task's headline metric per run (– where a run lacks the task)."""
     present = [(name, s) for name, s in zip(names, summaries) if s]
     tasks = list(dict.fromkeys(t for _, s in present for t in s["headline"]))
-    metric = {t: next(s["headline"][t]["metric"] for _, s in present if t in s["headline"]) for t in tasks}
-    lines = ["## lm-evaluation-harness", "", "| run | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " |",
-             "|---|" + "---|" * len(tasks)]
+    metric = {
+        t: next(s["headline"][t]["metric"] for _, s in present if t in s["headline"]) for t in tasks
+    }
+    lines = [
+        "## lm-evaluation-harness",
+        "",
+        "| run | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
     for name, s in present:
         cells = []
         for task in tasks:
             pick = s["headline"].get(task)
             stderr = s["tasks"].get(task, {}).get(f"{pick['metric']}_stderr") if pick else None
-            cells.append("–" if pick is None else _fmt(pick["value"]) + (f" ± {stderr:.3f}" if stderr else ""))
+            cells.append(
+                "–"
+                if pick is None
+                else _fmt(pick["value"]) + (f" ± {stderr:.3f}" if stderr else "")
+            )
         label = name + (f" (limit {s['limit']})" if s.get("limit") else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
-def split_means(summary: dict, metric: str, length: int | None) -> tuple[float | None, float | None]:
+def split_means(
+    summary: dict, metric: str, length: int | None
+) -> tuple[float | None, float | None]:
     """Mean of ``metric`` over the lengths up to ``length`` and beyond it (each length weighs its cells equally)."""
     by_length = {int(n): v[metric] for n, v in summary.get("by_length", {}).items() if metric in v}
     if length is None or not by_length:
         return None, None
     within = [v for n, v in by_length.items() if n <= length]
     beyond = [v for n, v in by_length.items() if n > length]
-    return (sum(within) / len(within) if within else None, sum(beyond) / len(beyond) if beyond else None)
+    return (
+        sum(within) / len(within) if within else None,
+        sum(beyond) / len(beyond) if beyond else None,
+    )
 
 
 def _k(tokens: int) -> str:
@@ -175,9 +238,13 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def retention_lines(names: list[str], losses: list[dict | None], mmlu: list[dict | None]) -> list[str]:
+def retention_lines(
+    names: list[str], losses: list[dict | None], mmlu: list[dict | None]
+) -> list[str]:
     """Short-context retention against the first run: 0–4K loss delta (all domains) and MMLU delta."""
-    short = losses[0].get("buckets", ["0-4K"])[0] if losses and losses[0] else "0-4K"  # the shortest-context bucket
+    short = (
+        losses[0].get("buckets", ["0-4K"])[0] if losses and losses[0] else "0-4K"
+    )  # the shortest-context bucket
     base_loss = losses[0]["domains"]["all"].get(short) if losses and losses[0] else None
     base_mmlu = mmlu[0]["macro_accuracy"] if mmlu and mmlu[0] else None
     if base_loss is None and base_mmlu is None:
@@ -186,9 +253,15 @@ def retention_lines(names: list[str], losses: list[dict | None], mmlu: list[dict
     for i, name in enumerate(names[1:], start=1):
         parts = []
         other = losses[i]["domains"]["all"].get(short) if losses[i] else None
-        if base_loss is not None and other is not None and losses[i].get("definition") == losses[0].get("definition"):
+        if (
+            base_loss is not None
+            and other is not None
+            and losses[i].get("definition") == losses[0].get("definition")
+        ):
             delta = other - base_loss
-            parts.append(f"{short} loss {delta:+.3f}{' (significant)' if abs(delta) > SIGNIFICANT else ''}")
+            parts.append(
+                f"{short} loss {delta:+.3f}{' (significant)' if abs(delta) > SIGNIFICANT else ''}"
+            )
         if base_mmlu is not None and mmlu[i]:
             parts.append(f"MMLU {mmlu[i]['macro_accuracy'] - base_mmlu:+.1f} points")
         if parts:
@@ -203,55 +276,90 @@ def needle_section(names: list[str], summaries: list[dict | None], out: Path) ->
     within, beyond = (f"≤ {_k(split)}", f"> {_k(split)}") if split else ("≤ train", "> train")
     present = [(name, s) for name, s in zip(names, summaries) if s]
     label = {name: name + (" (partial)" if s.get("missing") else "") for name, s in present}
-    lines = ["## Needle in a haystack", "",
-             "Retrieval scored on the generated answer (each run's protocol decides the score), over all cells and "
-             f"split at {_k(split) if split else 'the training length'} (the first run's training length).", "",
-             f"| run | protocol | cells | score | mean | {within} | {beyond} | word recall |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Needle in a haystack",
+        "",
+        "Retrieval scored on the generated answer (each run's protocol decides the score), over all cells and "
+        f"split at {_k(split) if split else 'the training length'} (the first run's training length).",
+        "",
+        f"| run | protocol | cells | score | mean | {within} | {beyond} | word recall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in present:
         headline = _headline(s)
         low, high = split_means(s, headline, split) if headline else (None, None)
-        lines.append(f"| {label[name]} | {s.get('protocol') or 'unrecorded'} | {_cells(s)} | {headline or 'none (no generation)'} | "
-                     f"{_fmt(s['mean'].get(headline)) if headline else '–'} | {_fmt(low)} | {_fmt(high)} | "
-                     f"{_fmt(s['mean'].get('recall'))} |")
+        lines.append(
+            f"| {label[name]} | {s.get('protocol') or 'unrecorded'} | {_cells(s)} | {headline or 'none (no generation)'} | "
+            f"{_fmt(s['mean'].get(headline)) if headline else '–'} | {_fmt(low)} | {_fmt(high)} | "
+            f"{_fmt(s['mean'].get('recall'))} |"
+        )
     teacher = [(name, s) for name, s in present if {"token_accuracy", "exact"} & set(s["mean"])]
     if teacher:
-        lines += ["", "Teacher forcing (secondary: the answer's true tokens are fed, so a token can be right after a wrong one; "
-                  "exact match beside):", "",
-                  f"| run | token accuracy | exact | token accuracy {within} | exact {within} | token accuracy {beyond} | "
-                  f"exact {beyond} | logprob |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Teacher forcing (secondary: the answer's true tokens are fed, so a token can be right after a wrong one; "
+            "exact match beside):",
+            "",
+            f"| run | token accuracy | exact | token accuracy {within} | exact {within} | token accuracy {beyond} | "
+            f"exact {beyond} | logprob |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, s in teacher:
             acc, exact = split_means(s, "token_accuracy", split), split_means(s, "exact", split)
-            lines.append(f"| {label[name]} | {_fmt(s['mean'].get('token_accuracy'))} | {_fmt(s['mean'].get('exact'))} | "
-                         f"{_fmt(acc[0])} | {_fmt(exact[0])} | {_fmt(acc[1])} | {_fmt(exact[1])} | "
-                         f"{_fmt(s['mean'].get('logprob'), 2)} |")
-    used = {m for _, s in present for m in s["mean"]} | {h for _, s in present if (h := _headline(s))}
+            lines.append(
+                f"| {label[name]} | {_fmt(s['mean'].get('token_accuracy'))} | {_fmt(s['mean'].get('exact'))} | "
+                f"{_fmt(acc[0])} | {_fmt(exact[0])} | {_fmt(acc[1])} | {_fmt(exact[1])} | "
+                f"{_fmt(s['mean'].get('logprob'), 2)} |"
+            )
+    used = {m for _, s in present for m in s["mean"]} | {
+        h for _, s in present if (h := _headline(s))
+    }
     protocols = sorted({s["protocol"] for _, s in present if s.get("protocol") in PROTOCOLS})
-    lines += ["", "Definitions:", ""] + [f"- protocol {p}: {PROTOCOLS[p]}" for p in protocols] + \
-        [f"- {m}: {METRICS[m]}" for m in METRICS if m in used]
+    lines += (
+        ["", "Definitions:", ""]
+        + [f"- protocol {p}: {PROTOCOLS[p]}" for p in protocols]
+        + [f"- {m}: {METRICS[m]}" for m in METRICS if m in used]
+    )
     partial = [(name, s) for name, s in present if s.get("missing")]
     if partial:
         lines += ["", "Runs stopped part way (means over the cells they have):", ""]
-        lines += [f"- {name}: {len(s['missing'])} of {s.get('expected_cells', '?')} cells missing: {missing_text(s['missing'])}"
-                  for name, s in partial]
+        lines += [
+            f"- {name}: {len(s['missing'])} of {s.get('expected_cells', '?')} cells missing: {missing_text(s['missing'])}"
+            for name, s in partial
+        ]
     _needle_curves(summaries, names, split, out / "needle_by_length.png")
     _heatmaps([(name, s) for name, s in present if s.get("rows")], out / "needle_heatmaps.png")
-    return [*lines, "", "![needle by length](needle_by_length.png)", "", "![needle heatmaps](needle_heatmaps.png)", ""]
+    return [
+        *lines,
+        "",
+        "![needle by length](needle_by_length.png)",
+        "",
+        "![needle heatmaps](needle_heatmaps.png)",
+        "",
+    ]
 
 
 def _headline(summary: dict) -> str | None:
     """The summary's generation-based score (older summaries: the first generation score present)."""
-    headline = summary.get("headline") or headline_metric(summary.get("protocol"), summary.get("mean", {}))
+    headline = summary.get("headline") or headline_metric(
+        summary.get("protocol"), summary.get("mean", {})
+    )
     return headline if headline in GENERATION_METRICS else None
 
 
 def _heatmap_metric(summary: dict) -> str:
-    return _headline(summary) or ("exact" if "exact" in summary.get("mean", {}) else summary.get("metric", "exact"))
+    return _headline(summary) or (
+        "exact" if "exact" in summary.get("mean", {}) else summary.get("metric", "exact")
+    )
 
 
 def _cells(summary: dict) -> str:
     expected = summary.get("expected_cells")
-    return f"{summary['cells']} of {expected}" if expected and expected != summary["cells"] else str(summary["cells"])
+    return (
+        f"{summary['cells']} of {expected}"
+        if expected and expected != summary["cells"]
+        else str(summary["cells"])
+    )
 
 
 def missing_text(cells: list[list[int]]) -> str:
@@ -262,7 +370,9 @@ def missing_text(cells: list[list[int]]) -> str:
     return "; ".join(f"{_k(n)} at depths {', '.join(map(str, d))}" for n, d in by_length.items())
 
 
-def _needle_curves(summaries: list[dict | None], names: list[str], train_length: int | None, path: Path) -> None:
+def _needle_curves(
+    summaries: list[dict | None], names: list[str], train_length: int | None, path: Path
+) -> None:
     """One line per run: its headline score at each length (mean over depths); the runs compare at a glance."""
     import matplotlib
 
@@ -272,15 +382,33 @@ def _needle_curves(summaries: list[dict | None], names: list[str], train_length:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, s in zip(names, summaries):
         metric = _heatmap_metric(s) if s else None
-        points = sorted((int(n), v[metric]) for n, v in (s or {}).get("by_length", {}).items() if metric in v)
+        points = sorted(
+            (int(n), v[metric]) for n, v in (s or {}).get("by_length", {}).items() if metric in v
+        )
         if points:
-            ax.plot([n / 1024 for n, _ in points], [v for _, v in points], marker="o", markersize=3,
-                    label=f"{name} ({metric})")
+            ax.plot(
+                [n / 1024 for n, _ in points],
+                [v for _, v in points],
+                marker="o",
+                markersize=3,
+                label=f"{name} ({metric})",
+            )
     if train_length:
         ax.axvline(train_length / 1024, color="grey", linestyle="--", linewidth=1)
-        ax.annotate("training length", (train_length / 1024, 0.02), rotation=90, color="grey", fontsize=8,
-                    xytext=(3, 0), textcoords="offset points")
-    ax.set(xlabel="context length (K tokens)", ylabel="needle retrieval score (mean over depths)", ylim=(0, 1.02))
+        ax.annotate(
+            "training length",
+            (train_length / 1024, 0.02),
+            rotation=90,
+            color="grey",
+            fontsize=8,
+            xytext=(3, 0),
+            textcoords="offset points",
+        )
+    ax.set(
+        xlabel="context length (K tokens)",
+        ylabel="needle retrieval score (mean over depths)",
+        ylim=(0, 1.02),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -301,7 +429,7 @@ def _heatmaps(present: list[tuple[str, dict]], path: Path) -> None:
     columns = min(len(present), 4)  # rows of four panels: readable on a page
     rows_n = -(-len(present) // columns)
     fig, axes = plt.subplots(rows_n, columns, figsize=(5.5 * columns, 4.2 * rows_n), squeeze=False)
-    for ax in axes.flat[len(present):]:
+    for ax in axes.flat[len(present) :]:
         ax.axis("off")
     for ax, (name, s) in zip(axes.flat, present):
         title = name + (f" ({len(s['missing'])} cells missing)" if s.get("missing") else "")

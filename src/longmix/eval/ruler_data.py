@@ -53,16 +53,22 @@ def load_ruler_samples(directory: str | Path) -> list[RulerSample]:
 
     root = Path(directory)
     if not root.is_dir():
-        raise EvalError(f"RULER data folder {root} not found: give the folder prepare.py wrote (--ruler-data DIR)")
+        raise EvalError(
+            f"RULER data folder {root} not found: give the folder prepare.py wrote (--ruler-data DIR)"
+        )
     files = sorted(p for p in root.rglob("*.jsonl") if not p.name.startswith("."))
     if not files:
-        raise EvalError(f"no .jsonl files under {root}: expected <length>/<task>/validation.jsonl as RULER's prepare.py writes")
+        raise EvalError(
+            f"no .jsonl files under {root}: expected <length>/<task>/validation.jsonl as RULER's prepare.py writes"
+        )
     samples = []
     for path in files:
         task = _task_of(path)
         if task not in TASKS:
-            raise EvalError(f"{path}: unknown RULER task {task!r} (known: {', '.join(TASKS)}); "
-                            "name the file or its folder after the task")
+            raise EvalError(
+                f"{path}: unknown RULER task {task!r} (known: {', '.join(TASKS)}); "
+                "name the file or its folder after the task"
+            )
         length = _length_folder(path, root)
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             if not line.strip():
@@ -74,8 +80,10 @@ def load_ruler_samples(directory: str | Path) -> list[RulerSample]:
                 index = int(row.get("index", number - 1))
                 nominal = length if length is not None else _power_of_two_at_least(row["length"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                raise EvalError(f"{path}:{number}: not a RULER sample ({type(error).__name__}: {error}); "
-                                "each line needs input, outputs and length") from None
+                raise EvalError(
+                    f"{path}:{number}: not a RULER sample ({type(error).__name__}: {error}); "
+                    "each line needs input, outputs and length"
+                ) from None
             if isinstance(outputs, str):
                 outputs = [outputs]
             if not outputs:

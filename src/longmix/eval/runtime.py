@@ -39,7 +39,9 @@ class EvalModel:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def load_eval_model(path: str | Path, tokenizer: str | Path | None = None, device: str = "auto") -> EvalModel:
+def load_eval_model(
+    path: str | Path, tokenizer: str | Path | None = None, device: str = "auto"
+) -> EvalModel:
     """Load a HF checkpoint folder in bf16 (GPU) or fp32 (CPU), with longmix's attention."""
     from tokenizers import Tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -61,8 +63,13 @@ def load_eval_model(path: str | Path, tokenizer: str | Path | None = None, devic
     config._attn_implementation = "longmix_sdpa"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype).to(device).eval()
-    return EvalModel(model, Tokenizer.from_file(str(tokenizer_file)), torch.device(device), path.name,
-                     getattr(config, "max_position_embeddings", None))
+    return EvalModel(
+        model,
+        Tokenizer.from_file(str(tokenizer_file)),
+        torch.device(device),
+        path.name,
+        getattr(config, "max_position_embeddings", None),
+    )
 
 
 @torch.no_grad()
@@ -77,8 +84,13 @@ def answer_scores(em: EvalModel, prompt: list[int], answer: list[int]) -> dict:
 
 
 @torch.no_grad()
-def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[int], batch_tokens: int | None = None,
-                        min_prefix: int = MIN_PREFIX) -> list[dict]:
+def answer_scores_batch(
+    em: EvalModel,
+    prompts: list[list[int]],
+    answer: list[int],
+    batch_tokens: int | None = None,
+    min_prefix: int = MIN_PREFIX,
+) -> list[dict]:
     """:func:`answer_scores` for many prompts, batched (short prompts alone leave a GPU mostly
     idle) up to ``batch_tokens`` tokens per forward (default from free memory).
 
@@ -91,27 +103,43 @@ def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[in
     prefixes = _PrefixCache(em, budget)
     target = torch.tensor(answer, device=em.device)
     scores: list[dict] = [{} for _ in prompts]
-    for batch in _batches(prefill_groups(prompts, order, min_prefix), prompts, len(answer), budget,
-                          cache_optional=True):
+    for batch in _batches(
+        prefill_groups(prompts, order, min_prefix),
+        prompts,
+        len(answer),
+        budget,
+        cache_optional=True,
+    ):
         if not any(g.prefix for g in batch):
             prefixes.clear()
         for group in batch:
             length = len(prompts[group.members[0]])
             if group.prefix:
-                layers = None if len(group.members) == 1 else _new_buffers(em, len(group.members), length + len(answer))
-                hidden, layers = _prefill(em, [p + answer for p in prompts], group, layers, prefixes, length + len(answer))
+                layers = (
+                    None
+                    if len(group.members) == 1
+                    else _new_buffers(em, len(group.members), length + len(answer))
+                )
+                hidden, layers = _prefill(
+                    em, [p + answer for p in prompts], group, layers, prefixes, length + len(answer)
+                )
                 del layers
             else:
                 ids = torch.tensor([prompts[i] + answer for i in group.members], device=em.device)
                 hidden = em.model.model(input_ids=ids, use_cache=False).last_hidden_state
-            positions = torch.arange(length - 1, length + len(answer) - 1, device=em.device) - group.prefix
+            positions = (
+                torch.arange(length - 1, length + len(answer) - 1, device=em.device) - group.prefix
+            )
             logits = em.model.lm_head(hidden[:, positions]).float()  # (batch, answer, vocab)
             expected = target.expand(len(group.members), -1)
             hits = logits.argmax(-1) == expected
             logprob = F.log_softmax(logits, -1).gather(2, expected[..., None]).squeeze(-1).sum(-1)
             for index, h, lp in zip(group.members, hits, logprob):
-                scores[index] = {"exact": float(h.all()), "token_accuracy": float(h.float().mean()),
-                                 "logprob": float(lp)}
+                scores[index] = {
+                    "exact": float(h.all()),
+                    "token_accuracy": float(h.float().mean()),
+                    "logprob": float(lp),
+                }
     prefixes.clear()
     return scores
 
@@ -120,9 +148,15 @@ def answer_scores_batch(em: EvalModel, prompts: list[list[int]], answer: list[in
 def generate(em: EvalModel, prompt: list[int], max_new_tokens: int) -> list[int]:
     """Greedy decoding with a KV cache; the new tokens only."""
     ids = torch.tensor([prompt], device=em.device)
-    out = em.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                            do_sample=False, pad_token_id=0, use_cache=True)
-    return out[0, len(prompt):].tolist()
+    out = em.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        use_cache=True,
+    )
+    return out[0, len(prompt) :].tolist()
 
 
 # ---------------------------------------------------------------------------- batched, cached decoding
@@ -146,11 +180,19 @@ def _eval_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     if attention_mask is None:
         return BACKENDS["sdpa"].function(module, query, key, value, None, scaling=scaling)
     if query.is_cuda:
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                             enable_gqa=key.shape[1] != query.shape[1])
+        out = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            scale=scaling,
+            enable_gqa=key.shape[1] != query.shape[1],
+        )
     else:
         key, value = repeat_kv_heads(key, value, query.shape[1])
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, scale=scaling
+        )
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -182,8 +224,8 @@ class _BufferLayer:
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         end = self.length + key_states.shape[-2]
-        self.keys[:, :, self.length:end] = key_states
-        self.values[:, :, self.length:end] = value_states
+        self.keys[:, :, self.length : end] = key_states
+        self.values[:, :, self.length : end] = value_states
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 
@@ -206,24 +248,49 @@ def _kv_shape(em: EvalModel) -> tuple[int, int, int, torch.dtype]:
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     dtype = next(em.model.parameters()).dtype
-    return config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads, head_dim, dtype
+    return (
+        config.num_hidden_layers,
+        getattr(config, "num_key_value_heads", None) or heads,
+        head_dim,
+        dtype,
+    )
 
 
-def _new_buffers(em: EvalModel, rows: int, capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _new_buffers(
+    em: EvalModel, rows: int, capacity: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     layers, kv_heads, head_dim, dtype = _kv_shape(em)
     shape = (rows, kv_heads, capacity, head_dim)
     # zeros, not empty: masked padding still enters the attention as 0 × value, and NaN × 0 is NaN
-    return [(torch.zeros(shape, dtype=dtype, device=em.device), torch.zeros(shape, dtype=dtype, device=em.device))
-            for _ in range(layers)]
+    return [
+        (
+            torch.zeros(shape, dtype=dtype, device=em.device),
+            torch.zeros(shape, dtype=dtype, device=em.device),
+        )
+        for _ in range(layers)
+    ]
 
 
-def _forward(em: EvalModel, ids: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor | None = None):
+def _forward(
+    em: EvalModel,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    cache,
+    mask: torch.Tensor | None = None,
+):
     """The model body on ``ids`` at ``positions``, attending to (and extending) ``cache``."""
     body = em.model.model
-    cache_arg = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    cache_arg = (
+        "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    )
     with _eval_attention_on(em.model):
-        return body(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
-                    **{cache_arg: cache}).last_hidden_state
+        return body(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=mask,
+            use_cache=True,
+            **{cache_arg: cache},
+        ).last_hidden_state
 
 
 def default_batch_tokens(em: EvalModel) -> int:
@@ -234,7 +301,9 @@ def default_batch_tokens(em: EvalModel) -> int:
     layers, kv_heads, head_dim, dtype = _kv_shape(em)
     size = torch.finfo(dtype).bits // 8
     config = em.model.config
-    per_token = 2 * layers * kv_heads * head_dim * size + size * (4 * config.hidden_size + 3 * config.intermediate_size)
+    per_token = 2 * layers * kv_heads * head_dim * size + size * (
+        4 * config.hidden_size + 3 * config.intermediate_size
+    )
     free, _ = torch.cuda.mem_get_info(em.device)
     return int(min(2**20, max(4096, 0.5 * free / per_token)))
 
@@ -255,23 +324,33 @@ class _Group:
     prefix: int
 
 
-def prefill_groups(prompts: list[list[int]], order: list[int], min_prefix: int = MIN_PREFIX) -> list[_Group]:
+def prefill_groups(
+    prompts: list[list[int]], order: list[int], min_prefix: int = MIN_PREFIX
+) -> list[_Group]:
     """Consecutive prompts (in ``order``) of one length, grouped; each prompt reuses the longest
     prefix it shares with a neighbour, and joins its predecessor's group only when neither
     loses reuse by it."""
     n = len(order)
-    shared_next = [common_prefix_length(prompts[order[i]], prompts[order[i + 1]]) for i in range(n - 1)]
+    shared_next = [
+        common_prefix_length(prompts[order[i]], prompts[order[i + 1]]) for i in range(n - 1)
+    ]
 
     def reusable(i: int) -> int:
         shared = max(shared_next[i - 1] if i > 0 else 0, shared_next[i] if i < n - 1 else 0)
-        shared = min(shared, len(prompts[order[i]]) - 1)  # the last prompt token is run with the group
+        shared = min(
+            shared, len(prompts[order[i]]) - 1
+        )  # the last prompt token is run with the group
         return shared if shared >= min_prefix else 0
 
     groups: list[_Group] = []
     for i, index in enumerate(order):
         prefix = reusable(i)
-        if groups and len(prompts[order[i - 1]]) == len(prompts[index]) and prefix == groups[-1].prefix \
-                and shared_next[i - 1] >= prefix:
+        if (
+            groups
+            and len(prompts[order[i - 1]]) == len(prompts[index])
+            and prefix == groups[-1].prefix
+            and shared_next[i - 1] >= prefix
+        ):
             groups[-1].members.append(index)
         else:
             groups.append(_Group([index], prefix))
@@ -296,7 +375,9 @@ class _PrefixCache:
         """Buffers (one row, ``capacity`` positions or more) holding ``prefix``'s keys and values."""
         keep = common_prefix_length(self.tokens, prefix)
         if capacity > self.capacity:
-            old = self.buffers if self.capacity + capacity <= self.batch_tokens else []  # both must fit
+            old = (
+                self.buffers if self.capacity + capacity <= self.batch_tokens else []
+            )  # both must fit
             self.buffers = []
             keep = keep if old else 0
             buffers = _new_buffers(self.em, 1, capacity)
@@ -315,8 +396,14 @@ class _PrefixCache:
         self.tokens, self.buffers, self.capacity = [], [], 0
 
 
-def _prefill(em: EvalModel, prompts: list[list[int]], group: _Group, layers: list[tuple[torch.Tensor, torch.Tensor]] | None,
-             prefixes: _PrefixCache, capacity: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+def _prefill(
+    em: EvalModel,
+    prompts: list[list[int]],
+    group: _Group,
+    layers: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    prefixes: _PrefixCache,
+    capacity: int,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Run ``group``'s prompts into ``layers`` (views of their rows, room for ``capacity``
     positions), or, for one prompt after a shared prefix and no ``layers``, into the prefix's
     own buffer. The hidden states of the positions after the prefix, and the layers used."""
@@ -327,7 +414,10 @@ def _prefill(em: EvalModel, prompts: list[list[int]], group: _Group, layers: lis
             layers = shared
         else:
             for (k, v), (pk, pv) in zip(layers, shared):
-                k[:, :, :start], v[:, :, :start] = pk[:, :, :start], pv[:, :, :start]  # over the group's rows
+                k[:, :, :start], v[:, :, :start] = (
+                    pk[:, :, :start],
+                    pv[:, :, :start],
+                )  # over the group's rows
     elif layers is None:
         layers = _new_buffers(em, len(group.members), capacity)
     ids = torch.tensor([prompts[i][start:] for i in group.members], device=em.device)
@@ -335,8 +425,13 @@ def _prefill(em: EvalModel, prompts: list[list[int]], group: _Group, layers: lis
     return _forward(em, ids, positions, _buffer_cache(layers, start)), layers
 
 
-def _batches(groups: list[_Group], prompts: list[list[int]], extra: int, batch_tokens: int,
-             cache_optional: bool = False) -> list[list[_Group]]:
+def _batches(
+    groups: list[_Group],
+    prompts: list[list[int]],
+    extra: int,
+    batch_tokens: int,
+    cache_optional: bool = False,
+) -> list[list[_Group]]:
     """Consecutive groups packed up to ``batch_tokens`` cached tokens (prompt + ``extra`` per row, and
     the shared prefix); a group larger than that is split. A prompt too long to sit next to
     its prefix goes alone (it runs in the prefix's buffer). ``cache_optional`` (teacher
@@ -348,7 +443,7 @@ def _batches(groups: list[_Group], prompts: list[list[int]], extra: int, batch_t
         prefix = 0 if cache_optional and per_row > batch_tokens else group.prefix
         rows = max(1, (batch_tokens - prefix) // per_row)
         for start in range(0, len(group.members), rows):
-            part = _Group(group.members[start:start + rows], prefix)
+            part = _Group(group.members[start : start + rows], prefix)
             cost = len(part.members) * per_row
             if out and used + cost + part.prefix <= batch_tokens:
                 out[-1].append(part)
@@ -372,7 +467,9 @@ def stopped(text: str, stop: tuple[str, ...]) -> bool:
     return any(s in text for s in stop)
 
 
-def truncate_at_stop(em: EvalModel, tokens: list[int], stop: tuple[str, ...], eos: set[int] | None = None) -> list[int]:
+def truncate_at_stop(
+    em: EvalModel, tokens: list[int], stop: tuple[str, ...], eos: set[int] | None = None
+) -> list[int]:
     """The tokens up to and including the one at which decoding stops (end of sequence or a stop string)."""
     eos = _eos_ids(em) if eos is None else eos
     for n in range(1, len(tokens) + 1):
@@ -381,9 +478,14 @@ def truncate_at_stop(em: EvalModel, tokens: list[int], stop: tuple[str, ...], eo
     return tokens
 
 
-def iter_generate_batch(em: EvalModel, prompts: list[list[int]], max_new_tokens: int, stop: tuple[str, ...] = (),
-                        batch_tokens: int | None = None, min_prefix: int = MIN_PREFIX
-                        ) -> Iterator[list[tuple[int, list[int]]]]:
+def iter_generate_batch(
+    em: EvalModel,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop: tuple[str, ...] = (),
+    batch_tokens: int | None = None,
+    min_prefix: int = MIN_PREFIX,
+) -> Iterator[list[tuple[int, list[int]]]]:
     """:func:`generate_batch` batch by batch: (prompt index, new tokens) of each finished batch."""
     if any(not p for p in prompts):
         raise EvalError("an empty prompt cannot be continued")
@@ -395,15 +497,24 @@ def iter_generate_batch(em: EvalModel, prompts: list[list[int]], max_new_tokens:
     prefixes = _PrefixCache(em, budget)
     eos = _eos_ids(em)
     with torch.no_grad():
-        for batch in _batches(prefill_groups(prompts, order, min_prefix), prompts, max_new_tokens, budget):
+        for batch in _batches(
+            prefill_groups(prompts, order, min_prefix), prompts, max_new_tokens, budget
+        ):
             if not any(g.prefix for g in batch):
                 prefixes.clear()
             yield _decode(em, prompts, batch, max_new_tokens, stop, eos, prefixes)
     prefixes.clear()
 
 
-def _decode(em: EvalModel, prompts: list[list[int]], batch: list[_Group], max_new_tokens: int, stop: tuple[str, ...],
-            eos: set[int], prefixes: _PrefixCache) -> list[tuple[int, list[int]]]:
+def _decode(
+    em: EvalModel,
+    prompts: list[list[int]],
+    batch: list[_Group],
+    max_new_tokens: int,
+    stop: tuple[str, ...],
+    eos: set[int],
+    prefixes: _PrefixCache,
+) -> list[tuple[int, list[int]]]:
     """Greedy decoding of one batch: prefill its groups into one left-padded buffer, then one
     token per step for every unfinished row; rows that finish are dropped from the buffer."""
     members = [i for g in batch for i in g.members]
@@ -416,9 +527,14 @@ def _decode(em: EvalModel, prompts: list[list[int]], batch: list[_Group], max_ne
         buffers = _new_buffers(em, len(members), capacity)
         first, row = [], 0
         for group in batch:
-            rows, pad = slice(row, row + len(group.members)), longest - len(prompts[group.members[0]])
+            rows, pad = (
+                slice(row, row + len(group.members)),
+                longest - len(prompts[group.members[0]]),
+            )
             views = [(k[rows, :, pad:], v[rows, :, pad:]) for k, v in buffers]
-            hidden, _ = _prefill(em, prompts, group, views, prefixes, len(prompts[group.members[0]]) + max_new_tokens)
+            hidden, _ = _prefill(
+                em, prompts, group, views, prefixes, len(prompts[group.members[0]]) + max_new_tokens
+            )
             first.append(em.model.lm_head(hidden[:, -1]).argmax(-1))
             row += len(group.members)
     token = torch.cat(first)
@@ -437,15 +553,21 @@ def _decode(em: EvalModel, prompts: list[list[int]], batch: list[_Group], max_ne
         if len(finished) == len(members) or step == max_new_tokens - 1:
             break
         done = sum(i in finished for i in alive)
-        if done and 4 * done >= len(alive):  # drop finished rows (a copy of the cache: not for every one)
-            keep = torch.tensor([r for r, i in enumerate(alive) if i not in finished], device=em.device)
+        if done and 4 * done >= len(
+            alive
+        ):  # drop finished rows (a copy of the cache: not for every one)
+            keep = torch.tensor(
+                [r for r, i in enumerate(alive) if i not in finished], device=em.device
+            )
             buffers = [(k[keep], v[keep]) for k, v in buffers]
             pads, token = pads[keep], token[keep]
             alive = [i for i in alive if i not in finished]
         positions = (filled - pads)[:, None]
         mask = None
         if bool(pads.any()):
-            mask = (torch.arange(filled + 1, device=em.device)[None] >= pads[:, None])[:, None, None, :]
+            mask = (torch.arange(filled + 1, device=em.device)[None] >= pads[:, None])[
+                :, None, None, :
+            ]
         hidden = _forward(em, token[:, None], positions, _buffer_cache(buffers, filled), mask)
         token = em.model.lm_head(hidden[:, -1]).argmax(-1)
         filled += 1
@@ -472,8 +594,14 @@ def timed(batches: Iterable[list]) -> Iterator[tuple[list, float]]:
         started = time.perf_counter()
 
 
-def generate_batch(em: EvalModel, prompts: list[list[int]], max_new_tokens: int, stop: tuple[str, ...] = (),
-                   batch_tokens: int | None = None, min_prefix: int = MIN_PREFIX) -> list[list[int]]:
+def generate_batch(
+    em: EvalModel,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop: tuple[str, ...] = (),
+    batch_tokens: int | None = None,
+    min_prefix: int = MIN_PREFIX,
+) -> list[list[int]]:
     """Greedy decoding of many prompts with a KV cache: the new tokens of each, in order.
 
     The same tokens as :func:`generate` one prompt at a time, cut at the first stop (the end

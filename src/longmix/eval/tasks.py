@@ -44,30 +44,48 @@ from .registry import evaluation
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
-NIAH_TEMPLATE = ("Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
-                 "I will quiz you about the {type_needle_v} afterwards.\n{context}\n"
-                 "What are all the special magic {type_needle_v} for {query} mentioned in the provided text?")
+NIAH_TEMPLATE = (
+    "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the {type_needle_v} afterwards.\n{context}\n"
+    "What are all the special magic {type_needle_v} for {query} mentioned in the provided text?"
+)
 NIAH_PREFIX = " The special magic {type_needle_v} for {query} mentioned in the provided text are"
-VT_TEMPLATE = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
-               "Question: Find all variables that are assigned the value {query} in the text above.")
-VT_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
-             "assigned the value {query}, they are: ")
-CWE_TEMPLATE = ("Below is a numbered list of words. In these words, some appear more often than others. Memorize the "
-                "ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?")
+VT_TEMPLATE = (
+    "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
+    "Question: Find all variables that are assigned the value {query} in the text above."
+)
+VT_PREFIX = (
+    " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
+    "assigned the value {query}, they are: "
+)
+CWE_TEMPLATE = (
+    "Below is a numbered list of words. In these words, some appear more often than others. Memorize the "
+    "ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?"
+)
 CWE_PREFIX = " Answer: The top 10 words that appear most often in the list are:"
-FWE_TEMPLATE = ("Read the following coded text and track the frequency of each coded word. Find the three most "
-                "frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore "
-                "the dots '....'. What are the three most frequently appeared words in the above coded text?")
-FWE_PREFIX = " Answer: According to the coded text above, the three most frequently appeared words are:"
-QA_TEMPLATE = ("Answer the question based on the given documents. Only give me the answer and do not output any other "
-               "words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the given "
-               "documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}")
+FWE_TEMPLATE = (
+    "Read the following coded text and track the frequency of each coded word. Find the three most "
+    "frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore "
+    "the dots '....'. What are the three most frequently appeared words in the above coded text?"
+)
+FWE_PREFIX = (
+    " Answer: According to the coded text above, the three most frequently appeared words are:"
+)
+QA_TEMPLATE = (
+    "Answer the question based on the given documents. Only give me the answer and do not output any other "
+    "words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the given "
+    "documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}"
+)
 QA_PREFIX = " Answer:"
-DEPTHS = [int(d) for d in np.round(np.linspace(0, 100, num=40, endpoint=True))]  # RULER's needle depths in an essay
+DEPTHS = [
+    int(d) for d in np.round(np.linspace(0, 100, num=40, endpoint=True))
+]  # RULER's needle depths in an essay
 
 # The effective-length threshold and where it comes from (RULER README)
 RULER_THRESHOLD = 0.856
-THRESHOLD_BASIS = "Llama-2-7B's RULER score at 4K, 85.6 averaged over the 13 tasks (NVIDIA/RULER README)"
+THRESHOLD_BASIS = (
+    "Llama-2-7B's RULER score at 4K, 85.6 averaged over the 13 tasks (NVIDIA/RULER README)"
+)
 RULER_TASK_COUNT = 13
 
 
@@ -120,7 +138,9 @@ class Words:
 class QAData:
     """Questions with their gold documents, and every document of the set (RULER's qa.py readers)."""
 
-    questions: list[dict]  # query, outputs, context (gold document indices), more (same-article documents)
+    questions: list[
+        dict
+    ]  # query, outputs, context (gold document indices), more (same-article documents)
     documents: list[str]
 
 
@@ -128,18 +148,29 @@ def read_squad(path: str | Path) -> QAData:
     """SQuAD 2.0 JSON (e.g. dev-v2.0.json): answerable questions; paragraphs of one article are near distractors."""
     data = _read_json(path, "SQuAD")
     try:
-        documents = sorted({p["context"] for article in data["data"] for p in article["paragraphs"]})
+        documents = sorted(
+            {p["context"] for article in data["data"] for p in article["paragraphs"]}
+        )
         index = {d: i for i, d in enumerate(documents)}
         questions = []
         for article in data["data"]:
             article_docs = [index[p["context"]] for p in article["paragraphs"]]
             for p in article["paragraphs"]:
                 gold = index[p["context"]]
-                questions += [{"query": q["question"], "outputs": [a["text"] for a in q["answers"]], "context": [gold],
-                               "more": [i for i in article_docs if i != gold]}
-                              for q in p["qas"] if not q.get("is_impossible", False)]
+                questions += [
+                    {
+                        "query": q["question"],
+                        "outputs": [a["text"] for a in q["answers"]],
+                        "context": [gold],
+                        "more": [i for i in article_docs if i != gold],
+                    }
+                    for q in p["qas"]
+                    if not q.get("is_impossible", False)
+                ]
     except (KeyError, TypeError) as error:
-        raise EvalError(f"{path} is not a SQuAD JSON file (missing {error}): use SQuAD 2.0's dev-v2.0.json") from None
+        raise EvalError(
+            f"{path} is not a SQuAD JSON file (missing {error}): use SQuAD 2.0's dev-v2.0.json"
+        ) from None
     return QAData(questions, documents)
 
 
@@ -147,15 +178,25 @@ def read_hotpotqa(path: str | Path) -> QAData:
     """HotpotQA JSON (e.g. hotpot_dev_distractor_v1.json): each question's context paragraphs are its documents."""
     data = _read_json(path, "HotpotQA")
     try:
+
         def doc(title: str, sentences: list[str]) -> str:
             return f"{title}\n{''.join(sentences)}"
 
         documents = sorted({doc(t, s) for item in data for t, s in item["context"]})
         index = {d: i for i, d in enumerate(documents)}
-        questions = [{"query": item["question"], "outputs": [item["answer"]],
-                      "context": [index[doc(t, s)] for t, s in item["context"]], "more": []} for item in data]
+        questions = [
+            {
+                "query": item["question"],
+                "outputs": [item["answer"]],
+                "context": [index[doc(t, s)] for t, s in item["context"]],
+                "more": [],
+            }
+            for item in data
+        ]
     except (KeyError, TypeError, ValueError) as error:
-        raise EvalError(f"{path} is not a HotpotQA JSON file ({error}): use hotpot_dev_distractor_v1.json") from None
+        raise EvalError(
+            f"{path} is not a HotpotQA JSON file ({error}): use hotpot_dev_distractor_v1.json"
+        ) from None
     return QAData(questions, documents)
 
 
@@ -208,7 +249,11 @@ def _essay_words(essay: list[str], count: int) -> str:
 def _insert_at_depths(text: str, needles: list[str], rng: random.Random) -> str:
     """RULER's essay insertion: each needle between sentences at a distinct depth of the 40-point grid."""
     sentences = _sentences(text)
-    cuts = [0] + sorted(int(len(sentences) * d / 100) for d in rng.sample(DEPTHS, len(needles))) + [len(sentences)]
+    cuts = (
+        [0]
+        + sorted(int(len(sentences) * d / 100) for d in rng.sample(DEPTHS, len(needles)))
+        + [len(sentences)]
+    )
     pieces = []
     for i in range(1, len(cuts)):
         pieces.append(" ".join(sentences[cuts[i - 1] : cuts[i]]))
@@ -221,8 +266,20 @@ def _join_query(keys: list[str]) -> str:
     return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + ", and " + keys[-1]
 
 
-def make_niah(inputs: TaskInputs, units: int, rng: random.Random, length: int, index: int, *, haystack: str,
-              key_type: str, value_type: str, n_keys: int = 1, n_values: int = 1, n_queries: int = 1) -> TaskSample:
+def make_niah(
+    inputs: TaskInputs,
+    units: int,
+    rng: random.Random,
+    length: int,
+    index: int,
+    *,
+    haystack: str,
+    key_type: str,
+    value_type: str,
+    n_keys: int = 1,
+    n_values: int = 1,
+    n_queries: int = 1,
+) -> TaskSample:
     """Needles "One of the special magic numbers for KEY is: VALUE." in ``units`` noise sentences,
     essay words, or distractor needles; the question names ``n_queries`` of the ``n_keys`` keys."""
     n_keys = max(n_keys, n_queries)
@@ -230,7 +287,9 @@ def make_niah(inputs: TaskInputs, units: int, rng: random.Random, length: int, i
     for _ in range(n_keys):
         keys.append(_draw(key_type, rng, inputs.words))
         values.append([_draw(value_type, rng, inputs.words) for _ in range(n_values)])
-        needles += [NEEDLE.format(type_needle_v=value_type, key=keys[-1], value=v) for v in values[-1]]
+        needles += [
+            NEEDLE.format(type_needle_v=value_type, key=keys[-1], value=v) for v in values[-1]
+        ]
     rng.shuffle(needles)
     if haystack == "essay":
         context = _insert_at_depths(_essay_words(inputs.essay, units), needles, rng)
@@ -238,9 +297,17 @@ def make_niah(inputs: TaskInputs, units: int, rng: random.Random, length: int, i
         if haystack == "noise":
             sentences = [NOISE] * units
         else:  # "needle": the haystack is made of needles with other keys
-            sentences = [NEEDLE.format(type_needle_v=value_type, key=_draw(key_type, rng, inputs.words),
-                                       value=_draw(value_type, rng, inputs.words)) for _ in range(units)]
-        for at, needle in zip(sorted(rng.sample(range(max(units, len(needles))), len(needles)), reverse=True), needles):
+            sentences = [
+                NEEDLE.format(
+                    type_needle_v=value_type,
+                    key=_draw(key_type, rng, inputs.words),
+                    value=_draw(value_type, rng, inputs.words),
+                )
+                for _ in range(units)
+            ]
+        for at, needle in zip(
+            sorted(rng.sample(range(max(units, len(needles))), len(needles)), reverse=True), needles
+        ):
             sentences.insert(at, needle)
         context = "\n".join(sentences)
     queried = rng.sample(range(n_keys), n_queries)
@@ -249,12 +316,21 @@ def make_niah(inputs: TaskInputs, units: int, rng: random.Random, length: int, i
         template, prefix = (_singular(t) for t in (template, prefix))
         kind = value_type[:-1]
     query = _join_query([keys[i] for i in queried])
-    return TaskSample("", template.format(type_needle_v=kind, context=context, query=query)
-                      + prefix.format(type_needle_v=kind, query=query), [v for i in queried for v in values[i]])
+    return TaskSample(
+        "",
+        template.format(type_needle_v=kind, context=context, query=query)
+        + prefix.format(type_needle_v=kind, query=query),
+        [v for i in queried for v in values[i]],
+    )
 
 
 def _singular(text: str) -> str:
-    return text.replace("Some", "A").replace("are all", "is").replace("are", "is").replace("answers", "answer")
+    return (
+        text.replace("Some", "A")
+        .replace("are all", "is")
+        .replace("are", "is")
+        .replace("answers", "answer")
+    )
 
 
 def _vt_chain(rng: random.Random, hops: int, name_length: int) -> tuple[list[str], str, list[str]]:
@@ -264,7 +340,9 @@ def _vt_chain(rng: random.Random, hops: int, name_length: int) -> tuple[list[str
         if name not in names:
             names.append(name)
     value = str(rng.randint(10_000, 99_999))
-    chain = [f"VAR {names[0]} = {value}"] + [f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(hops)]
+    chain = [f"VAR {names[0]} = {value}"] + [
+        f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(hops)
+    ]
     return names, value, chain
 
 
@@ -276,17 +354,38 @@ def _vt_text(noise: int, chain: list[str], rng: random.Random) -> str:
     return "\n".join(sentences).replace(". \n", ".\n")
 
 
-def make_vt(inputs: TaskInputs, units: int, rng: random.Random, length: int, index: int, *, hops: int = 4,
-            example_noise: int = 15) -> TaskSample:
+def make_vt(
+    inputs: TaskInputs,
+    units: int,
+    rng: random.Random,
+    length: int,
+    index: int,
+    *,
+    hops: int = 4,
+    example_noise: int = 15,
+) -> TaskSample:
     """Variable tracking: one chain VAR A = 12345, VAR B = VAR A, ... (``hops`` hops) hidden in
     noise; answer: every name of the chain. Preceded by a solved example (3-letter names)."""
     ex_names, ex_value, ex_chain = _vt_chain(rng, hops, 3)
-    example = (VT_TEMPLATE.format(context=_vt_text(max(example_noise, hops + 1), ex_chain, rng), query=ex_value)
-               + VT_PREFIX.format(num_v=hops + 1, query=ex_value) + " " + " ".join(ex_names) + "\n")
+    example = (
+        VT_TEMPLATE.format(
+            context=_vt_text(max(example_noise, hops + 1), ex_chain, rng), query=ex_value
+        )
+        + VT_PREFIX.format(num_v=hops + 1, query=ex_value)
+        + " "
+        + " ".join(ex_names)
+        + "\n"
+    )
     names, value, chain = _vt_chain(rng, hops, 5)
     text = _vt_text(max(units, hops + 1), chain, rng)
-    return TaskSample("", example + "\n" + VT_TEMPLATE.format(context=text, query=value)
-                      + VT_PREFIX.format(num_v=hops + 1, query=value), names)
+    return TaskSample(
+        "",
+        example
+        + "\n"
+        + VT_TEMPLATE.format(context=text, query=value)
+        + VT_PREFIX.format(num_v=hops + 1, query=value),
+        names,
+    )
 
 
 def _numbered(words: list[str]) -> str:
@@ -299,8 +398,14 @@ def cwe_counts(length: int) -> tuple[tuple[int, int, int], tuple[int, int]]:
     return ((40, 10, 3), (30, 3)) if length >= 4096 else ((20, 3, 1), (6, 1))
 
 
-def _cwe_list(words: list[str], n_words: int, common_copies: int, other_copies: int, rng: random.Random,
-              n_common: int = 10) -> tuple[str, list[str]]:
+def _cwe_list(
+    words: list[str],
+    n_words: int,
+    common_copies: int,
+    other_copies: int,
+    rng: random.Random,
+    n_common: int = 10,
+) -> tuple[str, list[str]]:
     chosen = rng.sample(words, min(n_words, len(words)))
     common, other = chosen[:n_common], chosen[n_common:]
     items = common * common_copies + other * other_copies
@@ -308,7 +413,9 @@ def _cwe_list(words: list[str], n_words: int, common_copies: int, other_copies: 
     return _numbered(items), common
 
 
-def make_cwe(inputs: TaskInputs, units: int, rng: random.Random, length: int, index: int) -> TaskSample:
+def make_cwe(
+    inputs: TaskInputs, units: int, rng: random.Random, length: int, index: int
+) -> TaskSample:
     """Common words: 10 words repeated often among words repeated rarely (``10 + units`` words);
     preceded by a solved example, as RULER does."""
     (ex_words, ex_common, ex_other), (common_copies, other_copies) = cwe_counts(length)
@@ -316,7 +423,9 @@ def make_cwe(inputs: TaskInputs, units: int, rng: random.Random, length: int, in
     ex_list, ex_answer = _cwe_list(vocab, ex_words, ex_common, ex_other, rng)
     example = CWE_TEMPLATE.format(context=ex_list) + CWE_PREFIX + " " + _numbered(ex_answer)
     listing, common = _cwe_list(vocab, 10 + units, common_copies, other_copies, rng)
-    return TaskSample("", example + "\n" + CWE_TEMPLATE.format(context=listing) + CWE_PREFIX, common)
+    return TaskSample(
+        "", example + "\n" + CWE_TEMPLATE.format(context=listing) + CWE_PREFIX, common
+    )
 
 
 def zeta(alpha: float, terms: int = 1000) -> float:
@@ -331,8 +440,16 @@ def fwe_counts(n_words: int, vocab_size: int, alpha: float = 2.0) -> np.ndarray:
     return (n_words * ranks**-alpha / zeta(alpha)).astype(int)
 
 
-def make_fwe(inputs: TaskInputs, units: int, rng: random.Random, length: int, index: int, *,
-             alpha: float = 2.0, word_length: int = 6) -> TaskSample:
+def make_fwe(
+    inputs: TaskInputs,
+    units: int,
+    rng: random.Random,
+    length: int,
+    index: int,
+    *,
+    alpha: float = 2.0,
+    word_length: int = 6,
+) -> TaskSample:
     """Frequent words: random 6-letter coded words with zeta-distributed counts (``units`` words
     in all, before rounding down); the most frequent is '...' noise, the answer ranks 2–4."""
     vocab_size = max(5, (length - 50) // 50)  # RULER: (max_seq_length - tokens_to_generate) // 50
@@ -347,7 +464,9 @@ def make_fwe(inputs: TaskInputs, units: int, rng: random.Random, length: int, in
     return TaskSample("", FWE_TEMPLATE.format(context=" ".join(text)) + FWE_PREFIX, ranked[1:4])
 
 
-def make_qa(inputs: TaskInputs, units: int, rng: random.Random, length: int, index: int, *, dataset: str) -> TaskSample:
+def make_qa(
+    inputs: TaskInputs, units: int, rng: random.Random, length: int, index: int, *, dataset: str
+) -> TaskSample:
     """Question ``index`` of the set with its gold documents among ``units`` documents in all
     (near distractors first, then random ones), shuffled, as RULER's qa.py."""
     data = inputs.qa.get(dataset)
@@ -368,8 +487,11 @@ def make_qa(inputs: TaskInputs, units: int, rng: random.Random, length: int, ind
         chosen = [data.documents[i] for i in picked]
     rng.shuffle(chosen)
     context = "\n\n".join(f"Document {i + 1}:\n{d}" for i, d in enumerate(chosen))
-    return TaskSample("", QA_TEMPLATE.format(context=context, query=question["query"]) + QA_PREFIX,
-                      list(question["outputs"]))
+    return TaskSample(
+        "",
+        QA_TEMPLATE.format(context=context, query=question["query"]) + QA_PREFIX,
+        list(question["outputs"]),
+    )
 
 
 # ---------------------------------------------------------------------------- the registry
@@ -397,33 +519,135 @@ def register(task: Task) -> None:
 
 
 def _niah(name: str, doc: str, **kwargs: object) -> None:
-    register(Task(name, partial(make_niah, **kwargs), NIAH_TEMPLATE, NIAH_PREFIX, 128, string_match_all, doc))
+    register(
+        Task(
+            name,
+            partial(make_niah, **kwargs),
+            NIAH_TEMPLATE,
+            NIAH_PREFIX,
+            128,
+            string_match_all,
+            doc,
+        )
+    )
 
 
-_niah("niah_single_1", "one needle in noise sentences", haystack="noise", key_type="words", value_type="numbers")
-_niah("niah_single_2", "one needle in essay text", haystack="essay", key_type="words", value_type="numbers")
-_niah("niah_single_3", "one needle with a UUID value in essay text", haystack="essay", key_type="words",
-      value_type="uuids")
-_niah("niah_multikey_1", "one of four keys asked, in essay text", haystack="essay", key_type="words",
-      value_type="numbers", n_keys=4)
-_niah("niah_multikey_2", "one needle among needles of other keys", haystack="needle", key_type="words",
-      value_type="numbers")
-_niah("niah_multikey_3", "one UUID-keyed needle among needles of other UUID keys", haystack="needle",
-      key_type="uuids", value_type="uuids")
-_niah("niah_multivalue", "four values of one key, in essay text", haystack="essay", key_type="words",
-      value_type="numbers", n_values=4)
-_niah("niah_multiquery", "four keys asked at once, in essay text", haystack="essay", key_type="words",
-      value_type="numbers", n_queries=4)
-register(Task("vt", make_vt, VT_TEMPLATE, VT_PREFIX, 30, string_match_all,
-              "variable tracking: a 4-hop assignment chain in noise, every name asked"))
-register(Task("cwe", make_cwe, CWE_TEMPLATE, CWE_PREFIX, 120, string_match_all,
-              "the 10 most common words of a numbered list (one solved example first)"))
-register(Task("fwe", make_fwe, FWE_TEMPLATE, FWE_PREFIX, 50, string_match_all,
-              "the 3 most frequent coded words, counts zeta-distributed, '...' as noise"))
-register(Task("qa_1", partial(make_qa, dataset="squad"), QA_TEMPLATE, QA_PREFIX, 32, string_match_part,
-              "SQuAD question over its paragraph among distractor paragraphs", needs="squad"))
-register(Task("qa_2", partial(make_qa, dataset="hotpotqa"), QA_TEMPLATE, QA_PREFIX, 32, string_match_part,
-              "HotpotQA question over its paragraphs among distractors", needs="hotpotqa"))
+_niah(
+    "niah_single_1",
+    "one needle in noise sentences",
+    haystack="noise",
+    key_type="words",
+    value_type="numbers",
+)
+_niah(
+    "niah_single_2",
+    "one needle in essay text",
+    haystack="essay",
+    key_type="words",
+    value_type="numbers",
+)
+_niah(
+    "niah_single_3",
+    "one needle with a UUID value in essay text",
+    haystack="essay",
+    key_type="words",
+    value_type="uuids",
+)
+_niah(
+    "niah_multikey_1",
+    "one of four keys asked, in essay text",
+    haystack="essay",
+    key_type="words",
+    value_type="numbers",
+    n_keys=4,
+)
+_niah(
+    "niah_multikey_2",
+    "one needle among needles of other keys",
+    haystack="needle",
+    key_type="words",
+    value_type="numbers",
+)
+_niah(
+    "niah_multikey_3",
+    "one UUID-keyed needle among needles of other UUID keys",
+    haystack="needle",
+    key_type="uuids",
+    value_type="uuids",
+)
+_niah(
+    "niah_multivalue",
+    "four values of one key, in essay text",
+    haystack="essay",
+    key_type="words",
+    value_type="numbers",
+    n_values=4,
+)
+_niah(
+    "niah_multiquery",
+    "four keys asked at once, in essay text",
+    haystack="essay",
+    key_type="words",
+    value_type="numbers",
+    n_queries=4,
+)
+register(
+    Task(
+        "vt",
+        make_vt,
+        VT_TEMPLATE,
+        VT_PREFIX,
+        30,
+        string_match_all,
+        "variable tracking: a 4-hop assignment chain in noise, every name asked",
+    )
+)
+register(
+    Task(
+        "cwe",
+        make_cwe,
+        CWE_TEMPLATE,
+        CWE_PREFIX,
+        120,
+        string_match_all,
+        "the 10 most common words of a numbered list (one solved example first)",
+    )
+)
+register(
+    Task(
+        "fwe",
+        make_fwe,
+        FWE_TEMPLATE,
+        FWE_PREFIX,
+        50,
+        string_match_all,
+        "the 3 most frequent coded words, counts zeta-distributed, '...' as noise",
+    )
+)
+register(
+    Task(
+        "qa_1",
+        partial(make_qa, dataset="squad"),
+        QA_TEMPLATE,
+        QA_PREFIX,
+        32,
+        string_match_part,
+        "SQuAD question over its paragraph among distractor paragraphs",
+        needs="squad",
+    )
+)
+register(
+    Task(
+        "qa_2",
+        partial(make_qa, dataset="hotpotqa"),
+        QA_TEMPLATE,
+        QA_PREFIX,
+        32,
+        string_match_part,
+        "HotpotQA question over its paragraphs among distractors",
+        needs="hotpotqa",
+    )
+)
 
 ALIASES = {"niah_single": "niah_single_1", "niah_multikey": "niah_multikey_1"}  # earlier names
 GENERATE = {name: task.answer_tokens for name, task in TASKS.items()}  # answer budget per task
@@ -437,7 +661,11 @@ def _task_names(text: str) -> tuple[str, ...]:
 
 def _check_tasks(tasks: tuple[str, ...]) -> str | None:
     unknown = [t for t in tasks if t not in TASKS]
-    return f"unknown tasks {', '.join(unknown)} (choose from {', '.join(TASKS)}, or all)" if unknown else None
+    return (
+        f"unknown tasks {', '.join(unknown)} (choose from {', '.join(TASKS)}, or all)"
+        if unknown
+        else None
+    )
 
 
 def _positive(value: int) -> str | None:
@@ -448,22 +676,44 @@ def _positive(value: int) -> str | None:
 class TaskConfig:
     """Settings of `longmix eval ruler`."""
 
-    tasks: tuple[str, ...] = setting(tuple(TASKS), parse=_task_names, check=_check_tasks,
-                                     help="comma-separated tasks, or all (the tasks whose data is available): "
-                                          + ", ".join(TASKS))
-    lengths: tuple[int, ...] = setting((4096, 8192, 16384, 32768), parse=lambda text: tuple(parse_grid(text, lengths=True)),
-                                       metavar="GRID", help="prompt lengths: a list (4K,8K) or START:END:COUNT")
+    tasks: tuple[str, ...] = setting(
+        tuple(TASKS),
+        parse=_task_names,
+        check=_check_tasks,
+        help="comma-separated tasks, or all (the tasks whose data is available): "
+        + ", ".join(TASKS),
+    )
+    lengths: tuple[int, ...] = setting(
+        (4096, 8192, 16384, 32768),
+        parse=lambda text: tuple(parse_grid(text, lengths=True)),
+        metavar="GRID",
+        help="prompt lengths: a list (4K,8K) or START:END:COUNT",
+    )
     samples: int = setting(20, check=_positive, help="samples per task and length (RULER: 500)")
     seed: int = setting(0, help="seed of the generated samples")
-    threshold: float = setting(RULER_THRESHOLD, help="a length is effective when the mean score over tasks reaches this "
-                                                     f"at it and every shorter length; default: {THRESHOLD_BASIS}")
-    haystack: str = setting("books", help="essay haystack and word pool: books (built in), a path, or essays "
-                                          "(RULER's Paul Graham essays)")
-    squad: str | None = setting(None, metavar="FILE", help="SQuAD 2.0 dev JSON (dev-v2.0.json) for qa_1")
-    hotpotqa: str | None = setting(None, metavar="FILE", help="HotpotQA dev JSON (hotpot_dev_distractor_v1.json) for qa_2")
-    ruler_data: str | None = setting(None, metavar="DIR", help="score the JSONL files NVIDIA/RULER's prepare.py wrote "
-                                     "(DIR/<length>/[data/]<task>/validation.jsonl or DIR/<task>.jsonl) instead of "
-                                     "generating samples; tasks, lengths, samples, seed, haystack do not apply")
+    threshold: float = setting(
+        RULER_THRESHOLD,
+        help="a length is effective when the mean score over tasks reaches this "
+        f"at it and every shorter length; default: {THRESHOLD_BASIS}",
+    )
+    haystack: str = setting(
+        "books",
+        help="essay haystack and word pool: books (built in), a path, or essays "
+        "(RULER's Paul Graham essays)",
+    )
+    squad: str | None = setting(
+        None, metavar="FILE", help="SQuAD 2.0 dev JSON (dev-v2.0.json) for qa_1"
+    )
+    hotpotqa: str | None = setting(
+        None, metavar="FILE", help="HotpotQA dev JSON (hotpot_dev_distractor_v1.json) for qa_2"
+    )
+    ruler_data: str | None = setting(
+        None,
+        metavar="DIR",
+        help="score the JSONL files NVIDIA/RULER's prepare.py wrote "
+        "(DIR/<length>/[data/]<task>/validation.jsonl or DIR/<task>.jsonl) instead of "
+        "generating samples; tasks, lengths, samples, seed, haystack do not apply",
+    )
 
 
 def resolve_tasks(config: TaskConfig) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -475,7 +725,9 @@ def resolve_tasks(config: TaskConfig) -> tuple[tuple[str, ...], dict[str, str]]:
         need = TASKS[name].needs
         if need and not getattr(config, need):
             if not everything:
-                raise EvalError(f"task {name} needs the {need} file: pass --{need} FILE, or leave {name} out of --tasks")
+                raise EvalError(
+                    f"task {name} needs the {need} file: pass --{need} FILE, or leave {name} out of --tasks"
+                )
             skipped[name] = f"no --{need} file"
         else:
             run.append(name)
@@ -485,14 +737,22 @@ def resolve_tasks(config: TaskConfig) -> tuple[tuple[str, ...], dict[str, str]]:
 def load_task_inputs(config: TaskConfig, haystack_text: str, tasks: Iterable[str]) -> TaskInputs:
     readers = {"squad": read_squad, "hotpotqa": read_hotpotqa}
     needed = {TASKS[t].needs for t in tasks} - {None}
-    return TaskInputs.from_text(haystack_text, {n: readers[n](getattr(config, n)) for n in sorted(needed)})
+    return TaskInputs.from_text(
+        haystack_text, {n: readers[n](getattr(config, n)) for n in sorted(needed)}
+    )
 
 
 # ---------------------------------------------------------------------------- fitting a sample to a length
 
 
-def make_sample(task: str, units: int, rng: random.Random, inputs: TaskInputs, length: int = 4096,
-                index: int = 0) -> TaskSample:
+def make_sample(
+    task: str,
+    units: int,
+    rng: random.Random,
+    inputs: TaskInputs,
+    length: int = 4096,
+    index: int = 0,
+) -> TaskSample:
     """One sample of ``task`` with a haystack of ``units`` (sentences, words, needles or documents)."""
     if task not in TASKS:
         raise EvalError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
@@ -501,8 +761,9 @@ def make_sample(task: str, units: int, rng: random.Random, inputs: TaskInputs, l
     return sample
 
 
-def fit_sample(em: EvalModel | Encoder, task: str, length: int, seed: int,
-               inputs: TaskInputs) -> tuple[TaskSample, list[int]]:
+def fit_sample(
+    em: EvalModel | Encoder, task: str, length: int, seed: int, inputs: TaskInputs
+) -> tuple[TaskSample, list[int]]:
     """The largest haystack whose prompt + answer budget fits ``length`` tokens.
 
     The token count grows about linearly with the haystack's units, so a few secant steps
@@ -515,7 +776,9 @@ def fit_sample(em: EvalModel | Encoder, task: str, length: int, seed: int,
 
     def build(units: int) -> tuple[TaskSample, list[int]]:
         if units not in built:
-            sample = make_sample(task, units, random.Random(f"{task}-{length}-{seed}"), inputs, length, seed)
+            sample = make_sample(
+                task, units, random.Random(f"{task}-{length}-{seed}"), inputs, length, seed
+            )
             built[units] = (sample, em.encode(sample.prompt))
         return built[units]
 
@@ -523,7 +786,9 @@ def fit_sample(em: EvalModel | Encoder, task: str, length: int, seed: int,
         return len(build(units)[1]) <= budget
 
     if not fits(1):
-        raise EvalError(f"{task}: length {length} is too short for even the smallest prompt ({len(build(1)[1])} tokens)")
+        raise EvalError(
+            f"{task}: length {length} is too short for even the smallest prompt ({len(build(1)[1])} tokens)"
+        )
     smallest, guess = len(build(1)[1]), 17
     # some prompts stop growing (a task's word list runs out): never look past this many units
     limit = int(3 * budget / max(1.0, (len(build(guess)[1]) - smallest) / (guess - 1))) + 2
@@ -585,11 +850,18 @@ class ScoredPrompt:
     expected: list[str]
 
 
-WINDOW = 512  # prompts fitted ahead and answered together (batched by answer budget, then by length)
+WINDOW = (
+    512  # prompts fitted ahead and answered together (batched by answer budget, then by length)
+)
 
 
-def score_prompts(em: EvalModel, prompts: Iterable[ScoredPrompt], results: ResultsFile, total: int,
-                  progress: bool = True) -> None:
+def score_prompts(
+    em: EvalModel,
+    prompts: Iterable[ScoredPrompt],
+    results: ResultsFile,
+    total: int,
+    progress: bool = True,
+) -> None:
     """Greedy answers within each task's budget, scored by its metric, appended to ``results`` in order.
 
     Prompts are taken ``WINDOW`` at a time; those with one answer budget are generated together
@@ -614,45 +886,81 @@ def _answer_window(em: EvalModel, window: list[ScoredPrompt]) -> Iterator[dict]:
 
     def row(item: ScoredPrompt, tokens: list[int], seconds: float) -> dict:
         response = clean_response(em.decode(tokens))
-        return {"task": item.task, "length": item.length, "sample": item.sample, "n_tokens": len(item.prompt),
-                "score": TASKS[item.task].metric(response, item.expected), "expected": item.expected,
-                "response": response, "seconds": seconds}
+        return {
+            "task": item.task,
+            "length": item.length,
+            "sample": item.sample,
+            "n_tokens": len(item.prompt),
+            "score": TASKS[item.task].metric(response, item.expected),
+            "expected": item.expected,
+            "response": response,
+            "seconds": seconds,
+        }
 
     def batches() -> Iterator[list[tuple[int, dict]]]:
-        for tokens_to_generate, group in itertools.groupby(sorted(range(len(window)), key=budget), key=budget):
+        for tokens_to_generate, group in itertools.groupby(
+            sorted(range(len(window)), key=budget), key=budget
+        ):
             members = list(group)
-            answers = iter_generate_batch(em, [window[i].prompt for i in members], tokens_to_generate)
+            answers = iter_generate_batch(
+                em, [window[i].prompt for i in members], tokens_to_generate
+            )
             for batch, seconds in timed(answers):
-                yield [(members[j], row(window[members[j]], tokens, seconds)) for j, tokens in batch]
+                yield [
+                    (members[j], row(window[members[j]], tokens, seconds)) for j, tokens in batch
+                ]
 
     return in_order(batches())
 
 
-def run_tasks(em: EvalModel, config: TaskConfig, haystack_text: str, out: Path, progress: bool = True,
-              workers: int | None = None) -> dict:
+def run_tasks(
+    em: EvalModel,
+    config: TaskConfig,
+    haystack_text: str,
+    out: Path,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict:
     """Score every (task, length, sample); ``workers`` processes fit the prompts (default: the cores, for >= 16 samples)."""
     tasks, skipped = resolve_tasks(config)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**asdict(config), "tasks": list(tasks), "skipped": skipped,
-                                                 "model": em.name}, indent=2))
+    (out / "config.json").write_text(
+        json.dumps(
+            {**asdict(config), "tasks": list(tasks), "skipped": skipped, "model": em.name}, indent=2
+        )
+    )
     inputs = load_task_inputs(config, haystack_text, tasks)
     results = ResultsFile(out / "results.jsonl", ("task", "length", "sample"))
     # sample by sample over every (task, length): a stopped run has scored every cell, just fewer times
-    todo = [(t, n, i) for i in range(config.samples) for t in tasks for n in sorted(config.lengths)
-            if (t, n, i) not in results.done]
+    todo = [
+        (t, n, i)
+        for i in range(config.samples)
+        for t in tasks
+        for n in sorted(config.lengths)
+        if (t, n, i) not in results.done
+    ]
     keys = [(task, length, config.seed * 100_003 + index) for task, length, index in todo]
     if workers is None:
         workers = min(16, (os.cpu_count() or 1) - 1) if len(todo) >= 16 else 0
     with contextlib.ExitStack() as stack:
         if workers > 1:  # fit the next prompts on other cores while the model answers this one
-            pool = stack.enter_context(ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_fit_worker,
-                initargs=(Encoder(em.tokenizer), inputs)))
-            fitted: Iterator[tuple[TaskSample, list[int]]] = pool.map(_fit_in_worker, keys, chunksize=1)
+            pool = stack.enter_context(
+                ProcessPoolExecutor(
+                    workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_fit_worker,
+                    initargs=(Encoder(em.tokenizer), inputs),
+                )
+            )
+            fitted: Iterator[tuple[TaskSample, list[int]]] = pool.map(
+                _fit_in_worker, keys, chunksize=1
+            )
         else:
             fitted = (fit_sample(em, task, length, seed, inputs) for task, length, seed in keys)
-        prompts = (ScoredPrompt(task, length, index, prompt, sample.expected)
-                   for (task, length, index), (sample, prompt) in zip(todo, fitted))
+        prompts = (
+            ScoredPrompt(task, length, index, prompt, sample.expected)
+            for (task, length, index), (sample, prompt) in zip(todo, fitted)
+        )
         score_prompts(em, prompts, results, len(todo), progress)
     return _finish(results.rows, config.threshold, em.name, out, skipped=skipped)
 
@@ -671,28 +979,60 @@ def run_ruler_files(em: EvalModel, config: TaskConfig, out: Path, progress: bool
 
     samples = load_ruler_samples(config.ruler_data)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**asdict(config), "tasks": sorted({s.task for s in samples}),
-                                                 "lengths": sorted({s.length for s in samples}), "samples": None,
-                                                 "expected": len(samples),
-                                                 "model": em.name}, indent=2))
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                **asdict(config),
+                "tasks": sorted({s.task for s in samples}),
+                "lengths": sorted({s.length for s in samples}),
+                "samples": None,
+                "expected": len(samples),
+                "model": em.name,
+            },
+            indent=2,
+        )
+    )
     results = ResultsFile(out / "results.jsonl", ("task", "length", "sample"))
     todo = [s for s in samples if (s.task, s.length, s.index) not in results.done]
-    prompts = (ScoredPrompt(s.task, s.length, s.index, em.encode(s.prompt), s.outputs) for s in todo)
+    prompts = (
+        ScoredPrompt(s.task, s.length, s.index, em.encode(s.prompt), s.outputs) for s in todo
+    )
     score_prompts(em, prompts, results, len(todo), progress)
-    return _finish(results.rows, config.threshold, em.name, out, source=f"RULER files in {config.ruler_data}")
+    return _finish(
+        results.rows, config.threshold, em.name, out, source=f"RULER files in {config.ruler_data}"
+    )
 
 
 def summarize_tasks(rows: list[dict], threshold: float) -> dict:
     order = list(TASKS)
-    tasks = sorted({r["task"] for r in rows}, key=lambda t: order.index(t) if t in order else len(order))
+    tasks = sorted(
+        {r["task"] for r in rows}, key=lambda t: order.index(t) if t in order else len(order)
+    )
     lengths = sorted({r["length"] for r in rows})
-    table = {t: {str(n): float(np.mean([r["score"] for r in rows if r["task"] == t and r["length"] == n]))
-                 for n in lengths if any(r["task"] == t and r["length"] == n for r in rows)} for t in tasks}
-    mean = {str(n): float(np.mean([table[t][str(n)] for t in tasks if str(n) in table[t]])) for n in lengths}
+    table = {
+        t: {
+            str(n): float(
+                np.mean([r["score"] for r in rows if r["task"] == t and r["length"] == n])
+            )
+            for n in lengths
+            if any(r["task"] == t and r["length"] == n for r in rows)
+        }
+        for t in tasks
+    }
+    mean = {
+        str(n): float(np.mean([table[t][str(n)] for t in tasks if str(n) in table[t]]))
+        for n in lengths
+    }
     effective = effective_length(mean, threshold)
     basis = THRESHOLD_BASIS if threshold == RULER_THRESHOLD else "set by the user"
-    return {"tasks": table, "mean": mean, "threshold": threshold, "threshold_basis": basis,
-            "effective_length": effective, "n_tasks": len(tasks)}
+    return {
+        "tasks": table,
+        "mean": mean,
+        "threshold": threshold,
+        "threshold_basis": basis,
+        "effective_length": effective,
+        "n_tasks": len(tasks),
+    }
 
 
 def effective_length(mean_by_length: dict[str, float], threshold: float) -> int | None:
@@ -708,29 +1048,48 @@ def effective_length(mean_by_length: dict[str, float], threshold: float) -> int 
 def effective_length_line(summary: dict) -> str:
     """The effective length with its threshold, the threshold's basis and the tasks it averages."""
     n_tasks = summary.get("n_tasks", len(summary["tasks"]))
-    coverage = "" if n_tasks == RULER_TASK_COUNT else f"; here over {n_tasks} of RULER's {RULER_TASK_COUNT} tasks"
-    basis = summary.get("threshold_basis") or (THRESHOLD_BASIS if summary["threshold"] == RULER_THRESHOLD else "set by the user")
-    return (f"Effective length (mean ≥ {summary['threshold']:.3f} at it and every shorter length; threshold: {basis}"
-            f"{coverage}): {summary['effective_length'] or 'none'}")
+    coverage = (
+        ""
+        if n_tasks == RULER_TASK_COUNT
+        else f"; here over {n_tasks} of RULER's {RULER_TASK_COUNT} tasks"
+    )
+    basis = summary.get("threshold_basis") or (
+        THRESHOLD_BASIS if summary["threshold"] == RULER_THRESHOLD else "set by the user"
+    )
+    return (
+        f"Effective length (mean ≥ {summary['threshold']:.3f} at it and every shorter length; threshold: {basis}"
+        f"{coverage}): {summary['effective_length'] or 'none'}"
+    )
 
 
 def task_table(summary: dict) -> str:
     lengths = list(summary["mean"])
     lines = ["| task | " + " | ".join(lengths) + " |", "|---|" + "---|" * len(lengths)]
     for task, scores in summary["tasks"].items():
-        lines.append(f"| {task} | " + " | ".join(f"{scores.get(n, float('nan')):.2f}" for n in lengths) + " |")
+        lines.append(
+            f"| {task} | "
+            + " | ".join(f"{scores.get(n, float('nan')):.2f}" for n in lengths)
+            + " |"
+        )
     lines.append("| **mean** | " + " | ".join(f"{summary['mean'][n]:.2f}" for n in lengths) + " |")
     lines.append("")
     lines.append(effective_length_line(summary))
     if summary.get("skipped"):
-        lines.append("Skipped: " + "; ".join(f"{t} ({why})" for t, why in summary["skipped"].items()))
+        lines.append(
+            "Skipped: " + "; ".join(f"{t} ({why})" for t, why in summary["skipped"].items())
+        )
     if summary.get("source"):
         lines.append(f"Samples: {summary['source']}")
     return "\n".join(lines)
 
 
-@evaluation("ruler", TaskConfig, doc="RULER's synthetic tasks (generated, or NVIDIA/RULER's files), task × length",
-            describe=task_table, order=40)
+@evaluation(
+    "ruler",
+    TaskConfig,
+    doc="RULER's synthetic tasks (generated, or NVIDIA/RULER's files), task × length",
+    describe=task_table,
+    order=40,
+)
 def run_ruler(em: EvalModel, config: TaskConfig, out: Path, progress: bool = True) -> dict:
     """:func:`run_tasks` on the haystack text the settings name, or the RULER files of ``ruler_data``."""
     if config.ruler_data:

@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def __getattr__(name: str) -> Any:  # `from longmix.train import train` without importing torch eagerly
+def __getattr__(
+    name: str,
+) -> Any:  # `from longmix.train import train` without importing torch eagerly
     if name in ("train", "TrainConfig"):
         from . import loop
 

@@ -36,8 +36,14 @@ class AttentionBackend:
 BACKENDS: dict[str, AttentionBackend] = {}
 
 
-def backend(name: str, *, doc_mask: bool, doc: str, devices: tuple[str, ...] = ("cuda", "cpu"),
-            selectable: bool = True) -> Callable[[Callable], Callable]:
+def backend(
+    name: str,
+    *,
+    doc_mask: bool,
+    doc: str,
+    devices: tuple[str, ...] = ("cuda", "cpu"),
+    selectable: bool = True,
+) -> Callable[[Callable], Callable]:
     """Declare an attention function as backend ``name``."""
 
     def register(function: Callable) -> Callable:
@@ -50,11 +56,15 @@ def backend(name: str, *, doc_mask: bool, doc: str, devices: tuple[str, ...] = (
 def _doc_lengths(kwargs: dict) -> tuple[torch.Tensor, int]:
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None:
-        raise AttentionError("document-masked attention needs cu_seq_lens_q (document boundaries) in the forward call")
+        raise AttentionError(
+            "document-masked attention needs cu_seq_lens_q (document boundaries) in the forward call"
+        )
     return cu, int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
 
 
-def repeat_kv_heads(key: torch.Tensor, value: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def repeat_kv_heads(
+    key: torch.Tensor, value: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Grouped-query attention for kernels without it: repeat each KV head (dim 1) up to ``heads``."""
     groups = heads // key.shape[1]
     if groups == 1:
@@ -65,12 +75,22 @@ def repeat_kv_heads(key: torch.Tensor, value: torch.Tensor, heads: int) -> tuple
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     """Attention kernels run in bf16: custom ops do not follow autocast by themselves."""
     if tensor.dtype == torch.float32 and tensor.is_cuda:
-        return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+        return (
+            torch.get_autocast_dtype("cuda")
+            if torch.is_autocast_enabled("cuda")
+            else torch.bfloat16
+        )
     return tensor.dtype
 
 
-@backend("sdpa", doc_mask=False, doc="plain causal attention over the packed sequence, cuDNN first on the GPU (the paper's setting)")
-def _causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+@backend(
+    "sdpa",
+    doc_mask=False,
+    doc="plain causal attention over the packed sequence, cuDNN first on the GPU (the paper's setting)",
+)
+def _causal_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs
+):
     """Plain causal attention over the packed sequence, cuDNN first on the GPU.
 
     cuDNN is the fastest causal kernel on Hopper (about 1.8x FlashAttention-2 in
@@ -91,13 +111,24 @@ def _causal_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         return out.transpose(1, 2).contiguous(), None
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    order = [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ]
     with sdpa_kernel(order, set_priority=True):
-        out = F.scaled_dot_product_attention(query, key, value, scale=scaling, enable_gqa=gqa, **mask)
+        out = F.scaled_dot_product_attention(
+            query, key, value, scale=scaling, enable_gqa=gqa, **mask
+        )
     return out.transpose(1, 2).contiguous(), None
 
 
-@backend("loop", doc_mask=True, doc="within documents: causal SDPA on each document in turn (reference; any device)")
+@backend(
+    "loop",
+    doc_mask=True,
+    doc="within documents: causal SDPA on each document in turn (reference; any device)",
+)
 def _loop_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Reference document masking: causal SDPA on each document separately (any device)."""
     cu, _ = _doc_lengths(kwargs)
@@ -105,15 +136,24 @@ def _loop_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     key, value = repeat_kv_heads(key, value, query.shape[1])
     for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
         k, v = key[:, :, a:b], value[:, :, a:b]
-        outputs.append(F.scaled_dot_product_attention(query[:, :, a:b], k, v, is_causal=True, scale=scaling))
+        outputs.append(
+            F.scaled_dot_product_attention(query[:, :, a:b], k, v, is_causal=True, scale=scaling)
+        )
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
 _VARLEN_HAS_GQA: bool | None = None
 
 
-@backend("varlen", doc_mask=True, devices=("cuda",), doc="within documents: FlashAttention-2 varlen kernels (GPU)")
-def _varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+@backend(
+    "varlen",
+    doc_mask=True,
+    devices=("cuda",),
+    doc="within documents: FlashAttention-2 varlen kernels (GPU)",
+)
+def _varlen_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs
+):
     """FlashAttention-2 varlen kernels (torch.nn.attention.varlen), causal within documents."""
     global _VARLEN_HAS_GQA
     from torch.nn.attention.varlen import varlen_attn
@@ -133,15 +173,29 @@ def _varlen_attention(module, query, key, value, attention_mask, dropout=0.0, sc
             k, v = repeat_kv_heads(k, v, heads)
     cu = cu.to(device=q.device, dtype=torch.int32)
     dtype = _compute_dtype(q)
-    out = varlen_attn(q.to(dtype), k.to(dtype), v.to(dtype), cu, cu, max_len, max_len, scale=scaling,
-                      window_size=(-1, 0), **extra)
+    out = varlen_attn(
+        q.to(dtype),
+        k.to(dtype),
+        v.to(dtype),
+        cu,
+        cu,
+        max_len,
+        max_len,
+        scale=scaling,
+        window_size=(-1, 0),
+        **extra,
+    )
     return out.reshape(batch, seq, heads, dim).to(query.dtype), None
 
 
 _FLEX_COMPILED = None
 
 
-@backend("flex", doc_mask=True, doc="within documents: flex_attention with a document block mask (compiled on GPU)")
+@backend(
+    "flex",
+    doc_mask=True,
+    doc="within documents: flex_attention with a document block mask (compiled on GPU)",
+)
 def _flex_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """flex_attention with a document BlockMask (compiled on GPU, eager elsewhere)."""
     global _FLEX_COMPILED
@@ -156,8 +210,14 @@ def _flex_attention(module, query, key, value, attention_mask, dropout=0.0, scal
             _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
         fn = _FLEX_COMPILED
     dtype = _compute_dtype(query)
-    out = fn(query.to(dtype), key.to(dtype), value.to(dtype), block_mask=block_mask, scale=scaling,
-             enable_gqa=key.shape[1] != query.shape[1])
+    out = fn(
+        query.to(dtype),
+        key.to(dtype),
+        value.to(dtype),
+        block_mask=block_mask,
+        scale=scaling,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )
     return out.transpose(1, 2).contiguous().to(query.dtype), None
 
 
@@ -175,9 +235,16 @@ def document_block_mask(cu_seqlens: torch.Tensor, length: int, device: torch.dev
     return create_block_mask(mask, B=None, H=None, Q_LEN=length, KV_LEN=length, device=device)
 
 
-@backend("cp", doc_mask=False, devices=("cuda",), selectable=False,
-         doc="causal attention of one context-parallel rank's queries against the gathered sequence")
-def context_parallel_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+@backend(
+    "cp",
+    doc_mask=False,
+    devices=("cuda",),
+    selectable=False,
+    doc="causal attention of one context-parallel rank's queries against the gathered sequence",
+)
+def context_parallel_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs
+):
     """Causal attention of this rank's queries against the whole sequence's keys/values.
 
     Keys and values are all-gathered inside the CP group (cheap with grouped-query

@@ -26,8 +26,13 @@ from torch.distributed.checkpoint.state_dict import (
 
 from .distributed import Dist
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                    "chat_template.jinja")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
 
 
 def _barrier(d: Dist) -> None:
@@ -37,12 +42,22 @@ def _barrier(d: Dist) -> None:
 
 def latest_checkpoint(out: Path) -> Path | None:
     folder = Path(out) / "checkpoints"
-    done = sorted(p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")) if folder.is_dir() else []
+    done = (
+        sorted(p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        if folder.is_dir()
+        else []
+    )
     return done[-1] if done else None
 
 
-def save_checkpoint(out: Path, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist,
-                    keep: int = 2) -> Path:
+def save_checkpoint(
+    out: Path,
+    step: int,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    d: Dist,
+    keep: int = 2,
+) -> Path:
     folder = Path(out) / "checkpoints"
     final = folder / f"step-{step:06d}"
     tmp = folder / f"step-{step:06d}.tmp"
@@ -54,8 +69,13 @@ def save_checkpoint(out: Path, step: int, module: torch.nn.Module, optimizer: to
     with warnings.catch_warnings():  # a single process is a normal case here, not a mistake
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(tmp))
-    torch.save({"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               tmp / f"rng-rank{d.rank}.pt")
+    torch.save(
+        {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+        tmp / f"rng-rank{d.rank}.pt",
+    )
     _barrier(d)
     if d.is_main:
         (tmp / "trainer.json").write_text(json.dumps({"step": step, "world": d.world, "cp": d.cp}))
@@ -66,7 +86,9 @@ def save_checkpoint(out: Path, step: int, module: torch.nn.Module, optimizer: to
     return final
 
 
-def load_checkpoint(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist) -> int:
+def load_checkpoint(
+    folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist
+) -> int:
     """Restore model, optimizer and RNG state in place; returns the step to continue from."""
     meta = json.loads((folder / "trainer.json").read_text())
     model_state, optimizer_state = get_state_dict(module, optimizer)
@@ -74,7 +96,9 @@ def load_checkpoint(folder: Path, module: torch.nn.Module, optimizer: torch.opti
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    set_state_dict(
+        module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+    )
     rng = folder / f"rng-rank{d.rank}.pt"
     if rng.is_file():
         saved = torch.load(rng, weights_only=False)
@@ -84,8 +108,14 @@ def load_checkpoint(folder: Path, module: torch.nn.Module, optimizer: torch.opti
     return int(meta["step"])
 
 
-def save_hf_model(module: torch.nn.Module, out: Path, d: Dist, dtype: str, source: str | Path | None,
-                  max_length: int | None = None) -> None:
+def save_hf_model(
+    module: torch.nn.Module,
+    out: Path,
+    d: Dist,
+    dtype: str,
+    source: str | Path | None,
+    max_length: int | None = None,
+) -> None:
     """The trained model as a plain HF checkpoint (safetensors) that AutoModelForCausalLM loads.
 
     The config carries the training RoPE settings (frozen, see ``model.apply_rope``), so
@@ -102,9 +132,13 @@ def save_hf_model(module: torch.nn.Module, out: Path, d: Dist, dtype: str, sourc
     state = {k.removeprefix("model."): v.to(getattr(torch, dtype)) for k, v in full.items()}
     config = hf_model.config
     if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)  # tied: the embedding is the head (saved once, as HF does)
+        state.pop(
+            "lm_head.weight", None
+        )  # tied: the embedding is the head (saved once, as HF does)
     previous = config._attn_implementation
-    config._attn_implementation = "sdpa"  # our training-time backends are not registered for other users
+    config._attn_implementation = (
+        "sdpa"  # our training-time backends are not registered for other users
+    )
     config.use_cache = True
     config.dtype = getattr(torch, dtype)
     try:
@@ -136,7 +170,9 @@ def save_tokenizer(source: Path, out: Path, max_length: int | None) -> None:
         return
     settings_file = out / "tokenizer_config.json"
     settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-    settings.setdefault("tokenizer_class", "PreTrainedTokenizerFast")  # a bare tokenizer.json loads as fast
+    settings.setdefault(
+        "tokenizer_class", "PreTrainedTokenizerFast"
+    )  # a bare tokenizer.json loads as fast
     if max_length:
         settings["model_max_length"] = max_length
     settings_file.write_text(json.dumps(settings, indent=2) + "\n")
@@ -160,6 +196,8 @@ def data_tokenizer_folder(data: Path, manifest: dict) -> Path | None:
         candidates.append(builtin_tokenizer_dir())
     for folder in candidates:
         file = folder / "tokenizer.json"
-        if file.is_file() and hashlib.sha256(file.read_bytes()).hexdigest() == recorded.get("sha256"):
+        if file.is_file() and hashlib.sha256(file.read_bytes()).hexdigest() == recorded.get(
+            "sha256"
+        ):
             return folder
     return None

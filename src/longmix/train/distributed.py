@@ -57,10 +57,14 @@ def init(context_parallel: int = 1, device: str = "auto") -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         if context_parallel != 1:
-            raise InvalidInputError("--context-parallel needs several processes: launch with torchrun --nproc-per-node N")
+            raise InvalidInputError(
+                "--context-parallel needs several processes: launch with torchrun --nproc-per-node N"
+            )
         return Dist(device=torch.device(device, 0) if device == "cuda" else torch.device(device))
     if world % context_parallel:
-        raise InvalidInputError(f"{world} ranks cannot be split into context-parallel groups of {context_parallel}")
+        raise InvalidInputError(
+            f"{world} ranks cannot be split into context-parallel groups of {context_parallel}"
+        )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
         torch.cuda.set_device(local_rank)
@@ -68,7 +72,9 @@ def init(context_parallel: int = 1, device: str = "auto") -> Dist:
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
     from torch.distributed.device_mesh import init_device_mesh
 
-    mesh = init_device_mesh(device, (world // context_parallel, context_parallel), mesh_dim_names=("dp", "cp"))
+    mesh = init_device_mesh(
+        device, (world // context_parallel, context_parallel), mesh_dim_names=("dp", "cp")
+    )
     torch_device = torch.device(device, local_rank) if device == "cuda" else torch.device(device)
     return Dist(rank, world, local_rank, context_parallel, torch_device, mesh)
 
@@ -108,9 +114,14 @@ def cp_chunks(length: int, cp: int, cp_rank: int) -> list[tuple[int, int]]:
     one gives every rank the same work.
     """
     if length % (2 * cp):
-        raise InvalidInputError(f"sequence length {length} must be divisible by 2 × context parallel ({2 * cp})")
+        raise InvalidInputError(
+            f"sequence length {length} must be divisible by 2 × context parallel ({2 * cp})"
+        )
     size = length // (2 * cp)
-    return [(cp_rank * size, (cp_rank + 1) * size), ((2 * cp - 1 - cp_rank) * size, (2 * cp - cp_rank) * size)]
+    return [
+        (cp_rank * size, (cp_rank + 1) * size),
+        ((2 * cp - 1 - cp_rank) * size, (2 * cp - cp_rank) * size),
+    ]
 
 
 def cp_shard(tensor: torch.Tensor, cp: int, cp_rank: int, dim: int = -1) -> torch.Tensor:
@@ -125,7 +136,10 @@ def _gather_sequence(local: torch.Tensor, cp: int, group) -> torch.Tensor:
 
     # autograd-aware all-gather (the backward reduce-scatters gradients to their owners);
     # its name changed in torch 2.13
-    gather = getattr(collectives, "all_gather_single_autograd", None) or collectives.all_gather_tensor_autograd
+    gather = (
+        getattr(collectives, "all_gather_single_autograd", None)
+        or collectives.all_gather_tensor_autograd
+    )
     pieces = gather(local.contiguous(), gather_dim=0, group=group).chunk(cp, dim=0)
     half = local.shape[2] // 2
     heads = [p[:, :, :half] for p in pieces]

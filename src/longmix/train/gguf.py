@@ -36,7 +36,9 @@ def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "bfloat16")
     if not gguf_file.is_file():
         raise InputNotFoundError(f"no GGUF file at {gguf_file}")
     out = Path(out)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+    )
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -77,13 +77,18 @@ class TrainWindows:
         sequence, part = divmod(self.window(g), self.per_sequence)
         seq = self.dataset[sequence]
         lo, hi = part * self.seq_len, (part + 1) * self.seq_len
-        starts, ends = seq.doc_starts.astype(np.int64), (seq.doc_starts + seq.doc_lengths).astype(np.int64)
+        starts, ends = (
+            seq.doc_starts.astype(np.int64),
+            (seq.doc_starts + seq.doc_lengths).astype(np.int64),
+        )
         keep = (ends > lo) & (starts < hi)
         s, e = np.maximum(starts[keep], lo) - lo, np.minimum(ends[keep], hi) - lo
         return {"tokens": seq.tokens[lo:hi].astype(np.int64), "starts": s, "lengths": e - s}
 
 
-def micro_batch_tensors(samples: list[dict], doc_mask: bool, device: torch.device) -> dict[str, torch.Tensor]:
+def micro_batch_tensors(
+    samples: list[dict], doc_mask: bool, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Input ids, next-token labels, positions (and document boundaries for doc-masking).
 
     With document masking the micro-batch is flattened into one row of concatenated
@@ -95,10 +100,16 @@ def micro_batch_tensors(samples: list[dict], doc_mask: bool, device: torch.devic
     batch, length = tokens.shape
     if not doc_mask:
         positions = torch.arange(length).expand(batch, length)
-        return {"input_ids": tokens.to(device), "labels": labels.to(device), "position_ids": positions.to(device)}
+        return {
+            "input_ids": tokens.to(device),
+            "labels": labels.to(device),
+            "position_ids": positions.to(device),
+        }
     lengths = np.concatenate([s["lengths"] for s in samples])
     cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).to(torch.int32)
-    positions = torch.arange(batch * length) - torch.repeat_interleave(cu[:-1].long(), torch.from_numpy(lengths))
+    positions = torch.arange(batch * length) - torch.repeat_interleave(
+        cu[:-1].long(), torch.from_numpy(lengths)
+    )
     return {
         "input_ids": tokens.reshape(1, -1).to(device),
         "labels": labels.reshape(1, -1).to(device),
@@ -123,8 +134,10 @@ def effective_attention_length(samples: list[dict], doc_mask: bool, seq_len: int
 def resolve(config: TrainConfig, d: distributed.Dist, dataset: PackedDataset) -> dict:
     """Validate settings against the data and the machine; derive steps and accumulation."""
     if config.seq_len > dataset.seq_len:
-        raise TrainError(f"--seq-len {config.seq_len} is longer than the prepared sequences ({dataset.seq_len}) "
-                         f"in {config.data}: prepare again with --seq-len {config.seq_len} or more")
+        raise TrainError(
+            f"--seq-len {config.seq_len} is longer than the prepared sequences ({dataset.seq_len}) "
+            f"in {config.data}: prepare again with --seq-len {config.seq_len} or more"
+        )
     attention = config.attention
     if attention == "auto":
         attention = ("varlen" if d.device.type == "cuda" else "loop") if config.doc_mask else "sdpa"
@@ -135,38 +148,65 @@ def resolve(config: TrainConfig, d: distributed.Dist, dataset: PackedDataset) ->
     if config.doc_mask != chosen.doc_mask:
         raise TrainError(f"attention {attention!r} does not match doc_mask={config.doc_mask}")
     if d.device.type not in chosen.devices:
-        others = [n for n, b in choices.items() if b.doc_mask == chosen.doc_mask and d.device.type in b.devices]
-        need = "a CUDA GPU" if chosen.devices == ("cuda",) else f"a {' or '.join(chosen.devices)} device"
-        raise TrainError(f"{attention} attention needs {need}; "
-                         f"on {d.device.type} use --attention {' or '.join(others)}")
+        others = [
+            n
+            for n, b in choices.items()
+            if b.doc_mask == chosen.doc_mask and d.device.type in b.devices
+        ]
+        need = (
+            "a CUDA GPU"
+            if chosen.devices == ("cuda",)
+            else f"a {' or '.join(chosen.devices)} device"
+        )
+        raise TrainError(
+            f"{attention} attention needs {need}; "
+            f"on {d.device.type} use --attention {' or '.join(others)}"
+        )
     if config.context_parallel > 1 and config.doc_mask:
-        raise TrainError("context parallelism works with plain causal packing only, not with --doc-mask")
+        raise TrainError(
+            "context parallelism works with plain causal packing only, not with --doc-mask"
+        )
     per_micro = config.seq_len * config.micro_batch * d.dp
     if config.batch_tokens < per_micro:
-        raise TrainError(f"batch of {config.batch_tokens} tokens is smaller than one micro-batch on all ranks "
-                         f"(seq_len {config.seq_len} × micro_batch {config.micro_batch} × {d.dp} data-parallel ranks)")
+        raise TrainError(
+            f"batch of {config.batch_tokens} tokens is smaller than one micro-batch on all ranks "
+            f"(seq_len {config.seq_len} × micro_batch {config.micro_batch} × {d.dp} data-parallel ranks)"
+        )
     accumulation = round(config.batch_tokens / per_micro)
-    steps = config.steps or math.ceil(config.tokens / (accumulation * per_micro)) if (config.steps or config.tokens) else 0
+    steps = (
+        config.steps or math.ceil(config.tokens / (accumulation * per_micro))
+        if (config.steps or config.tokens)
+        else 0
+    )
     if steps <= 0:
         raise TrainError("give a training length: --tokens (e.g. 500M) or --steps")
     if config.schedule not in ("constant", "cosine"):
         raise TrainError(f"unknown schedule {config.schedule!r}: constant or cosine")
-    return {"attention": attention, "accumulation": accumulation, "steps": steps, "batch_tokens": accumulation * per_micro}
+    return {
+        "attention": attention,
+        "accumulation": accumulation,
+        "steps": steps,
+        "batch_tokens": accumulation * per_micro,
+    }
 
 
 def check_tokenizer(config: TrainConfig, dataset: PackedDataset, vocab_size: int) -> None:
     """The data must come from the model's tokenizer: same vocabulary, ids in range."""
     info = dataset.manifest["tokenizer"]
     if info["vocab_size"] > vocab_size:
-        raise TrainError(f"{config.data} was tokenized with a vocabulary of {info['vocab_size']} but the model has "
-                         f"{vocab_size} embeddings: prepare the data with the model's tokenizer")
+        raise TrainError(
+            f"{config.data} was tokenized with a vocabulary of {info['vocab_size']} but the model has "
+            f"{vocab_size} embeddings: prepare the data with the model's tokenizer"
+        )
     model_tokenizer = Path(config.model or "") / "tokenizer.json"
     if config.model and model_tokenizer.is_file():
         from ..data.tokenize import vocab_digest
 
         if vocab_digest(model_tokenizer) != info.get("vocab_sha256"):
-            raise TrainError(f"{config.data} was tokenized by {info['name']}, whose vocabulary differs from the "
-                             f"tokenizer of {config.model}: prepare the data with --tokenizer {config.model}")
+            raise TrainError(
+                f"{config.data} was tokenized by {info['name']}, whose vocabulary differs from the "
+                f"tokenizer of {config.model}: prepare the data with --tokenizer {config.model}"
+            )
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -178,7 +218,9 @@ def learning_rate(config: TrainConfig, step: int, total: int) -> float:
     if config.schedule == "constant":
         return config.lr
     progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return config.lr * (
+        config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    )
 
 
 def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) -> dict:
@@ -188,13 +230,23 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     dataset = PackedDataset(config.data)
     plan = resolve(config, d, dataset)
     if not config.resume and (out / "checkpoints").exists() and latest_checkpoint(out) is not None:
-        raise TrainError(f"{out} already holds checkpoints: pass --resume to continue, or use another --out")
+        raise TrainError(
+            f"{out} already holds checkpoints: pass --resume to continue, or use another --out"
+        )
     if problem := missing_extra(config.report_to):  # before the (slow) model load
         raise TrainError(f"--report-to {','.join(config.report_to)}: {problem}")
-    model = load_model(config.model, config.init_config, attention="cp" if config.context_parallel > 1 else plan["attention"],
-                       seq_len=config.seq_len, rope_theta=config.rope_theta, rope_scaling=config.rope_scaling,
-                       rope_factor=config.rope_factor, checkpointing=config.activation_checkpointing, seed=config.seed,
-                       compile_layers=config.compile and d.device.type == "cuda")
+    model = load_model(
+        config.model,
+        config.init_config,
+        attention="cp" if config.context_parallel > 1 else plan["attention"],
+        seq_len=config.seq_len,
+        rope_theta=config.rope_theta,
+        rope_scaling=config.rope_scaling,
+        rope_factor=config.rope_factor,
+        checkpointing=config.activation_checkpointing,
+        seed=config.seed,
+        compile_layers=config.compile and d.device.type == "cuda",
+    )
     check_tokenizer(config, dataset, model.config.vocab_size)
     shape = ModelShape.of(model.config)
     if d.is_main:
@@ -203,8 +255,13 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     module = distributed.wrap(CausalLMLoss(model, config.loss_chunk).to(d.device), d)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
-                                  weight_decay=config.weight_decay, fused=d.device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        module.parameters(),
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+        weight_decay=config.weight_decay,
+        fused=d.device.type == "cuda",
+    )
     start_step = 0
     if config.resume and (checkpoint := latest_checkpoint(out)) is not None:
         start_step = load_checkpoint(checkpoint, module, optimizer, d)
@@ -215,19 +272,34 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
 
     windows = TrainWindows(dataset, config.seq_len, config.seed)
     samples_per_step = plan["accumulation"] * config.micro_batch * d.dp
-    label_tokens = samples_per_step * (config.seq_len - 1)  # every sequence's last position has no label
+    label_tokens = samples_per_step * (
+        config.seq_len - 1
+    )  # every sequence's last position has no label
     use_autocast = d.world == 1 and d.device.type == "cuda"  # FSDP2 casts to bf16 itself
     peak = peak_flops(d.device) * d.world
     stop = _StopFlag()
     log = _Log(out / "log.jsonl", d.is_main)
     reporter = Reporter(config.report_to, out, asdict(config), enabled=d.is_main)
     if d.is_main:
-        logger.info("training %s for %d steps of %d tokens (%d micro-batches × %d ranks), %s attention, on %s",
-                    config.model or config.init_config, plan["steps"], plan["batch_tokens"], plan["accumulation"], d.dp,
-                    plan["attention"], d.device)
+        logger.info(
+            "training %s for %d steps of %d tokens (%d micro-batches × %d ranks), %s attention, on %s",
+            config.model or config.init_config,
+            plan["steps"],
+            plan["batch_tokens"],
+            plan["accumulation"],
+            d.dp,
+            plan["attention"],
+            d.device,
+        )
     from tqdm import tqdm
 
-    bar = tqdm(total=plan["steps"], initial=start_step, desc="train", unit="step", disable=not (config.progress and d.is_main))
+    bar = tqdm(
+        total=plan["steps"],
+        initial=start_step,
+        desc="train",
+        unit="step",
+        disable=not (config.progress and d.is_main),
+    )
     record: dict = {}
     for step in range(start_step, plan["steps"]):
         started = time.perf_counter()
@@ -248,7 +320,9 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
             # Scaled so that the (averaged) gradient is that of the mean loss over every label of the step.
             (loss * d.world / label_tokens).backward()
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip or float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            module.parameters(), config.grad_clip or float("inf")
+        )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = distributed.all_reduce_sum(loss_sum, d).item() / label_tokens
@@ -256,34 +330,53 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         step_tokens = samples_per_step * config.seq_len
         flops = step_tokens * shape.train_flops_per_token(float(np.mean(s_eff)))
         record = {
-            "step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-            "tokens": (step + 1) * step_tokens, "seconds": seconds, "tokens_per_s": step_tokens / seconds,
+            "step": step + 1,
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens": (step + 1) * step_tokens,
+            "seconds": seconds,
+            "tokens_per_s": step_tokens / seconds,
             "mfu": flops / seconds / peak if peak == peak else None,
-            "memory_gib": torch.cuda.max_memory_allocated(d.device) / 2**30 if d.device.type == "cuda" else None,
+            "memory_gib": torch.cuda.max_memory_allocated(d.device) / 2**30
+            if d.device.type == "cuda"
+            else None,
         }
         log.write(record)
         reporter.log(record, step + 1)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+        bar.set_postfix(
+            loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False
+        )
         if on_step is not None:
             on_step(record)
         last = step + 1 == plan["steps"]
         if stop.requested or last or (config.save_every and (step + 1) % config.save_every == 0):
-            saved = save_checkpoint(out, step + 1, module, optimizer, d, keep=config.keep_checkpoints)
+            saved = save_checkpoint(
+                out, step + 1, module, optimizer, d, keep=config.keep_checkpoints
+            )
             if d.is_main:
                 logger.info("checkpoint %s", saved)
         if stop.requested and not last:
             record["stopped"] = "SIGTERM"
             if d.is_main:
-                logger.warning("SIGTERM: stopped after step %d; rerun with --resume to continue", step + 1)
+                logger.warning(
+                    "SIGTERM: stopped after step %d; rerun with --resume to continue", step + 1
+                )
             break
     bar.close()
     stop.restore()
     if "stopped" not in record:
         tokenizer = config.model or data_tokenizer_folder(Path(config.data), dataset.manifest)
         if tokenizer is None and d.is_main:
-            logger.warning("the tokenizer of %s was not found: %s has no tokenizer files", config.data, out / "model")
-        save_hf_model(module, out / "model", d, config.save_dtype, source=tokenizer, max_length=config.seq_len)
+            logger.warning(
+                "the tokenizer of %s was not found: %s has no tokenizer files",
+                config.data,
+                out / "model",
+            )
+        save_hf_model(
+            module, out / "model", d, config.save_dtype, source=tokenizer, max_length=config.seq_len
+        )
         if d.is_main:
             plot_loss(out / "log.jsonl", out / "loss.png")
             logger.info("model saved to %s", out / "model")
@@ -345,7 +438,11 @@ def truncate_log(path: Path, step: int) -> None:
             record = json.loads(line)
         except ValueError:  # a line cut short by the kill
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+        if (
+            isinstance(record, dict)
+            and isinstance(record.get("step"), int)
+            and record["step"] <= step
+        ):
             kept.append(line + "\n")
     with atomic_write(path, "w") as handle:
         handle.writelines(kept)

@@ -47,13 +47,17 @@ def _set_rope(hf_config, params: dict) -> None:
     hf_config.rope_scaling = None if scaling.get("rope_type") == "default" else scaling
 
 
-def dynamic_ntk_theta(theta: float, factor: float, seq_len: int, original_max: int, head_dim: int) -> float:
+def dynamic_ntk_theta(
+    theta: float, factor: float, seq_len: int, original_max: int, head_dim: int
+) -> float:
     """The fixed base that HF's dynamic-NTK scaling uses at ``seq_len`` (transformers' formula)."""
     seq_len = max(seq_len, original_max)
     return theta * ((factor * seq_len / original_max) - (factor - 1)) ** (head_dim / (head_dim - 2))
 
 
-def apply_rope(hf_config, *, theta: float | None, scaling: str | None, factor: float, seq_len: int) -> dict:
+def apply_rope(
+    hf_config, *, theta: float | None, scaling: str | None, factor: float, seq_len: int
+) -> dict:
     """Set RoPE for training at ``seq_len``; the config then loads identically in any HF version.
 
     ``theta`` changes the base (the paper's choice, "ABF"). ``scaling`` adds HF's linear or
@@ -69,15 +73,24 @@ def apply_rope(hf_config, *, theta: float | None, scaling: str | None, factor: f
     if scaling is None:
         pass
     elif scaling == "dynamic":
-        head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-        params = {"rope_type": "default",
-                  "rope_theta": dynamic_ntk_theta(params["rope_theta"], factor, seq_len, original_max, head_dim)}
+        head_dim = (
+            getattr(hf_config, "head_dim", None)
+            or hf_config.hidden_size // hf_config.num_attention_heads
+        )
+        params = {
+            "rope_type": "default",
+            "rope_theta": dynamic_ntk_theta(
+                params["rope_theta"], factor, seq_len, original_max, head_dim
+            ),
+        }
     elif scaling in ("linear", "yarn"):
         params = {"rope_type": scaling, "rope_theta": params["rope_theta"], "factor": float(factor)}
         if scaling == "yarn":
             params["original_max_position_embeddings"] = original_max
     else:
-        raise ModelError(f"unknown RoPE scaling {scaling!r}: choose one of {', '.join(ROPE_SCALINGS)}")
+        raise ModelError(
+            f"unknown RoPE scaling {scaling!r}: choose one of {', '.join(ROPE_SCALINGS)}"
+        )
     _set_rope(hf_config, params)
     hf_config.max_position_embeddings = max(original_max, seq_len)
     return params
@@ -86,9 +99,19 @@ def apply_rope(hf_config, *, theta: float | None, scaling: str | None, factor: f
 # ---------------------------------------------------------------------------- loading
 
 
-def load_model(path: str | None, init_config, *, attention: str, seq_len: int, rope_theta: float | None,
-               rope_scaling: str | None, rope_factor: float, checkpointing: int | bool, seed: int,
-               compile_layers: bool = False) -> nn.Module:
+def load_model(
+    path: str | None,
+    init_config,
+    *,
+    attention: str,
+    seq_len: int,
+    rope_theta: float | None,
+    rope_scaling: str | None,
+    rope_factor: float,
+    checkpointing: int | bool,
+    seed: int,
+    compile_layers: bool = False,
+) -> nn.Module:
     """A HF causal LM in fp32 (the master weights), RoPE set, attention backend chosen.
 
     ``init_config`` is a config.json path (or a config object) for random weights;
@@ -97,29 +120,60 @@ def load_model(path: str | None, init_config, *, attention: str, seq_len: int, r
     from transformers import AutoConfig
 
     if (path is None) == (init_config is None):
-        raise ModelError("give exactly one of --model (a HF checkpoint folder) or --init-config (a config.json)")
-    options = dict(attention=attention, seq_len=seq_len, rope_theta=rope_theta, rope_scaling=rope_scaling,
-                   rope_factor=rope_factor, checkpointing=checkpointing, seed=seed, compile_layers=compile_layers)
+        raise ModelError(
+            "give exactly one of --model (a HF checkpoint folder) or --init-config (a config.json)"
+        )
+    options = dict(
+        attention=attention,
+        seq_len=seq_len,
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        rope_factor=rope_factor,
+        checkpointing=checkpointing,
+        seed=seed,
+        compile_layers=compile_layers,
+    )
     if path is None and not isinstance(init_config, (str, Path)):
         return build_model(init_config, None, **options)
     source = Path(path or init_config)
     if not source.exists():
         raise ModelError(f"model path does not exist: {source}")
-    if path is not None and not any((source / name).exists() for name in ("model.safetensors", "model.safetensors.index.json",
-                                                                            "pytorch_model.bin", "pytorch_model.bin.index.json")):
-        raise ModelError(f"{source} holds no model weights (model.safetensors or pytorch_model.bin)")
+    if path is not None and not any(
+        (source / name).exists()
+        for name in (
+            "model.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+            "pytorch_model.bin.index.json",
+        )
+    ):
+        raise ModelError(
+            f"{source} holds no model weights (model.safetensors or pytorch_model.bin)"
+        )
     config = AutoConfig.from_pretrained(str(source))  # a folder or a config.json file
     return build_model(config, source if path is not None else None, **options)
 
 
-def build_model(config, weights: Path | None, *, attention: str, seq_len: int, rope_theta: float | None,
-                rope_scaling: str | None, rope_factor: float, checkpointing: int | bool, seed: int,
-                compile_layers: bool = False) -> nn.Module:
+def build_model(
+    config,
+    weights: Path | None,
+    *,
+    attention: str,
+    seq_len: int,
+    rope_theta: float | None,
+    rope_scaling: str | None,
+    rope_factor: float,
+    checkpointing: int | bool,
+    seed: int,
+    compile_layers: bool = False,
+) -> nn.Module:
     """The model of ``config`` (weights from ``weights``, else random), ready to train."""
     from transformers import AutoModelForCausalLM
 
     if getattr(config, "model_type", None) not in ("llama", "mistral", "qwen2", "qwen3"):
-        raise ModelError(f"model type {config.model_type!r} is not of the LLaMA family (llama, mistral, qwen2, qwen3)")
+        raise ModelError(
+            f"model type {config.model_type!r} is not of the LLaMA family (llama, mistral, qwen2, qwen3)"
+        )
     apply_rope(config, theta=rope_theta, scaling=rope_scaling, factor=rope_factor, seq_len=seq_len)
     register_attention_backends()
     config._attn_implementation = f"longmix_{attention}"
@@ -157,12 +211,16 @@ def prepare_layers(model: nn.Module, checkpoint_every: int, compile_layers: bool
 # ---------------------------------------------------------------------------- loss
 
 
-def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _chunk_loss_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     logits = F.linear(hidden, weight).float()
     return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int
+) -> torch.Tensor:
     """Sum of next-token cross-entropy over ``(tokens, d)`` hidden states, ``chunk`` rows at a time.
 
     Each chunk's logits are recomputed in the backward pass (activation checkpointing),
@@ -174,7 +232,9 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     for start in range(0, hidden.shape[0], chunk):
         piece = slice(start, start + chunk)
         if hidden.requires_grad:
-            total = total + checkpoint(_chunk_loss_sum, hidden[piece], weight, labels[piece], use_reentrant=False)
+            total = total + checkpoint(
+                _chunk_loss_sum, hidden[piece], weight, labels[piece], use_reentrant=False
+            )
         else:
             total = total + _chunk_loss_sum(hidden[piece], weight, labels[piece])
     return total
@@ -192,10 +252,19 @@ class CausalLMLoss(nn.Module):
         self.model = model
         self.loss_chunk = loss_chunk
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None,
-                **attention_kwargs) -> torch.Tensor:
-        hidden = self.model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **attention_kwargs)
-        return chunked_cross_entropy(hidden.last_hidden_state, self.model.lm_head.weight, labels, self.loss_chunk)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        **attention_kwargs,
+    ) -> torch.Tensor:
+        hidden = self.model.model(
+            input_ids=input_ids, position_ids=position_ids, use_cache=False, **attention_kwargs
+        )
+        return chunked_cross_entropy(
+            hidden.last_hidden_state, self.model.lm_head.weight, labels, self.loss_chunk
+        )
 
 
 # ---------------------------------------------------------------------------- FLOPs

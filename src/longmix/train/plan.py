@@ -33,17 +33,29 @@ from .shape import ModelShape
 GIB = 2**30
 
 PRESETS = {
-    "llama2-7b": ModelShape(layers=32, hidden=4096, heads=32, kv_heads=32, head_dim=128, intermediate=11008, vocab=32000),
-    "llama2-13b": ModelShape(layers=40, hidden=5120, heads=40, kv_heads=40, head_dim=128, intermediate=13824, vocab=32000),
-    "llama-1b": ModelShape(layers=16, hidden=2048, heads=16, kv_heads=16, head_dim=128, intermediate=5632, vocab=32000),
-    "llama-134m": ModelShape(layers=12, hidden=768, heads=12, kv_heads=12, head_dim=64, intermediate=2048, vocab=32000),
-    "smollm2-135m": ModelShape(layers=30, hidden=576, heads=9, kv_heads=3, head_dim=64, intermediate=1536, vocab=49152),
+    "llama2-7b": ModelShape(
+        layers=32, hidden=4096, heads=32, kv_heads=32, head_dim=128, intermediate=11008, vocab=32000
+    ),
+    "llama2-13b": ModelShape(
+        layers=40, hidden=5120, heads=40, kv_heads=40, head_dim=128, intermediate=13824, vocab=32000
+    ),
+    "llama-1b": ModelShape(
+        layers=16, hidden=2048, heads=16, kv_heads=16, head_dim=128, intermediate=5632, vocab=32000
+    ),
+    "llama-134m": ModelShape(
+        layers=12, hidden=768, heads=12, kv_heads=12, head_dim=64, intermediate=2048, vocab=32000
+    ),
+    "smollm2-135m": ModelShape(
+        layers=30, hidden=576, heads=9, kv_heads=3, head_dim=64, intermediate=1536, vocab=49152
+    ),
 }
 TIED = {"smollm2-135m"}
 PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}
 # Memory torch can use on each card, GiB (torch.cuda.mem_get_info's total: 79.2 on an 80 GB H100)
 USABLE_GIB = {"h100": 79.2, "h200": 139.0, "a100": 79.1}
-MARGIN_GIB = 2.0  # kept free: CUDA context, cuBLAS and NCCL workspaces (outside the caching allocator)
+MARGIN_GIB = (
+    2.0  # kept free: CUDA context, cuBLAS and NCCL workspaces (outside the caching allocator)
+)
 
 
 def usable_memory(gpu: str, gpu_memory: float | None = None) -> float:
@@ -60,13 +72,19 @@ class RunShape:
     checkpoint_every: int = 1  # 1: every layer recomputed; 0: none
     loss_chunk: int = 8192
     tied_embeddings: bool = False
-    compiled: bool = True  # torch.compile fuses elementwise ops: eager mode keeps ~1.5x more activations
+    compiled: bool = (
+        True  # torch.compile fuses elementwise ops: eager mode keeps ~1.5x more activations
+    )
 
     @property
     def parameters(self) -> int:
         m = self.model
         embeddings = m.vocab * m.hidden * (1 if self.tied_embeddings else 2)
-        per_layer = m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads) + 3 * m.hidden * m.intermediate + 2 * m.hidden
+        per_layer = (
+            m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads)
+            + 3 * m.hidden * m.intermediate
+            + 2 * m.hidden
+        )
         return m.layers * per_layer + embeddings + m.hidden
 
 
@@ -82,17 +100,32 @@ def memory_breakdown(run: RunShape) -> dict[str, float]:
     checkpointed = 0 if run.checkpoint_every == 0 else -(-m.layers // run.checkpoint_every)
     parts = {
         "model states (fp32 weights, grads, AdamW)": 16 * params / run.gpus,
-        "bf16 compute weights": (2 * 2 * layer_params + 2 * m.vocab * m.hidden) if sharded else 2 * params,
+        "bf16 compute weights": (2 * 2 * layer_params + 2 * m.vocab * m.hidden)
+        if sharded
+        else 2 * params,
         "checkpointed layer inputs": checkpointed * tokens * m.hidden * (2 if sharded else 4),
-        "activations of layers not checkpointed": (m.layers - checkpointed) * tokens * saved_per_token_layer,
+        "activations of layers not checkpointed": (m.layers - checkpointed)
+        * tokens
+        * saved_per_token_layer,
         "one layer's recompute working set": tokens * act_per_token_layer if checkpointed else 0,
         "loss chunk (logits + grad)": min(run.loss_chunk, tokens) * m.vocab * (2 + 4 + 4),
-        "gathered keys/values (context parallel)": (2 * 2 * run.seq_len * m.kv_heads * m.head_dim * 2) if run.context_parallel > 1 else 0,
+        "gathered keys/values (context parallel)": (
+            2 * 2 * run.seq_len * m.kv_heads * m.head_dim * 2
+        )
+        if run.context_parallel > 1
+        else 0,
     }
     return {k: v / GIB for k, v in parts.items()}
 
 
-def predict(run: RunShape, *, mfu: float, gpu: str = "h100", batch_tokens: int = 4 * 2**20, tokens: float = 5e9) -> dict:
+def predict(
+    run: RunShape,
+    *,
+    mfu: float,
+    gpu: str = "h100",
+    batch_tokens: int = 4 * 2**20,
+    tokens: float = 5e9,
+) -> dict:
     """Memory, tokens/s and wall-clock time of a run at a given MFU."""
     parts = memory_breakdown(run)
     flops = run.model.train_flops_per_token(run.seq_len)
@@ -118,19 +151,32 @@ def fits(result: dict, gpu_memory: float, margin: float = MARGIN_GIB) -> bool:
     return result["total_gib"] <= gpu_memory - margin
 
 
-def format_prediction(name: str, run: RunShape, result: dict, gpu: str, gpu_memory: float, mfu: float,
-                      margin: float = MARGIN_GIB) -> str:
-    lines = [f"{name}: {run.parameters / 1e9:.2f}B parameters, seq {run.seq_len}, {run.gpus} × {gpu.upper()} "
-             f"({gpu_memory:.1f} GiB usable), context parallel {run.context_parallel}, checkpoint every {run.checkpoint_every}"]
+def format_prediction(
+    name: str,
+    run: RunShape,
+    result: dict,
+    gpu: str,
+    gpu_memory: float,
+    mfu: float,
+    margin: float = MARGIN_GIB,
+) -> str:
+    lines = [
+        f"{name}: {run.parameters / 1e9:.2f}B parameters, seq {run.seq_len}, {run.gpus} × {gpu.upper()} "
+        f"({gpu_memory:.1f} GiB usable), context parallel {run.context_parallel}, checkpoint every {run.checkpoint_every}"
+    ]
     for part, gib in result["memory_gib"].items():
         lines.append(f"  {part:<44}{gib:8.1f} GiB")
     verdict = "fits" if fits(result, gpu_memory, margin) else "DOES NOT FIT"
-    lines.append(f"  {'total (+5% fragmentation)':<44}{result['total_gib']:8.1f} GiB  -> {verdict} in "
-                 f"{gpu_memory - margin:.1f} GiB ({gpu_memory:.1f} usable - {margin:.1f} margin for the CUDA context "
-                 "and workspaces)")
-    lines.append(f"  at {mfu:.0%} MFU: {result['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, {result['tokens_per_s']:,.0f} in all; "
-                 f"batch {result['batch_tokens']:,} tokens ({result['accumulation']} accumulation steps), "
-                 f"{result['steps']:,.0f} steps, {result['hours']:.1f} h ({result['hours'] / 24:.1f} days)")
+    lines.append(
+        f"  {'total (+5% fragmentation)':<44}{result['total_gib']:8.1f} GiB  -> {verdict} in "
+        f"{gpu_memory - margin:.1f} GiB ({gpu_memory:.1f} usable - {margin:.1f} margin for the CUDA context "
+        "and workspaces)"
+    )
+    lines.append(
+        f"  at {mfu:.0%} MFU: {result['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, {result['tokens_per_s']:,.0f} in all; "
+        f"batch {result['batch_tokens']:,} tokens ({result['accumulation']} accumulation steps), "
+        f"{result['steps']:,.0f} steps, {result['hours']:.1f} h ({result['hours'] / 24:.1f} days)"
+    )
     return "\n".join(lines)
 
 
@@ -140,6 +186,13 @@ def paper_configurations(mfu: float) -> list[tuple[str, RunShape, dict, str, flo
     out = []
     for gpu in ("a100", "h100"):
         memory = USABLE_GIB[gpu]
-        out.append((f"LLaMA-2 7B @ 80K, paper setting on 8×{gpu.upper()}", run,
-                    predict(run, mfu=mfu, gpu=gpu, batch_tokens=4 * 2**20, tokens=5e9), gpu, memory))
+        out.append(
+            (
+                f"LLaMA-2 7B @ 80K, paper setting on 8×{gpu.upper()}",
+                run,
+                predict(run, mfu=mfu, gpu=gpu, batch_tokens=4 * 2**20, tokens=5e9),
+                gpu,
+                memory,
+            )
+        )
     return out

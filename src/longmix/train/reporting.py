@@ -27,7 +27,9 @@ def parse_report_to(text: str) -> tuple[str, ...]:
         return ()
     unknown = [n for n in names if n not in REPORTERS]
     if unknown:
-        raise ValueError(f"unknown {', '.join(unknown)}: choose from {', '.join(REPORTERS)} or none")
+        raise ValueError(
+            f"unknown {', '.join(unknown)}: choose from {', '.join(REPORTERS)} or none"
+        )
     return names
 
 
@@ -46,7 +48,9 @@ def wandb_mode() -> str:
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     netrc = Path.home() / ".netrc"
-    logged_in = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+    logged_in = bool(os.environ.get("WANDB_API_KEY")) or (
+        netrc.is_file() and "api.wandb.ai" in netrc.read_text()
+    )
     return "online" if logged_in else "offline"
 
 
@@ -54,7 +58,9 @@ class Reporter:
     """``log(metrics, step)`` to every chosen backend; ``close()`` at the end. A no-op on
     ranks other than the main one and when nothing is chosen."""
 
-    def __init__(self, names: tuple[str, ...], run_dir: Path, config: dict[str, Any], enabled: bool = True):
+    def __init__(
+        self, names: tuple[str, ...], run_dir: Path, config: dict[str, Any], enabled: bool = True
+    ):
         self.tensorboard = None
         self.wandb_run = None
         if not enabled:
@@ -68,8 +74,11 @@ class Reporter:
             self.wandb_run = _start_wandb(run_dir, config)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and k != "step"}
+        numbers = {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
+        }
         if self.tensorboard is not None:
             for key, value in numbers.items():
                 self.tensorboard.add_scalar(f"train/{key}", value, step)
@@ -91,8 +100,18 @@ def _start_wandb(run_dir: Path, config: dict[str, Any]) -> Any:
     run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
     id_file.write_text(run_id + "\n")
     mode = wandb_mode()
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "longmix"), name=run_dir.name, id=run_id, resume="allow",
-                     dir=str(run_dir), config=config, mode=mode)
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "longmix"),
+        name=run_dir.name,
+        id=run_id,
+        resume="allow",
+        dir=str(run_dir),
+        config=config,
+        mode=mode,
+    )
     if mode == "offline":
-        logger.info("wandb is offline (no WANDB_API_KEY): upload later with `wandb sync %s`", run_dir / "wandb")
+        logger.info(
+            "wandb is offline (no WANDB_API_KEY): upload later with `wandb sync %s`",
+            run_dir / "wandb",
+        )
     return run
