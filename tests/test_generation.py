@@ -129,6 +129,19 @@ def test_end_of_sequence_finishes_a_row_and_the_others_go_on():
     assert got == [generate(em, p, 6) for p in prompts]
 
 
+def test_a_stop_string_far_into_a_long_response_ends_it_at_its_last_token():
+    """Past the first few tokens only a response's tail is searched for a new stop string."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(builtin_tokenizer_dir() / "tokenizer.json"))
+    em = successor_model(vocab=128)
+    em.tokenizer = tokenizer
+    prompts = [[48], [59]]  # responses "ABCD…" and "LMNO…": one letter per token
+    got = generate_batch(em, prompts, 60, stop=("UVW", "\x00never"))
+    assert [em.decode(t) for t in got] == ["ABCDEFGHIJKLMNOPQRSTUVW", "LMNOPQRSTUVW"]
+    assert got == [truncate_at_stop(em, generate(em, p, 60), ("UVW",)) for p in prompts]
+
+
 def test_prefix_reuse_gives_the_teacher_forcing_scores_of_no_reuse(em, monkeypatch):
     """Needle-like prompts: one length, a shared text with an insert at growing depths."""
     g = torch.Generator().manual_seed(2)

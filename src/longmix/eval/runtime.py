@@ -5,6 +5,7 @@ shared prefixes computed once)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import time
 from collections.abc import Iterable, Iterator
@@ -179,6 +180,18 @@ def _eval_attention(module, query, key, value, attention_mask, dropout=0.0, scal
 
     if attention_mask is None:
         return BACKENDS["sdpa"].function(module, query, key, value, None, scaling=scaling)
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    if q_len == 1 and heads != kv_heads:
+        # A decoding step: the query heads that share a key/value head become that head's
+        # query rows, so the masked kernel reads each cached key once. (With enable_gqa the
+        # masked path falls back to the math kernel, which copies the whole cache per layer
+        # and step: most of a step's time at long contexts.)
+        grouped = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+        out = F.scaled_dot_product_attention(
+            grouped, key, value, attn_mask=attention_mask, scale=scaling
+        )
+        return out.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None
     if query.is_cuda:
         out = F.scaled_dot_product_attention(
             query,
@@ -196,12 +209,17 @@ def _eval_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     return out.transpose(1, 2).contiguous(), None
 
 
-@contextlib.contextmanager
-def _eval_attention_on(model: torch.nn.Module) -> Iterator[None]:
-    """Run ``model`` with :func:`_eval_attention` (it reads our masks; longmix_sdpa ignores masks)."""
+@functools.cache
+def _register_eval_attention() -> None:
     from transformers import AttentionInterface
 
     AttentionInterface.register(EVAL_ATTENTION, _eval_attention)
+
+
+@contextlib.contextmanager
+def _eval_attention_on(model: torch.nn.Module) -> Iterator[None]:
+    """Run ``model`` with :func:`_eval_attention` (it reads our masks; longmix_sdpa ignores masks)."""
+    _register_eval_attention()
     before = model.config._attn_implementation
     model.config._attn_implementation = EVAL_ATTENTION
     try:
@@ -271,6 +289,12 @@ def _new_buffers(
     ]
 
 
+@functools.cache
+def _cache_argument(body: type) -> str:
+    """The name under which this transformers release's model body takes the cache."""
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+
 def _forward(
     em: EvalModel,
     ids: torch.Tensor,
@@ -280,9 +304,7 @@ def _forward(
 ):
     """The model body on ``ids`` at ``positions``, attending to (and extending) ``cache``."""
     body = em.model.model
-    cache_arg = (
-        "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-    )
+    cache_arg = _cache_argument(type(body))
     with _eval_attention_on(em.model):
         return body(
             input_ids=ids,
@@ -467,6 +489,15 @@ def stopped(text: str, stop: tuple[str, ...]) -> bool:
     return any(s in text for s in stop)
 
 
+def _stops_now(em: EvalModel, tokens: list[int], stop: tuple[str, ...], tail: int) -> bool:
+    """:func:`stopped` for a response that did not stop before its last token: a new stop
+    string ends in that token, so it lies within the last ``tail`` tokens; only then is the
+    whole response decoded (the leading whitespace rule needs it)."""
+    if len(tokens) > tail and not any(s in em.decode(tokens[-tail:]) for s in stop):
+        return False
+    return stopped(em.decode(tokens), stop)
+
+
 def truncate_at_stop(
     em: EvalModel, tokens: list[int], stop: tuple[str, ...], eos: set[int] | None = None
 ) -> list[int]:
@@ -543,12 +574,16 @@ def _decode(
     alive = list(members)  # prompt index of each buffer row
     finished: set[int] = set()
     filled = longest
+    padded = bool(pads.any())
+    # True where a row attends: its own positions, not its left padding (built once, sliced per step)
+    attend = torch.arange(capacity, device=em.device)[None] >= pads[:, None]
+    tail = max((len(s) for s in stop), default=0) + 8  # tokens that can hold a new stop string
     for step in range(max_new_tokens):
         for index, t in zip(alive, token.tolist()):
             if index in finished:
                 continue
             outputs[index].append(t)
-            if t in eos or (stop and stopped(em.decode(outputs[index]), stop)):
+            if t in eos or (stop and _stops_now(em, outputs[index], stop, tail)):
                 finished.add(index)
         if len(finished) == len(members) or step == max_new_tokens - 1:
             break
@@ -560,14 +595,11 @@ def _decode(
                 [r for r, i in enumerate(alive) if i not in finished], device=em.device
             )
             buffers = [(k[keep], v[keep]) for k, v in buffers]
-            pads, token = pads[keep], token[keep]
+            pads, token, attend = pads[keep], token[keep], attend[keep]
             alive = [i for i in alive if i not in finished]
+            padded = bool(pads.any())
         positions = (filled - pads)[:, None]
-        mask = None
-        if bool(pads.any()):
-            mask = (torch.arange(filled + 1, device=em.device)[None] >= pads[:, None])[
-                :, None, None, :
-            ]
+        mask = attend[:, None, None, : filled + 1] if padded else None
         hidden = _forward(em, token[:, None], positions, _buffer_cache(buffers, filled), mask)
         token = em.model.lm_head(hidden[:, -1]).argmax(-1)
         filled += 1
