@@ -28,7 +28,8 @@ import traceback
 
 import torch
 
-from longmix.train.model import CausalLMLoss, ModelShape, build_model, peak_flops
+from longmix.train.model import CausalLMLoss, build_model, peak_flops
+from longmix.train.shape import ModelShape
 
 SHAPES = {
     # The SmolLM2-135M architecture (the reproduction model): 30 layers, d=576, 9/3 heads, tied 49K vocab.

