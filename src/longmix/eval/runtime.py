@@ -489,6 +489,33 @@ def stopped(text: str, stop: tuple[str, ...]) -> bool:
     return any(s in text for s in stop)
 
 
+class _HostCopy:
+    """Tokens copied to the host without waiting for the work queued after them: on a GPU an
+    asynchronous copy into pinned memory and an event, so that reading a step's tokens does
+    not wait for the next step's forward."""
+
+    def __init__(self, rows: int, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.buffer = torch.empty(rows, dtype=torch.long, pin_memory=True)
+            self.event = torch.cuda.Event()
+
+    def start(self, token: torch.Tensor):
+        """Begin copying ``token``; the returned function waits for the copy and gives the list."""
+        if not self.cuda:
+            values = token.tolist()
+            return lambda: values
+        host = self.buffer[: len(token)]
+        host.copy_(token, non_blocking=True)
+        self.event.record()
+
+        def result() -> list[int]:
+            self.event.synchronize()
+            return host.tolist()
+
+        return result
+
+
 def _stops_now(em: EvalModel, tokens: list[int], stop: tuple[str, ...], tail: int) -> bool:
     """:func:`stopped` for a response that did not stop before its last token: a new stop
     string ends in that token, so it lies within the last ``tail`` tokens; only then is the
@@ -578,19 +605,28 @@ def _decode(
     # True where a row attends: its own positions, not its left padding (built once, sliced per step)
     attend = torch.arange(capacity, device=em.device)[None] >= pads[:, None]
     tail = max((len(s) for s in stop), default=0) + 8  # tokens that can hold a new stop string
+    to_host = _HostCopy(len(members), em.device)
     for step in range(max_new_tokens):
-        for index, t in zip(alive, token.tolist()):
+        last = step == max_new_tokens - 1
+        copied = to_host.start(token)
+        if not last:  # the next step runs on the GPU while this one's tokens are checked here
+            positions = (filled - pads)[:, None]
+            mask = attend[:, None, None, : filled + 1] if padded else None
+            hidden = _forward(em, token[:, None], positions, _buffer_cache(buffers, filled), mask)
+            token = em.model.lm_head(hidden[:, -1]).argmax(-1)
+            filled += 1
+        for index, t in zip(alive, copied()):
             if index in finished:
                 continue
             outputs[index].append(t)
             if t in eos or (stop and _stops_now(em, outputs[index], stop, tail)):
                 finished.add(index)
-        if len(finished) == len(members) or step == max_new_tokens - 1:
+        if len(finished) == len(members) or last:
             break
         done = sum(i in finished for i in alive)
         if done and 4 * done >= len(
             alive
-        ):  # drop finished rows (a copy of the cache: not for every one)
+        ):  # drop finished rows (a copy of the cache: not for each)
             keep = torch.tensor(
                 [r for r, i in enumerate(alive) if i not in finished], device=em.device
             )
@@ -598,11 +634,6 @@ def _decode(
             pads, token, attend = pads[keep], token[keep], attend[keep]
             alive = [i for i in alive if i not in finished]
             padded = bool(pads.any())
-        positions = (filled - pads)[:, None]
-        mask = attend[:, None, None, : filled + 1] if padded else None
-        hidden = _forward(em, token[:, None], positions, _buffer_cache(buffers, filled), mask)
-        token = em.model.lm_head(hidden[:, -1]).argmax(-1)
-        filled += 1
     return [(i, outputs[i]) for i in members]
 
 
