@@ -53,7 +53,7 @@ def time_case(heads: int, kv: int, dim: int, seq: int, backend: str, gqa: str) -
         return {"error": f"{type(err).__name__}: {str(err)[:120]}"}
 
 
-if __name__ == "__main__":
+def main() -> None:
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__}")
     for name, (heads, kv, dim) in SHAPES.items():
         for seq in (32768, 65536):
@@ -67,3 +67,7 @@ if __name__ == "__main__":
                         **time_case(heads, kv, dim, seq, backend, gqa),
                     }
                     print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
