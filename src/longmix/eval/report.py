@@ -392,7 +392,7 @@ def _needle_curves(
                 [v for _, v in points],
                 marker="o",
                 markersize=3,
-                label=f"{name} ({metric})",
+                label=f"{name} ({s.get('protocol') or 'protocol unrecorded'}: {metric})",
             )
     if train_length:
         ax.axvline(train_length / 1024, color="grey", linestyle="--", linewidth=1)
