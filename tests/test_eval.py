@@ -364,7 +364,7 @@ def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):
     assert "| ≤ 1K | > 1K |" in text  # needle means within and beyond the training length
     # the generation score leads; teacher-forced exact match comes after, in its own table
     assert "| per-source | longmix | 4 | contains | 0.338 | 0.450 | 0.225 | – |" in text
-    assert "| per-source | – | 0.675 | – | 0.900 | – | 0.450 | – |" in text
+    assert "| per-source | longmix | – | 0.675 | – | 0.900 | – | 0.450 | – |" in text
     assert text.index("| contains |") < text.index("Teacher forcing")
     assert (tmp_path / "report" / "needle_heatmaps.png").is_file()
     assert (tmp_path / "report" / "needle_by_length.png").is_file()

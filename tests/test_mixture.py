@@ -402,6 +402,116 @@ def test_short_keep_does_not_combine_with_a_fraction_in_the_name():
     assert plan.short_keep is None and any("ignores" in n for n in plan.notes)
 
 
+@pytest.mark.parametrize("domain_weight", [0.6, 2.0])
+def test_short_keep_upsample_sets_the_domain_weight_and_applies_fus_drop(domain_weight):
+    """Fu's upsample: the named domain's raw weight, then the per-source drop of short documents."""
+    domains, names, lengths, keys = profile_table()
+    long = lengths > THRESHOLD
+    pool = lengths[long].sum() + 0.1 * lengths[~long].sum()
+    config = MixtureConfig(
+        "upsample:web",
+        tokens=int(pool * 0.3),
+        long_threshold=THRESHOLD,
+        short_keep=0.1,
+        domain_weight=domain_weight,
+    )
+    plan = make_plan(summarize(domains, names, lengths, THRESHOLD), config)
+    selection = select(plan, domains, names, lengths, keys, config.seed)
+    table = (domains, names, lengths)
+    assert selection.repeats.max() == 1 and selection.shortfalls == []  # one pass, no repeats
+    total, domain_share, long_share = shares(selection, table)
+    _, base_domain, base_long = original_shares(table)
+    web = domain_weight / (domain_weight + base_domain["cc"])
+    assert domain_share["web"] == pytest.approx(web, abs=0.01)
+    assert domain_share["cc"] == pytest.approx(1 - web, abs=0.01)
+    for name in names:
+        p = base_long[name]
+        assert long_share[name] == pytest.approx(p / (p + 0.1 * (1 - p)), abs=0.03)
+    assert abs(total - plan.budget) / plan.budget < 0.01
+
+
+def chars_table(seed: int = 0) -> dict:
+    """The profile corpus as a document table whose characters per token vary (2.5 to 5 per
+    document), so characters / 3.68 and exact tokens disagree on which documents are long."""
+    domains, names, lengths, keys = profile_table(seed)
+    rng = np.random.default_rng(seed + 1)
+    return {
+        "doc_key": keys,
+        "domains": domains,
+        "n_tokens": lengths,
+        "offset": np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+        "shard": np.zeros(len(lengths), np.int32),
+        "n_chars": np.round(lengths * rng.uniform(2.5, 5.0, len(lengths))).astype(np.int64),
+        "names": names,
+    }
+
+
+def long_by(table: dict, estimate: str) -> np.ndarray:
+    if estimate == "chars":
+        return table["n_chars"] / 3.68 > THRESHOLD  # Fu's LLAMA_CHAR_TO_TOKEN_RATIO
+    return table["n_tokens"] > THRESHOLD
+
+
+CHARS_STRATEGIES = [
+    ("per-source", None),
+    ("global", None),
+    ("upsample:web", None),
+    ("per-source", 0.1),
+    ("global", 0.1),
+    ("upsample:web", 0.1),
+]
+
+
+@pytest.mark.parametrize("strategy,keep", CHARS_STRATEGIES)
+def test_length_estimate_chars_decides_long_and_short_in_every_strategy(strategy, keep):
+    from longmix.data.prepare import plan_mixture
+
+    table = chars_table()
+    lengths, domains = table["n_tokens"], table["domains"]
+    by_chars, by_tokens = long_by(table, "chars"), long_by(table, "tokens")
+    assert (by_chars != by_tokens).mean() > 0.02  # the two estimates disagree on many documents
+    budget = (
+        10 * int(lengths.sum())  # beyond what the drop keeps: every kept document, once
+        if keep
+        else int(0.3 * lengths.sum())
+    )
+    results = {
+        estimate: plan_mixture(
+            table,
+            MixtureConfig(
+                strategy,
+                tokens=budget,
+                long_threshold=THRESHOLD,
+                short_keep=keep,
+                length_estimate=estimate,
+            ),
+        )
+        for estimate in ("chars", "tokens")
+    }
+    repeats = results["chars"]["selection"].repeats
+    assert not np.array_equal(repeats, results["tokens"]["selection"].repeats)
+    long_cells = [c for c in results["chars"]["selection"].cells if c["class"] == "long"]
+    assert sum(c["available_tokens"] for c in long_cells) == lengths[by_chars].sum()
+    tokens = lengths * repeats
+    if keep:
+        # Fu's drop: documents long by characters / 3.68 always kept, the others with probability P,
+        # whatever their exact token count says
+        assert (repeats[by_chars] == 1).all() and repeats.max() == 1
+        for short in (~by_chars & by_tokens, ~by_chars & ~by_tokens):
+            n = short.sum()
+            assert abs(repeats[short].mean() - keep) < 4 * np.sqrt(keep * (1 - keep) / n) + 1 / n
+        return
+    # the long share (a target, or upsample's: the domain's own) is that of the documents long by
+    # characters / 3.68, not by exact tokens
+    groups = [domains == 0, domains == 1] if strategy != "global" else [np.ones_like(by_chars)]
+    for group in groups:
+        own = lengths[group & by_chars].sum() / lengths[group].sum()
+        expected = own if strategy.startswith("upsample") else 0.7
+        share = tokens[group & by_chars].sum() / tokens[group].sum()
+        assert share == pytest.approx(expected, abs=0.01)
+        assert abs(tokens[group & by_tokens].sum() / tokens[group].sum() - expected) > 0.02
+
+
 def test_length_estimate_chars_classifies_by_characters():
     lengths = np.array([500, 500, 5000])
     chars = np.array([500 * 3, 5000 * 3, 2000])  # the second is long by characters, the third short

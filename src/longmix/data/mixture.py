@@ -391,7 +391,7 @@ register(
         "original",
         "the corpus' own domain and length mix",
         _plan_original,
-        paper="baseline: SlimPajama as it is (≈30% of tokens from documents > 4K)",
+        paper="Original / Cut at 128K: SlimPajama as it is (≈30% of tokens from documents > 4K), packed long",
         fu_code="`--down_sample_mode none`",
         flags="`--strategy original`",
     )
@@ -442,8 +442,8 @@ register(
         paper="Code↑ / Book↑ / Arxiv↑: one domain upsampled",
         fu_code="`upsample_code_arxiv_book`: GitHub, ArXiv and Book together at weight 0.6 (budgets not normalised: "
         "the same proportions), plus the per-source drop of short documents; single-domain rows are not in the code",
-        flags="paper: `--strategy upsample:book`; code: `--strategy upsample:github,arxiv,book --domain-weight 0.6 "
-        "--short-keep 0.1`",
+        flags="paper: `--strategy upsample:github` (Code↑), `upsample:book`, `upsample:arxiv`; code: `--strategy upsample:github,arxiv,book --domain-weight 0.6 "
+        "--short-keep 0.1 --length-estimate chars`",
     )
 )
 register(

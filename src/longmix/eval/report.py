@@ -300,14 +300,15 @@ def needle_section(names: list[str], summaries: list[dict | None], out: Path) ->
             "Teacher forcing (secondary: the answer's true tokens are fed, so a token can be right after a wrong one; "
             "exact match beside):",
             "",
-            f"| run | token accuracy | exact | token accuracy {within} | exact {within} | token accuracy {beyond} | "
-            f"exact {beyond} | logprob |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| run | protocol | token accuracy | exact | token accuracy {within} | exact {within} | "
+            f"token accuracy {beyond} | exact {beyond} | logprob |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, s in teacher:
             acc, exact = split_means(s, "token_accuracy", split), split_means(s, "exact", split)
             lines.append(
-                f"| {label[name]} | {_fmt(s['mean'].get('token_accuracy'))} | {_fmt(s['mean'].get('exact'))} | "
+                f"| {label[name]} | {s.get('protocol') or 'unrecorded'} | "
+                f"{_fmt(s['mean'].get('token_accuracy'))} | {_fmt(s['mean'].get('exact'))} | "
                 f"{_fmt(acc[0])} | {_fmt(exact[0])} | {_fmt(acc[1])} | {_fmt(exact[1])} | "
                 f"{_fmt(s['mean'].get('logprob'), 2)} |"
             )
@@ -391,7 +392,7 @@ def _needle_curves(
                 [v for _, v in points],
                 marker="o",
                 markersize=3,
-                label=f"{name} ({metric})",
+                label=f"{name} ({s.get('protocol') or 'protocol unrecorded'}: {metric})",
             )
     if train_length:
         ax.axvline(train_length / 1024, color="grey", linestyle="--", linewidth=1)

