@@ -628,19 +628,37 @@ def summarize(
     lengths: np.ndarray,
     threshold: int,
     long: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> dict[str, DomainSummary]:
-    """Token and document counts per domain, split at the long threshold (or by ``long``)."""
+    """Token and document counts per domain, split at the long threshold (or by ``long``).
+
+    ``weights``: each document counts this many times (the inverse of its inclusion
+    probability when only a sample was read), so the summary estimates the whole corpus.
+    """
     long = lengths > threshold if long is None else long
-    out = {}
-    for code, name in enumerate(names):
-        in_domain = domains == code
-        out[name] = DomainSummary(
-            short_tokens=int(lengths[in_domain & ~long].sum()),
-            long_tokens=int(lengths[in_domain & long].sum()),
-            short_docs=int((in_domain & ~long).sum()),
-            long_docs=int((in_domain & long).sum()),
+    cells = cell_codes(domains, long)
+    size = 2 * len(names)
+    if weights is None:  # exact integers: bincount's float64 is exact below 2**53 tokens
+        tokens = np.bincount(cells, weights=lengths, minlength=size)
+        docs = np.bincount(cells, minlength=size)
+    else:
+        tokens = np.bincount(cells, weights=lengths * weights, minlength=size)
+        docs = np.bincount(cells, weights=weights, minlength=size)
+    tokens, docs = np.rint(tokens).astype(np.int64), np.rint(docs).astype(np.int64)
+    return {
+        name: DomainSummary(
+            short_tokens=int(tokens[2 * code]),
+            long_tokens=int(tokens[2 * code + 1]),
+            short_docs=int(docs[2 * code]),
+            long_docs=int(docs[2 * code + 1]),
         )
-    return out
+        for code, name in enumerate(names)
+    }
+
+
+def cell_codes(domains: np.ndarray, long: np.ndarray) -> np.ndarray:
+    """The (domain, length class) cell of every row as one small integer: 2 x domain + long."""
+    return domains.astype(np.int32) * 2 + long
 
 
 def make_plan(summary: dict[str, DomainSummary], config: MixtureConfig) -> Plan:
