@@ -803,7 +803,6 @@ def _select_to_targets(
 ) -> tuple[np.ndarray, dict]:
     """Whole copies while the target allows (at most ``max_repeats``), then the hash-ranked prefix nearest the rest."""
     repeats = np.zeros(len(lengths), dtype=np.int32)
-    ranks = seeded_hash(keys, seed)
     cap = plan.max_repeats
     limited = {}
     for code, domain in enumerate(names):
@@ -821,7 +820,8 @@ def _select_to_targets(
                 repeats[rows] += cap
                 continue
             rest = target - whole * available
-            order = rows[np.argsort(ranks[rows], kind="stable")]
+            # ranks of this cell only: no hash of the whole table held at once
+            order = rows[np.argsort(seeded_hash(keys[rows], seed), kind="stable")]
             cumulative = np.cumsum(lengths[order])
             take = int(np.searchsorted(cumulative, rest))  # cumulative[take] >= rest
             if take < len(order) and cumulative[take] - rest < rest - (
@@ -849,7 +849,6 @@ def _select_short_keep(
     assert plan.short_keep is not None
     repeats = np.zeros(len(lengths), dtype=np.int32)
     kept = long | (seeded_uniform(keys, seed, _SHORT_KEEP_SALT) < plan.short_keep)
-    ranks = seeded_hash(keys, seed)
     if plan.domain_budgets:
         groups = [
             ([d], np.flatnonzero(kept & (domains == code)), sum(plan.targets[d].values()))
@@ -859,7 +858,7 @@ def _select_short_keep(
         groups = [(list(names), np.flatnonzero(kept), plan.budget)]
     limited = {}
     for group_names, rows, budget in groups:
-        order = rows[np.argsort(ranks[rows], kind="stable")]
+        order = rows[np.argsort(seeded_hash(keys[rows], seed), kind="stable")]
         cumulative = np.cumsum(lengths[order])
         take = (
             min(int(np.searchsorted(cumulative, budget, side="left")) + 1, len(order))

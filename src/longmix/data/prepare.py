@@ -649,7 +649,9 @@ def _tokenize_job(job) -> dict:
 
 def _load_checked(tokenized: Path, shards, summaries: list[dict], config: PrepareConfig):
     """The document table of the shards read, checked against their summaries; and the counts."""
-    table = load_document_table(tokenized, [s.index for s in shards])
+    table = load_document_table(
+        tokenized, [s.index for s in shards], chars=config.mixture.length_estimate == "chars"
+    )
     check_domains(config.mixture, table["names"])
     if config.mixture.length_estimate == "chars" and "n_chars" not in table:
         raise PrepareError(
@@ -845,38 +847,53 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def load_document_table(tokenized: Path, shard_ids: list[int]) -> dict:
-    """Concatenate the shards' document tables (the columns the plan and packing need)."""
+def load_document_table(tokenized: Path, shard_ids: list[int], chars: bool = True) -> dict:
+    """Concatenate the shards' document tables (the columns the plan and packing need).
+
+    Columns are filled into arrays allocated once for all rows, and the domain labels come
+    as codes straight from each file's Arrow dictionary: no Python object per document, so
+    memory is the arrays themselves (34 bytes a document; 42 with ``chars``).
+    """
     files = [tokenized / f"{shard_stem(i)}.docs.parquet" for i in shard_ids]
     # n_chars: absent from tables tokenized before it was recorded
-    with_chars = all("n_chars" in pq.read_schema(f).names for f in files)
-    wanted = ["doc_key", "domain", "n_tokens", "offset", *(["n_chars"] if with_chars else [])]
-    parts = [pq.read_table(f, columns=wanted) for f in files]
-    domain_names = sorted({d for p in parts for d in p.column("domain").to_pylist()})
-    code = {name: i for i, name in enumerate(domain_names)}
-    columns = {
-        "doc_key": [],
-        "domains": [],
-        "n_tokens": [],
-        "offset": [],
-        "shard": [],
-        **({"n_chars": []} if with_chars else {}),
+    with_chars = chars and all("n_chars" in pq.read_schema(f).names for f in files)
+    rows = [pq.read_metadata(f).num_rows for f in files]
+    total = sum(rows)
+    table = {
+        "doc_key": np.empty(total, np.uint64),
+        "domains": np.empty(total, np.int16),
+        "n_tokens": np.empty(total, np.int64),
+        "offset": np.empty(total, np.int64),
+        "shard": np.empty(total, np.int32),
+        **({"n_chars": np.empty(total, np.int64)} if with_chars else {}),
     }
-    for shard, part in zip(shard_ids, parts):
-        columns["doc_key"].append(part.column("doc_key").to_numpy())
-        columns["domains"].append(
-            np.array([code[d] for d in part.column("domain").to_pylist()], dtype=np.int16)
-        )
-        columns["n_tokens"].append(part.column("n_tokens").to_numpy())
-        columns["offset"].append(part.column("offset").to_numpy())
-        columns["shard"].append(np.full(part.num_rows, shard, dtype=np.int32))
+    wanted = ["doc_key", "domain", "n_tokens", "offset", *(["n_chars"] if with_chars else [])]
+    codes: dict[str, int] = {}  # in order of first appearance; sorted at the end
+    at = 0
+    for shard, path, n in zip(shard_ids, files, rows):
+        part = pq.read_table(path, columns=wanted, read_dictionary=["domain"])
+        stop = at + n
+        for name, column in (
+            ("doc_key", "doc_key"),
+            ("n_tokens", "n_tokens"),
+            ("offset", "offset"),
+        ):
+            table[name][at:stop] = part.column(column).to_numpy()
         if with_chars:
-            columns["n_chars"].append(part.column("n_chars").to_numpy())
-    table = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in columns.items()}
-    table["doc_key"] = table["doc_key"].astype(np.uint64)
-    table["domains"] = table["domains"].astype(np.int16)
-    table["n_tokens"] = table["n_tokens"].astype(np.int64)
-    table["names"] = domain_names
+            table["n_chars"][at:stop] = part.column("n_chars").to_numpy()
+        domain = part.column("domain").combine_chunks()
+        labels = domain.dictionary.to_pylist()
+        local = np.array([codes.setdefault(label, len(codes)) for label in labels], np.int16)
+        table["domains"][at:stop] = local[domain.indices.to_numpy()] if n else local[:0]
+        table["shard"][at:stop] = shard
+        at = stop
+        del part
+    names = sorted(codes)
+    remap = np.zeros(max(len(codes), 1), np.int16)
+    for name, code in codes.items():
+        remap[code] = names.index(name)
+    table["domains"] = remap[table["domains"]] if total else table["domains"]
+    table["names"] = names
     return table
 
 
