@@ -628,19 +628,37 @@ def summarize(
     lengths: np.ndarray,
     threshold: int,
     long: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> dict[str, DomainSummary]:
-    """Token and document counts per domain, split at the long threshold (or by ``long``)."""
+    """Token and document counts per domain, split at the long threshold (or by ``long``).
+
+    ``weights``: each document counts this many times (the inverse of its inclusion
+    probability when only a sample was read), so the summary estimates the whole corpus.
+    """
     long = lengths > threshold if long is None else long
-    out = {}
-    for code, name in enumerate(names):
-        in_domain = domains == code
-        out[name] = DomainSummary(
-            short_tokens=int(lengths[in_domain & ~long].sum()),
-            long_tokens=int(lengths[in_domain & long].sum()),
-            short_docs=int((in_domain & ~long).sum()),
-            long_docs=int((in_domain & long).sum()),
+    cells = cell_codes(domains, long)
+    size = 2 * len(names)
+    if weights is None:  # exact integers: bincount's float64 is exact below 2**53 tokens
+        tokens = np.bincount(cells, weights=lengths, minlength=size)
+        docs = np.bincount(cells, minlength=size)
+    else:
+        tokens = np.bincount(cells, weights=lengths * weights, minlength=size)
+        docs = np.bincount(cells, weights=weights, minlength=size)
+    tokens, docs = np.rint(tokens).astype(np.int64), np.rint(docs).astype(np.int64)
+    return {
+        name: DomainSummary(
+            short_tokens=int(tokens[2 * code]),
+            long_tokens=int(tokens[2 * code + 1]),
+            short_docs=int(docs[2 * code]),
+            long_docs=int(docs[2 * code + 1]),
         )
-    return out
+        for code, name in enumerate(names)
+    }
+
+
+def cell_codes(domains: np.ndarray, long: np.ndarray) -> np.ndarray:
+    """The (domain, length class) cell of every row as one small integer: 2 x domain + long."""
+    return domains.astype(np.int32) * 2 + long
 
 
 def make_plan(summary: dict[str, DomainSummary], config: MixtureConfig) -> Plan:
@@ -785,7 +803,6 @@ def _select_to_targets(
 ) -> tuple[np.ndarray, dict]:
     """Whole copies while the target allows (at most ``max_repeats``), then the hash-ranked prefix nearest the rest."""
     repeats = np.zeros(len(lengths), dtype=np.int32)
-    ranks = seeded_hash(keys, seed)
     cap = plan.max_repeats
     limited = {}
     for code, domain in enumerate(names):
@@ -803,7 +820,8 @@ def _select_to_targets(
                 repeats[rows] += cap
                 continue
             rest = target - whole * available
-            order = rows[np.argsort(ranks[rows], kind="stable")]
+            # ranks of this cell only: no hash of the whole table held at once
+            order = rows[np.argsort(seeded_hash(keys[rows], seed), kind="stable")]
             cumulative = np.cumsum(lengths[order])
             take = int(np.searchsorted(cumulative, rest))  # cumulative[take] >= rest
             if take < len(order) and cumulative[take] - rest < rest - (
@@ -831,7 +849,6 @@ def _select_short_keep(
     assert plan.short_keep is not None
     repeats = np.zeros(len(lengths), dtype=np.int32)
     kept = long | (seeded_uniform(keys, seed, _SHORT_KEEP_SALT) < plan.short_keep)
-    ranks = seeded_hash(keys, seed)
     if plan.domain_budgets:
         groups = [
             ([d], np.flatnonzero(kept & (domains == code)), sum(plan.targets[d].values()))
@@ -841,7 +858,7 @@ def _select_short_keep(
         groups = [(list(names), np.flatnonzero(kept), plan.budget)]
     limited = {}
     for group_names, rows, budget in groups:
-        order = rows[np.argsort(ranks[rows], kind="stable")]
+        order = rows[np.argsort(seeded_hash(keys[rows], seed), kind="stable")]
         cumulative = np.cumsum(lengths[order])
         take = (
             min(int(np.searchsorted(cumulative, budget, side="left")) + 1, len(order))

@@ -42,11 +42,13 @@ from ..fsutil import (
     write_json,
 )
 from ..settings import setting, specs
+from ..units import format_count
 from .corpus import ReaderOptions, describe_files, discover_shards, normalize_domain
 from .executor import make_executor
 from .mixture import (
     MixtureConfig,
     PlanError,
+    cell_codes,
     check_domains,
     effective_short_keep,
     format_shortfall,
@@ -58,6 +60,20 @@ from .mixture import (
     summarize,
 )
 from .pack import PartTask, compute_layout, shuffled_pieces, write_part
+from .sample import (
+    NOT_READ_REASON,
+    Round,
+    Sampling,
+    ShardUnit,
+    calibration_set,
+    needed_rates,
+    sample_until_covered,
+    sampling_of,
+    shard_units,
+    shard_weights,
+    stratum_estimates,
+    stratum_weights,
+)
 from .stats import (
     format_rejections,
     format_table,
@@ -157,6 +173,37 @@ class PrepareConfig:
     finalize: bool = setting(
         False, help="after the ranks: check every shard is done, then plan and pack"
     )
+    read: str = setting(
+        "auto",
+        choices=("auto", "all"),
+        help="auto: tokenize only a seeded sample of the shards that covers the budget (the whole "
+        "corpus when the budget needs most of it); all: every shard",
+    )
+    calibration: float = setting(
+        0.002,
+        check=lambda v: None if 0.0 < v <= 1.0 else "must be within (0, 1]",
+        help="--read auto: share of the shards tokenized first to estimate each cell's tokens",
+    )
+    calibration_min: int = setting(
+        8,
+        check=lambda v: None if v >= 1 else "must be 1 or more",
+        help="--read auto: at least this many calibration shards; fewer shards are read whole",
+    )
+    read_margin: float = setting(
+        1.25,
+        check=lambda v: None if v >= 1.0 else "must be 1 or more",
+        help="--read auto: read enough of each stratum to cover every cell's target times this",
+    )
+    dry_run: bool = setting(
+        False,
+        help="tokenize the calibration shards only, print the estimated plan and its cost, "
+        "write no token files",
+    )
+    cores: int | None = setting(
+        None,
+        check=lambda v: None if v is None or v > 0 else "must be positive",
+        help="--dry-run: also estimate the tokenization time on this many cores",
+    )
 
     def params(self) -> dict:
         """The settings that determine the output (not how or where the work runs), by meaning:
@@ -172,6 +219,8 @@ class PrepareConfig:
             "rank",
             "world_size",
             "finalize",
+            "dry_run",
+            "cores",
         ):
             data.pop(key)
         data["inputs"] = [_real_path(p) for p in self.inputs]
@@ -257,40 +306,56 @@ def _prepare_locked(
                 f"{len(missing)} of {len(shards)} shards are not tokenized yet (e.g. "
                 f"{', '.join(s.name for s in missing[:3])}): rerun the ranks that failed"
             )
-    summaries = tokenize_all(shards, tokenized, tokenizer, config, executor, progress, log)
-    table = load_document_table(tokenized, [s.index for s in shards])
-    check_domains(config.mixture, table["names"])
-    if config.mixture.length_estimate == "chars" and "n_chars" not in table:
-        raise PrepareError(
-            f"the tokenized shards in {tokenized} predate character counts, which --length-estimate "
-            "chars needs: delete that folder to tokenize again, or use --length-estimate tokens"
-        )
-    read = sum(s["documents_read"] for s in summaries)
-    used = sum(s["documents_used"] for s in summaries)
-    rejected = sum(s["documents_rejected"] for s in summaries)
-    if read != used + rejected:
-        raise PrepareError(
-            f"document accounting broke: read {read} != used {used} + rejected {rejected}"
-        )
-    if not sum(s["tokens"] for s in summaries):
-        raise PrepareError(explain_no_documents(summaries))
-    if used != len(table["n_tokens"]):
-        raise PrepareError(
-            f"document table has {len(table['n_tokens'])} rows but shards report {used} documents"
-        )
+    units = shard_units(shards)
+    if config.read == "all" and not config.dry_run:
+        summaries = tokenize_all(shards, tokenized, tokenizer, config, executor, progress, log)
+        table, counts = _load_checked(tokenized, shards, summaries, config)
+        plan_result = plan_mixture(table, config.mixture)
+        sampling = sampling_of(units, {s.index for s in shards}, "all")
+    else:
 
-    plan_result = plan_mixture(table, config.mixture)
+        def tokenize(ids: list[int]) -> None:
+            tokenize_all(
+                [shards[i] for i in ids], tokenized, tokenizer, config, executor, progress, log
+            )
+
+        def plan_on(read: set[int]) -> Round | None:
+            return _plan_round(read, shards, units, tokenized, config, executor.workers)
+
+        calibration = (
+            calibration_set(units, config.calibration, config.calibration_min, config.mixture.seed)
+            if len(shards) >= config.calibration_min
+            else [s.index for s in shards]  # too few shards to sample: read them all
+        )
+        if config.dry_run:
+            return dry_run(
+                config,
+                units,
+                calibration,
+                shards,
+                tokenized,
+                tokenizer,
+                tokenize,
+                plan_on,
+                executor.workers,
+                log,
+            )
+        sampling, current = sample_until_covered(
+            units, calibration, config.read_margin, config.mixture.seed, tokenize, plan_on, log
+        )
+        table, plan_result, summaries, counts = current.result
+        if not sampling.complete:
+            log(
+                f"read {len(sampling.read)} of {len(shards)} shards ({sampling.bytes_read / sampling.bytes_total:.2%} "
+                f"of the corpus' bytes) in {sampling.rounds} rounds: the budget's cells are covered"
+            )
     layout, parts = pack_all(
         out, table, plan_result, tokenizer, tokenized, config, executor, progress
     )
 
     stats = {
-        "documents": {
-            "read": read,
-            "used": used,
-            "rejected": rejected,
-            "file_errors": sum(s["file_errors"] for s in summaries),
-        },
+        "documents": {**counts, "file_errors": sum(s["file_errors"] for s in summaries)},
+        "reading": reading_record(sampling, units, table["names"], plan_result, summaries),
         "rejections": _collect_rejections(summaries),
         "before": plan_result["before"],
         "after": plan_result["after"],
@@ -334,6 +399,15 @@ def _prepare_locked(
         "length_estimate": config.mixture.length_estimate,
         "max_repeats": config.mixture.max_repeats,
         "reader": asdict(config.reader),
+        "read": config.read,
+        "sampling": {
+            "calibration": config.calibration,
+            "calibration_min": config.calibration_min,
+            "read_margin": config.read_margin,
+            "shards_read": len(sampling.read),
+            "shards": sampling.n_shards,
+            "rounds": sampling.rounds,
+        },
     }
     stats["manifest"] = manifest
     copy_tokenizer(Path(tokenizer.path), out / "tokenizer")
@@ -362,8 +436,15 @@ def _prepare_locked(
         log(f"note: {note}")
     for record in plan_result["selection"].shortfalls:
         log(f"warning: {format_shortfall(record)}")
-    log(f"documents read {read} = used {used} + rejected {rejected}")
-    if rejected or stats["documents"]["file_errors"]:
+    log(
+        f"documents read {counts['read']} = used {counts['used']} + rejected {counts['rejected']}"
+        + (
+            f"; about {counts['not_read']} not read (outside the sample)"
+            if counts["not_read"]
+            else ""
+        )
+    )
+    if counts["rejected"] or stats["documents"]["file_errors"]:
         log(format_rejections(stats["rejections"]))
     log(
         f"wrote {layout.n_sequences} sequences × {config.seq_len} tokens to {out} in {time.perf_counter() - started:.1f}s"
@@ -566,45 +647,265 @@ def _tokenize_job(job) -> dict:
     return tokenize_shard(*job)
 
 
-def load_document_table(tokenized: Path, shard_ids: list[int]) -> dict:
-    """Concatenate the shards' document tables (the columns the plan and packing need)."""
+def _load_checked(tokenized: Path, shards, summaries: list[dict], config: PrepareConfig):
+    """The document table of the shards read, checked against their summaries; and the counts."""
+    table = load_document_table(
+        tokenized, [s.index for s in shards], chars=config.mixture.length_estimate == "chars"
+    )
+    check_domains(config.mixture, table["names"])
+    if config.mixture.length_estimate == "chars" and "n_chars" not in table:
+        raise PrepareError(
+            f"the tokenized shards in {tokenized} predate character counts, which --length-estimate "
+            "chars needs: delete that folder to tokenize again, or use --length-estimate tokens"
+        )
+    read = sum(s["documents_read"] for s in summaries)
+    used = sum(s["documents_used"] for s in summaries)
+    rejected = sum(s["documents_rejected"] for s in summaries)
+    if read != used + rejected:
+        raise PrepareError(
+            f"document accounting broke: read {read} != used {used} + rejected {rejected}"
+        )
+    if not sum(s["tokens"] for s in summaries):
+        raise PrepareError(explain_no_documents(summaries))
+    if used != len(table["n_tokens"]):
+        raise PrepareError(
+            f"document table has {len(table['n_tokens'])} rows but shards report {used} documents"
+        )
+    return table, {"read": read, "used": used, "rejected": rejected, "not_read": 0}
+
+
+def _plan_round(
+    read: set[int],
+    shards,
+    units: list[ShardUnit],
+    tokenized: Path,
+    config: PrepareConfig,
+    workers: int,
+) -> Round | None:
+    """The exact plan on the shards read, weighted up to the whole corpus (None: they hold no
+    usable document, so the sample says nothing and everything must be read)."""
+    chosen = [shards[i] for i in sorted(read)]
+    summaries = [read_json(tokenized / f"{shard_stem(s.index)}.json") for s in chosen]
+    complete = len(read) == len(shards)
+    if not complete and not sum(s["tokens"] for s in summaries):
+        return None
+    table, counts = _load_checked(tokenized, chosen, summaries, config)
+    weights = None if complete else shard_weights(units, read)
+    plan_result = plan_mixture(table, config.mixture, shard_weights=weights, n_shards=len(shards))
+    if weights is not None:
+        by_stratum = stratum_weights(units, read)
+        extra = sum(
+            s["documents_read"] * (by_stratum[units[s["shard"]].stratum] - 1) for s in summaries
+        )
+        counts["not_read"] = round(extra)
+    targets = plan_result["plan"].targets
+    return Round(
+        np.array(
+            [[targets[d]["short"], targets[d]["long"]] for d in table["names"]], dtype=np.float64
+        ),
+        plan_result["selection"].cells,
+        plan_result["shard_cells"],
+        (table, plan_result, summaries, counts),
+    )
+
+
+def reading_record(
+    sampling: Sampling, units: list[ShardUnit], names: list[str], plan_result: dict, summaries
+) -> dict:
+    """stats.json's "reading": shards and bytes read, and per domain the share of its
+    (estimated) tokens that was tokenized."""
+    record = sampling.record()
+    cells = plan_result.get("shard_cells")
+    if cells is not None and not sampling.complete:
+        read = set(sampling.read)
+        estimates = sum(stratum_estimates(units, read, cells).values())
+        held = cells.sum(axis=0)
+        record["share_read_by_domain"] = {
+            name: float(held[i].sum() / estimates[i].sum()) if estimates[i].sum() else 1.0
+            for i, name in enumerate(names)
+        }
+        record["not_read_reason"] = NOT_READ_REASON
+    else:
+        record["share_read_by_domain"] = {name: 1.0 for name in names}
+    return record
+
+
+def dry_run(
+    config: PrepareConfig,
+    units: list[ShardUnit],
+    calibration: list[int],
+    shards,
+    tokenized: Path,
+    tokenizer: TokenizerInfo,
+    tokenize: Callable[[list[int]], None],
+    plan_on: Callable[[set[int]], Round | None],
+    workers: int,
+    log: Callable[[str], None],
+) -> dict:
+    """The plan from the calibration's estimates and what reading it costs, before any heavy work."""
+    tokenize(calibration)
+    read = set(calibration)
+    current = plan_on(read)
+    if current is None:
+        raise PrepareError(
+            f"the {len(read)} calibration shards hold no usable document: run with --read all to see why"
+        )
+    table = current.result[0]
+    names = table["names"]
+    estimates = stratum_estimates(units, read, current.shard_cells)
+    complete = len(read) == len(units)
+    rates = (
+        {s: 1.0 for s in estimates}
+        if config.read == "all"
+        else needed_rates(current.targets, estimates, config.read_margin)
+    )
+    corpus = sum(estimates.values())
+    to_read = sum(rates[s] * e for s, e in estimates.items())
+    per_core = _tokens_per_second(shards[calibration[0]], tokenizer, config)
+    cores = [c for c in dict.fromkeys((workers, config.cores)) if c]
+    rows = []
+    for i, name in enumerate(names):
+        rows.append(
+            {
+                "domain": name,
+                "target_tokens": float(current.targets[i].sum()),
+                "corpus_tokens": float(corpus[i].sum()),
+                "share_read": float(to_read[i].sum() / corpus[i].sum()) if corpus[i].sum() else 0.0,
+                "tokens_to_read": float(to_read[i].sum()),
+            }
+        )
+    total = {
+        "domain": "total",
+        "target_tokens": float(current.targets.sum()),
+        "corpus_tokens": float(corpus.sum()),
+        "share_read": float(to_read.sum() / corpus.sum()) if corpus.sum() else 0.0,
+        "tokens_to_read": float(to_read.sum()),
+    }
+    result = {
+        "domains": rows,
+        "total": total,
+        "calibration_shards": len(calibration),
+        "shards": len(units),
+        "exact": complete,
+        "tokens_per_second_per_core": per_core,
+        "cores": cores,
+        "share_read_by_stratum": rates,
+    }
+    log(format_dry_run(result))
+    return {"dry_run": result}
+
+
+def _tokens_per_second(shard, tokenizer: TokenizerInfo, config: PrepareConfig) -> float:
+    """This machine's tokenization rate on one core: one calibration shard again, timed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        task = TokenizeTask(shard, folder, tokenizer.path, tokenizer.vocab_size, config.reader)
+        started = time.perf_counter()
+        summary = tokenize_shard(task, {})
+        seconds = time.perf_counter() - started
+    return summary["tokens"] / seconds if seconds > 0 else 0.0
+
+
+def format_dry_run(result: dict) -> str:
+    """The dry run's table: per domain the target, the corpus, the share to read and the time."""
+    rate = result["tokens_per_second_per_core"]
+    cores = result["cores"]
+    head = ["domain", "target", "corpus (est.)", "read", *(f"time on {c} cores" for c in cores)]
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for row in [*result["domains"], result["total"]]:
+        times = [
+            format_duration(row["tokens_to_read"] / (rate * c)) if rate else "?" for c in cores
+        ]
+        lines.append(
+            " | ".join(
+                [
+                    row["domain"],
+                    format_count(round(row["target_tokens"])),
+                    format_count(round(row["corpus_tokens"])),
+                    f"{row['share_read']:.2%}",
+                    *times,
+                ]
+            )
+        )
+    basis = (
+        "exact (every shard calibrated)"
+        if result["exact"]
+        else (f"estimated from {result['calibration_shards']} of {result['shards']} shards")
+    )
+    lines.append(
+        f"{basis}; tokenization at {format_count(round(rate))} tokens/s per core (measured here)"
+    )
+    return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def load_document_table(tokenized: Path, shard_ids: list[int], chars: bool = True) -> dict:
+    """Concatenate the shards' document tables (the columns the plan and packing need).
+
+    Columns are filled into arrays allocated once for all rows, and the domain labels come
+    as codes straight from each file's Arrow dictionary: no Python object per document, so
+    memory is the arrays themselves (34 bytes a document; 42 with ``chars``).
+    """
     files = [tokenized / f"{shard_stem(i)}.docs.parquet" for i in shard_ids]
     # n_chars: absent from tables tokenized before it was recorded
-    with_chars = all("n_chars" in pq.read_schema(f).names for f in files)
-    wanted = ["doc_key", "domain", "n_tokens", "offset", *(["n_chars"] if with_chars else [])]
-    parts = [pq.read_table(f, columns=wanted) for f in files]
-    domain_names = sorted({d for p in parts for d in p.column("domain").to_pylist()})
-    code = {name: i for i, name in enumerate(domain_names)}
-    columns = {
-        "doc_key": [],
-        "domains": [],
-        "n_tokens": [],
-        "offset": [],
-        "shard": [],
-        **({"n_chars": []} if with_chars else {}),
+    with_chars = chars and all("n_chars" in pq.read_schema(f).names for f in files)
+    rows = [pq.read_metadata(f).num_rows for f in files]
+    total = sum(rows)
+    table = {
+        "doc_key": np.empty(total, np.uint64),
+        "domains": np.empty(total, np.int16),
+        "n_tokens": np.empty(total, np.int64),
+        "offset": np.empty(total, np.int64),
+        "shard": np.empty(total, np.int32),
+        **({"n_chars": np.empty(total, np.int64)} if with_chars else {}),
     }
-    for shard, part in zip(shard_ids, parts):
-        columns["doc_key"].append(part.column("doc_key").to_numpy())
-        columns["domains"].append(
-            np.array([code[d] for d in part.column("domain").to_pylist()], dtype=np.int16)
-        )
-        columns["n_tokens"].append(part.column("n_tokens").to_numpy())
-        columns["offset"].append(part.column("offset").to_numpy())
-        columns["shard"].append(np.full(part.num_rows, shard, dtype=np.int32))
+    wanted = ["doc_key", "domain", "n_tokens", "offset", *(["n_chars"] if with_chars else [])]
+    codes: dict[str, int] = {}  # in order of first appearance; sorted at the end
+    at = 0
+    for shard, path, n in zip(shard_ids, files, rows):
+        part = pq.read_table(path, columns=wanted, read_dictionary=["domain"])
+        stop = at + n
+        for name, column in (
+            ("doc_key", "doc_key"),
+            ("n_tokens", "n_tokens"),
+            ("offset", "offset"),
+        ):
+            table[name][at:stop] = part.column(column).to_numpy()
         if with_chars:
-            columns["n_chars"].append(part.column("n_chars").to_numpy())
-    table = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in columns.items()}
-    table["doc_key"] = table["doc_key"].astype(np.uint64)
-    table["domains"] = table["domains"].astype(np.int16)
-    table["n_tokens"] = table["n_tokens"].astype(np.int64)
-    table["names"] = domain_names
+            table["n_chars"][at:stop] = part.column("n_chars").to_numpy()
+        domain = part.column("domain").combine_chunks()
+        labels = domain.dictionary.to_pylist()
+        local = np.array([codes.setdefault(label, len(codes)) for label in labels], np.int16)
+        table["domains"][at:stop] = local[domain.indices.to_numpy()] if n else local[:0]
+        table["shard"][at:stop] = shard
+        at = stop
+        del part
+    names = sorted(codes)
+    remap = np.zeros(max(len(codes), 1), np.int16)
+    for name, code in codes.items():
+        remap[code] = names.index(name)
+    table["domains"] = remap[table["domains"]] if total else table["domains"]
+    table["names"] = names
     return table
 
 
 # ---------------------------------------------------------------------------- stage 2
 
 
-def plan_mixture(table: dict, mixture: MixtureConfig) -> dict:
+def plan_mixture(
+    table: dict,
+    mixture: MixtureConfig,
+    shard_weights: np.ndarray | None = None,
+    n_shards: int | None = None,
+) -> dict:
     """Plan and select; returns the plan, the selection, the packing units and both stats.
 
     The units are the rows that are selected and packed: the documents, or their chunks
@@ -619,13 +920,20 @@ def plan_mixture(table: dict, mixture: MixtureConfig) -> dict:
     lengths = units["n_tokens"]
     chars = units["n_chars"] if mixture.length_estimate == "chars" else None
     long = long_documents(lengths, mixture.long_threshold, chars)
-    summary = summarize(units["domains"], units["names"], lengths, mixture.long_threshold, long)
+    # Only a sample read: weight each unit by its shard's inverse inclusion probability, so the
+    # plan aims at the whole corpus' domain and long shares; selection is among the sample.
+    weights = None if shard_weights is None else shard_weights[units["shard"]]
+    summary = summarize(
+        units["domains"], units["names"], lengths, mixture.long_threshold, long, weights
+    )
+    del weights
     plan = make_plan(summary, mixture)
     selection = select(
         plan, units["domains"], units["names"], lengths, units["rank_key"], mixture.seed, long
     )
     ones = np.ones(len(table["n_tokens"]), dtype=np.int32)
     return {
+        "shard_cells": None if n_shards is None else shard_cells(units, long, n_shards),
         "plan": plan,
         "selection": selection,
         "units": units,
@@ -636,6 +944,14 @@ def plan_mixture(table: dict, mixture: MixtureConfig) -> dict:
             units["domains"], units["names"], lengths, selection.repeats, mixture.long_threshold
         ),
     }
+
+
+def shard_cells(units: dict, long: np.ndarray, n_shards: int) -> np.ndarray:
+    """Tokens per shard, domain and length class (``[shard, domain, class]``)."""
+    n_domains = len(units["names"])
+    codes = units["shard"].astype(np.int64) * (2 * n_domains) + cell_codes(units["domains"], long)
+    counts = np.bincount(codes, weights=units["n_tokens"], minlength=n_shards * 2 * n_domains)
+    return counts.reshape(n_shards, n_domains, 2)
 
 
 # ---------------------------------------------------------------------------- stage 3

@@ -27,8 +27,11 @@ def mixture_stats(
     total_tokens = int((lengths * copies).sum())
     table = {}
     for code, name in enumerate([*names, None]):
-        members = np.ones(len(lengths), bool) if name is None else domains == code
-        table[name or "total"] = _row(lengths[members], copies[members], threshold, total_tokens)
+        if name is None:  # the whole table: no copy of its columns
+            table["total"] = _row(lengths, copies, threshold, total_tokens)
+            continue
+        members = domains == code
+        table[name] = _row(lengths[members], copies[members], threshold, total_tokens)
     return {"total": table.pop("total"), "domains": table}
 
 
@@ -60,6 +63,14 @@ def _weighted_percentiles(lengths: np.ndarray, weights: np.ndarray) -> dict:
     keep = weights > 0
     if not keep.any():
         return {**{f"p{p}": 0 for p in PERCENTILES}, "max": 0}
+    if (weights == 1).all():  # every document once: order statistics by partition, no sort
+        n = len(lengths)
+        ranks = [max(1, int(np.ceil(p / 100 * n))) - 1 for p in PERCENTILES]
+        ordered = np.partition(lengths, sorted({*ranks, n - 1}))
+        return {
+            **{f"p{p}": int(ordered[r]) for p, r in zip(PERCENTILES, ranks)},
+            "max": int(ordered[-1]),
+        }
     order = np.argsort(lengths[keep], kind="stable")
     values, counts = lengths[keep][order], weights[keep][order]
     cumulative = np.cumsum(counts)
