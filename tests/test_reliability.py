@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -488,3 +489,81 @@ def test_errors_raised_in_workers_stay_one_clear_line(tmp_path):
     with pytest.raises(OutputError, match="cannot write x: No space"):
         list(LocalExecutor(1).map(fail, ["x"], progress=False))
     assert issubclass(OutputError, LongmixError) and issubclass(FolderLockedError, LongmixError)
+
+
+# ---------------------------------------------------------------------------- model configs
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("missing", "not found: give a HF model folder|neither a preset"),
+        ("broken", "is not valid JSON"),
+        ("no-type", "has no model_type"),
+        ("unreadable", "cannot read .*Permission denied"),
+    ],
+)
+def test_a_bad_model_config_is_one_line_in_plan_and_train(
+    small, capsys, monkeypatch, damage, match
+):
+    from longmix.train import shape
+
+    config = small / "cfg" / "config.json"
+    config.parent.mkdir()
+    if damage == "broken":
+        config.write_text('{"model_type": "llama", ')
+    elif damage == "no-type":
+        config.write_text('{"hidden_size": 32}')
+    elif damage == "unreadable":
+        config.write_text('{"model_type": "llama"}')
+        real_read = Path.read_text
+
+        def denied(self, *args, **kwargs):
+            if self == config:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real_read(self, *args, **kwargs)
+
+        monkeypatch.setattr(shape.Path, "read_text", denied)
+    line = one_line_error(capsys, ["plan", "--model", str(config)])
+    assert str(config) in line
+    assert re.search(match, line), line
+    run(small_config(small, "data"))
+    line = one_line_error(
+        capsys,
+        ["train", "--data", str(small / "data"), "--out", str(small / "run"), "--steps", "1"]
+        + ["--seq-len", "64", "--batch-tokens", "128", "--init-config", str(config)],
+    )
+    assert str(config) in line and not (small / "run").exists()
+
+
+def test_plan_names_an_unknown_model_and_refuses_impossible_runs(tmp_path, capsys):
+    line = one_line_error(capsys, ["plan", "--model", str(tmp_path / "nowhere")])
+    assert "neither a preset (llama2-7b" in line
+    for option, value, match in [
+        ("--seq-len", "0", "--seq-len 0: must be positive"),
+        ("--gpus", "0", "--gpus 0: must be positive"),
+        ("--context-parallel", "3", "--gpus 8 is not a multiple of --context-parallel 3"),
+        ("--mfu", "40", "--mfu 40.0: must be within 0..1"),
+    ]:
+        assert match in one_line_error(capsys, ["plan", "--model", "llama-1b", option, value])
+
+
+def test_plan_reads_a_config_as_training_does(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    from longmix.train.plan import model_shape
+    from longmix.train.shape import ModelShape
+
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=300,
+        tie_word_embeddings=True,
+    )
+    config.save_pretrained(tmp_path)
+    assert model_shape(str(tmp_path)) == (ModelShape.of(config), True)
+    assert model_shape(str(tmp_path / "config.json"))[0].kv_heads == 2
+    assert main(["plan", "--model", str(tmp_path), "--seq-len", "4K", "--gpus", "1"]) == 0
+    assert "fits in" in capsys.readouterr().out
