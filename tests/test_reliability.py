@@ -567,3 +567,50 @@ def test_plan_reads_a_config_as_training_does(tmp_path, capsys):
     assert model_shape(str(tmp_path / "config.json"))[0].kv_heads == 2
     assert main(["plan", "--model", str(tmp_path), "--seq-len", "4K", "--gpus", "1"]) == 0
     assert "fits in" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- executors
+
+
+def _writers(folder: Path, last: str) -> list[tuple[str, str]]:
+    return [
+        (str(folder / "slow-1"), "slow"),
+        (str(folder / "slow-2"), "slow"),
+        (str(folder / last), last),
+    ]
+
+
+def _stopped(folder: Path) -> None:
+    """Every worker that was writing is gone, and so are its temporaries and outputs."""
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []
+    pids = [int(p.read_text()) for p in folder.glob("*.pid")]
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert sorted(p.name for p in folder.iterdir()) == ["slow-1.pid", "slow-2.pid"]
+
+
+def test_a_failing_worker_stops_the_others_and_is_one_line_naming_its_task(tmp_path):
+    from executor_tasks import write_slowly
+
+    with pytest.raises(LongmixError) as caught:
+        list(LocalExecutor(3).map(write_slowly, _writers(tmp_path, "bad"), progress=False))
+    message = str(caught.value)
+    assert message.startswith("task ") and str(tmp_path / "bad") in message
+    assert "ValueError: a record the task cannot read" in message and "\n" not in message
+    _stopped(tmp_path)
+
+
+def test_ctrl_c_while_workers_write_stops_them_and_leaves_no_temporaries(tmp_path):
+    from executor_tasks import write_slowly
+
+    def consume() -> None:  # as prepare does: a loop over the results, not a stored iterator
+        for _ in LocalExecutor(3).map(write_slowly, _writers(tmp_path, "fast"), progress=False):
+            raise KeyboardInterrupt  # the user's Ctrl-C, at the first result
+
+    with pytest.raises(KeyboardInterrupt):
+        consume()
+    _stopped(tmp_path)
