@@ -614,3 +614,35 @@ def test_ctrl_c_while_workers_write_stops_them_and_leaves_no_temporaries(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         consume()
     _stopped(tmp_path)
+
+
+# ---------------------------------------------------------------------------- Ctrl-C
+
+
+def test_sigint_during_prepare_exits_130_in_one_line_and_a_rerun_completes_identically(small):
+    import signal
+
+    reference = small / "reference"
+    run(small_config(small, reference))
+    out = small / "out"
+    command = [sys.executable, "-m", "longmix", "prepare", str(small / "corpus")]
+    command += ["--out", str(out), "--tokenizer", str(small / "tok"), "--seq-len", "128"]
+    command += ["--strategy", "per-source", "--long-threshold", "100", "--part-size", "2048"]
+    command += ["--workers", "2", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": SRC}
+    child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in child.stderr:  # interrupt once tokenization begins (worker processes start)
+        lines.append(line)
+        if "shards from" in line:
+            child.send_signal(signal.SIGINT)
+            break
+    rest = child.stderr.read()
+    assert child.wait(timeout=60) == 130, rest
+    assert rest.strip().splitlines() == [
+        "longmix prepare: interrupted; rerun the same command to resume"
+    ]
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.tmp"))
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert tree_digest(out) == tree_digest(reference)
