@@ -646,3 +646,80 @@ def test_sigint_during_prepare_exits_130_in_one_line_and_a_rerun_completes_ident
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert tree_digest(out) == tree_digest(reference)
+
+
+# ---------------------------------------------------------------------------- training outputs
+
+
+def _tiny_run(small: Path, name: str, **kw):
+    transformers = pytest.importorskip("transformers")
+    from longmix.train.loop import TrainConfig
+
+    if not (small / "data" / "manifest.json").exists():
+        run(small_config(small, "data"))
+    if not (small / "cfg" / "config.json").exists():
+        transformers.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=512,
+            max_position_embeddings=64,
+        ).save_pretrained(small / "cfg")
+    settings = dict(seq_len=64, batch_tokens=128, steps=2, save_every=1, lr=3e-3)
+    return TrainConfig(
+        data=str(small / "data"),
+        out=str(small / name),
+        init_config=str(small / "cfg" / "config.json"),
+        save_dtype="float32",
+        **{**settings, "progress": False, **kw},
+    )
+
+
+def test_a_failed_model_save_leaves_no_folder_that_looks_complete(small, monkeypatch):
+    from longmix.train import checkpoint
+    from longmix.train.loop import train
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_tokenizer", full_disk)  # after the weights are written
+    with pytest.raises(OutputError, match=r"cannot write .*run/model: No space left on device"):
+        train(_tiny_run(small, "run"))
+    run_dir = small / "run"
+    assert not (run_dir / "model").exists() and not (run_dir / "model.tmp").exists()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-000001", "step-000002"]
+    monkeypatch.undo()
+    train(_tiny_run(small, "run", resume=True))
+    saved = {p.name for p in (run_dir / "model").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= saved
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_a_checkpoint_without_its_trainer_record_is_not_resumed_from(small):
+    from longmix.train.checkpoint import latest_checkpoint
+    from longmix.train.loop import train
+
+    train(_tiny_run(small, "run"))
+    (small / "run" / "checkpoints" / "step-000002" / "trainer.json").unlink()  # a partial copy
+    assert latest_checkpoint(small / "run").name == "step-000001"
+
+
+def test_training_draws_no_progress_bars_into_a_log_file(small, capsys):
+    from longmix.train.loop import train
+
+    train(_tiny_run(small, "run", progress=True))
+    err = capsys.readouterr().err
+    assert "\r" not in err and "Writing model shards" not in err and "train:" not in err
+
+
+def test_every_progress_bar_is_the_terminal_aware_one():
+    """prepare, pack, eval and train all draw through ``progress_bar`` (off in log files)."""
+    package = Path(SRC) / "longmix"
+    direct = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if "tqdm" in p.read_text() and p.name != "executor.py"
+    ]
+    assert direct == []
