@@ -723,3 +723,39 @@ def test_every_progress_bar_is_the_terminal_aware_one():
         if "tqdm" in p.read_text() and p.name != "executor.py"
     ]
     assert direct == []
+
+
+# ---------------------------------------------------------------------------- opening a folder
+
+
+def test_opening_a_damaged_or_foreign_folder_is_one_line_naming_the_file(small, capsys):
+    from longmix.data.store import PackedDataset
+
+    out = small / "out"
+    run(small_config(small))
+    assert len(PackedDataset(out)) > 0
+    export = ["export-hf", str(out), str(small / "hf")]
+    assert "not a prepared folder (no manifest.json): give the --out folder" in one_line_error(
+        capsys, ["export-hf", str(small / "corpus"), str(small / "hf")]
+    )
+    assert "is not a folder" in one_line_error(capsys, ["export-hf", str(small / "no"), "x"])
+
+    part = out / "tokens" / "part-00001.bin"
+    intact = part.read_bytes()
+    part.write_bytes(intact[:100])
+    with pytest.raises(InvalidInputError, match="the prepared folder is damaged") as caught:
+        PackedDataset(out)
+    assert str(caught.value).startswith(f"{part}: 100 bytes, expected ")
+    assert f"{part}: 100 bytes" in one_line_error(capsys, export)
+    part.write_bytes(intact)
+
+    index = out / "index" / "span_doc_key.npy"
+    index.write_bytes(index.read_bytes()[:-8])
+    assert f"{index}: " in one_line_error(capsys, export)
+    index.unlink()
+    assert f"{index}: missing" in one_line_error(capsys, export)
+    (out / "manifest.json").write_text('{"format_version": ')
+    assert "manifest.json is unreadable" in one_line_error(capsys, export)
+    (out / "manifest.json").unlink()
+    assert "unfinished prepared folder" in one_line_error(capsys, export)
+    assert not (small / "hf").exists()
