@@ -759,3 +759,39 @@ def test_opening_a_damaged_or_foreign_folder_is_one_line_naming_the_file(small, 
     (out / "manifest.json").unlink()
     assert "unfinished prepared folder" in one_line_error(capsys, export)
     assert not (small / "hf").exists()
+
+
+# ---------------------------------------------------------------------------- tables without text
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_a_table_without_the_text_column_lists_its_columns_and_suggests_text_field(tmp_path, fmt):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "body": ["w1 w2 w3 " * 20, "w4 w5 " * 30, "w6 " * 50],
+            "meta": [{"redpajama_set_name": "RedPajamaBook"}] * 3,
+            "id": [1, 2, 3],
+        }
+    )
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    if fmt == "parquet":
+        pq.write_table(table, corpus / "a.parquet")
+    else:
+        with (
+            pa.OSFile(str(corpus / "a.arrow"), "wb") as sink,
+            pa.ipc.new_stream(sink, table.schema) as writer,
+        ):
+            writer.write_table(table)
+    make_word_tokenizer(tmp_path / "tok")
+    with pytest.raises(PrepareError) as caught:
+        run(small_config(tmp_path))
+    message = str(caught.value)
+    assert "3 read, all rejected: missing text ×3" in message
+    assert f"corpus/a.{fmt}:1: no field 'text'; fields: body, meta, id" in message
+    assert message.endswith("no 'text' field but body, meta, id: pass --text-field body")
+    stats = run(small_config(tmp_path, "fixed", reader=ReaderOptions(text_field="body")))
+    assert stats["documents"]["used"] == 3
