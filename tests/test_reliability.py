@@ -795,3 +795,59 @@ def test_a_table_without_the_text_column_lists_its_columns_and_suggests_text_fie
     assert message.endswith("no 'text' field but body, meta, id: pass --text-field body")
     stats = run(small_config(tmp_path, "fixed", reader=ReaderOptions(text_field="body")))
     assert stats["documents"]["used"] == 3
+
+
+# ---------------------------------------------------------------------------- study files
+
+_STUDY = "out: s\ncorpus: [corpus]\nstrategies: [original]\n"
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (
+            "out: 5\ncorpus: [c]\nstrategies: [original]\n",
+            r"st.yaml: out: expected text, found int 5",
+        ),
+        ("out: s\ncorpus: {a: 1}\nstrategies: [original]\n", r"st.yaml: corpus: expected text"),
+        (
+            "out: s\ncorpus: [c, 2]\nstrategies: [original]\n",
+            r"st.yaml: corpus\[1\]: expected text",
+        ),
+        (
+            "out: s\ncorpus: [c]\nstrategies: [{upsample: book}]\n",
+            r"strategies\[0\]: expected text, found dict",
+        ),
+        ("out: s\ncorpus: [c]\nstrategies: []\n", r"st.yaml: strategies: give at least one"),
+        (_STUDY + "tokenizer: [a]\n", r"st.yaml: tokenizer: expected text, found list"),
+        (_STUDY + "validation: {a: 1}\n", r"st.yaml: validation: expected text"),
+        (_STUDY + "eval: {base_model: [1]}\n", r"st.yaml: eval.base_model: expected text"),
+        (_STUDY + "prepare: {seq_len: [1]}\n", r"st.yaml: prepare: seq_len: \[1\] is not a length"),
+        (_STUDY + "train: {lr: fast}\n", r"st.yaml: train: lr: 'fast' is not a number"),
+        (_STUDY + "train: [1]\n", r"st.yaml: train must be a mapping"),
+        (_STUDY + "prepare: {tokens: 0}\n", r"tokens: must be positive"),
+        ("out: s\ncorpus: [c\n", r"st.yaml: not valid YAML at line"),
+    ],
+)
+def test_wrong_types_in_a_study_file_are_one_line_naming_the_key(tmp_path, capsys, text, match):
+    (tmp_path / "st.yaml").write_text(text)
+    line = one_line_error(capsys, ["study", str(tmp_path / "st.yaml"), "--status"])
+    assert re.search(match, line), line
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("steps: [1, 2\n", r"cfg.yaml: not valid YAML at line"),
+        ("steps: many\n", r"cfg.yaml: steps: 'many' is not an integer"),
+        ("lr: {a: 1}\n", r"cfg.yaml: lr: .* is not a number"),
+        ("- steps\n", r"cfg.yaml: expected a mapping of settings, found list"),
+        ("doc_mask: perhaps\n", r"cfg.yaml: doc_mask"),
+    ],
+)
+def test_a_broken_or_mistyped_train_config_is_one_line(tmp_path, capsys, text, match):
+    (tmp_path / "cfg.yaml").write_text(text)
+    line = one_line_error(
+        capsys, ["train", "--config", str(tmp_path / "cfg.yaml"), "--data", "d", "--out", "o"]
+    )
+    assert re.search(match, line), line
