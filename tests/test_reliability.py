@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -488,3 +489,365 @@ def test_errors_raised_in_workers_stay_one_clear_line(tmp_path):
     with pytest.raises(OutputError, match="cannot write x: No space"):
         list(LocalExecutor(1).map(fail, ["x"], progress=False))
     assert issubclass(OutputError, LongmixError) and issubclass(FolderLockedError, LongmixError)
+
+
+# ---------------------------------------------------------------------------- model configs
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("missing", "not found: give a HF model folder|neither a preset"),
+        ("broken", "is not valid JSON"),
+        ("no-type", "has no model_type"),
+        ("unreadable", "cannot read .*Permission denied"),
+    ],
+)
+def test_a_bad_model_config_is_one_line_in_plan_and_train(
+    small, capsys, monkeypatch, damage, match
+):
+    from longmix.train import shape
+
+    config = small / "cfg" / "config.json"
+    config.parent.mkdir()
+    if damage == "broken":
+        config.write_text('{"model_type": "llama", ')
+    elif damage == "no-type":
+        config.write_text('{"hidden_size": 32}')
+    elif damage == "unreadable":
+        config.write_text('{"model_type": "llama"}')
+        real_read = Path.read_text
+
+        def denied(self, *args, **kwargs):
+            if self == config:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real_read(self, *args, **kwargs)
+
+        monkeypatch.setattr(shape.Path, "read_text", denied)
+    line = one_line_error(capsys, ["plan", "--model", str(config)])
+    assert str(config) in line
+    assert re.search(match, line), line
+    run(small_config(small, "data"))
+    line = one_line_error(
+        capsys,
+        ["train", "--data", str(small / "data"), "--out", str(small / "run"), "--steps", "1"]
+        + ["--seq-len", "64", "--batch-tokens", "128", "--init-config", str(config)],
+    )
+    assert str(config) in line and not (small / "run").exists()
+
+
+def test_plan_names_an_unknown_model_and_refuses_impossible_runs(tmp_path, capsys):
+    line = one_line_error(capsys, ["plan", "--model", str(tmp_path / "nowhere")])
+    assert "neither a preset (llama2-7b" in line
+    for option, value, match in [
+        ("--seq-len", "0", "--seq-len 0: must be positive"),
+        ("--gpus", "0", "--gpus 0: must be positive"),
+        ("--context-parallel", "3", "--gpus 8 is not a multiple of --context-parallel 3"),
+        ("--mfu", "40", "--mfu 40.0: must be within 0..1"),
+    ]:
+        assert match in one_line_error(capsys, ["plan", "--model", "llama-1b", option, value])
+
+
+def test_plan_reads_a_config_as_training_does(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    from longmix.train.plan import model_shape
+    from longmix.train.shape import ModelShape
+
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=300,
+        tie_word_embeddings=True,
+    )
+    config.save_pretrained(tmp_path)
+    assert model_shape(str(tmp_path)) == (ModelShape.of(config), True)
+    assert model_shape(str(tmp_path / "config.json"))[0].kv_heads == 2
+    assert main(["plan", "--model", str(tmp_path), "--seq-len", "4K", "--gpus", "1"]) == 0
+    assert "fits in" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- executors
+
+
+def _writers(folder: Path, last: str) -> list[tuple[str, str]]:
+    return [
+        (str(folder / "slow-1"), "slow"),
+        (str(folder / "slow-2"), "slow"),
+        (str(folder / last), last),
+    ]
+
+
+def _stopped(folder: Path) -> None:
+    """Every worker that was writing is gone, and so are its temporaries and outputs."""
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []
+    pids = [int(p.read_text()) for p in folder.glob("*.pid")]
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert sorted(p.name for p in folder.iterdir()) == ["slow-1.pid", "slow-2.pid"]
+
+
+def test_a_failing_worker_stops_the_others_and_is_one_line_naming_its_task(tmp_path):
+    from executor_tasks import write_slowly
+
+    with pytest.raises(LongmixError) as caught:
+        list(LocalExecutor(3).map(write_slowly, _writers(tmp_path, "bad"), progress=False))
+    message = str(caught.value)
+    assert message.startswith("task ") and str(tmp_path / "bad") in message
+    assert "ValueError: a record the task cannot read" in message and "\n" not in message
+    _stopped(tmp_path)
+
+
+def test_ctrl_c_while_workers_write_stops_them_and_leaves_no_temporaries(tmp_path):
+    from executor_tasks import write_slowly
+
+    def consume() -> None:  # as prepare does: a loop over the results, not a stored iterator
+        for _ in LocalExecutor(3).map(write_slowly, _writers(tmp_path, "fast"), progress=False):
+            raise KeyboardInterrupt  # the user's Ctrl-C, at the first result
+
+    with pytest.raises(KeyboardInterrupt):
+        consume()
+    _stopped(tmp_path)
+
+
+# ---------------------------------------------------------------------------- Ctrl-C
+
+
+def test_sigint_during_prepare_exits_130_in_one_line_and_a_rerun_completes_identically(small):
+    import signal
+
+    reference = small / "reference"
+    run(small_config(small, reference))
+    out = small / "out"
+    command = [sys.executable, "-m", "longmix", "prepare", str(small / "corpus")]
+    command += ["--out", str(out), "--tokenizer", str(small / "tok"), "--seq-len", "128"]
+    command += ["--strategy", "per-source", "--long-threshold", "100", "--part-size", "2048"]
+    command += ["--workers", "2", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": SRC}
+    child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in child.stderr:  # interrupt once tokenization begins (worker processes start)
+        lines.append(line)
+        if "shards from" in line:
+            child.send_signal(signal.SIGINT)
+            break
+    rest = child.stderr.read()
+    assert child.wait(timeout=60) == 130, rest
+    assert rest.strip().splitlines() == [
+        "longmix prepare: interrupted; rerun the same command to resume"
+    ]
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.tmp"))
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert tree_digest(out) == tree_digest(reference)
+
+
+# ---------------------------------------------------------------------------- training outputs
+
+
+def _tiny_run(small: Path, name: str, **kw):
+    transformers = pytest.importorskip("transformers")
+    from longmix.train.loop import TrainConfig
+
+    if not (small / "data" / "manifest.json").exists():
+        run(small_config(small, "data"))
+    if not (small / "cfg" / "config.json").exists():
+        transformers.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=512,
+            max_position_embeddings=64,
+        ).save_pretrained(small / "cfg")
+    settings = dict(seq_len=64, batch_tokens=128, steps=2, save_every=1, lr=3e-3)
+    return TrainConfig(
+        data=str(small / "data"),
+        out=str(small / name),
+        init_config=str(small / "cfg" / "config.json"),
+        save_dtype="float32",
+        **{**settings, "progress": False, **kw},
+    )
+
+
+def test_a_failed_model_save_leaves_no_folder_that_looks_complete(small, monkeypatch):
+    from longmix.train import checkpoint
+    from longmix.train.loop import train
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_tokenizer", full_disk)  # after the weights are written
+    with pytest.raises(OutputError, match=r"cannot write .*run/model: No space left on device"):
+        train(_tiny_run(small, "run"))
+    run_dir = small / "run"
+    assert not (run_dir / "model").exists() and not (run_dir / "model.tmp").exists()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-000001", "step-000002"]
+    monkeypatch.undo()
+    train(_tiny_run(small, "run", resume=True))
+    saved = {p.name for p in (run_dir / "model").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= saved
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_a_checkpoint_without_its_trainer_record_is_not_resumed_from(small):
+    from longmix.train.checkpoint import latest_checkpoint
+    from longmix.train.loop import train
+
+    train(_tiny_run(small, "run"))
+    (small / "run" / "checkpoints" / "step-000002" / "trainer.json").unlink()  # a partial copy
+    assert latest_checkpoint(small / "run").name == "step-000001"
+
+
+def test_training_draws_no_progress_bars_into_a_log_file(small, capsys):
+    from longmix.train.loop import train
+
+    train(_tiny_run(small, "run", progress=True))
+    err = capsys.readouterr().err
+    assert "\r" not in err and "Writing model shards" not in err and "train:" not in err
+
+
+def test_every_progress_bar_is_the_terminal_aware_one():
+    """prepare, pack, eval and train all draw through ``progress_bar`` (off in log files)."""
+    package = Path(SRC) / "longmix"
+    direct = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if "tqdm" in p.read_text() and p.name != "executor.py"
+    ]
+    assert direct == []
+
+
+# ---------------------------------------------------------------------------- opening a folder
+
+
+def test_opening_a_damaged_or_foreign_folder_is_one_line_naming_the_file(small, capsys):
+    from longmix.data.store import PackedDataset
+
+    out = small / "out"
+    run(small_config(small))
+    assert len(PackedDataset(out)) > 0
+    export = ["export-hf", str(out), str(small / "hf")]
+    assert "not a prepared folder (no manifest.json): give the --out folder" in one_line_error(
+        capsys, ["export-hf", str(small / "corpus"), str(small / "hf")]
+    )
+    assert "is not a folder" in one_line_error(capsys, ["export-hf", str(small / "no"), "x"])
+
+    part = out / "tokens" / "part-00001.bin"
+    intact = part.read_bytes()
+    part.write_bytes(intact[:100])
+    with pytest.raises(InvalidInputError, match="the prepared folder is damaged") as caught:
+        PackedDataset(out)
+    assert str(caught.value).startswith(f"{part}: 100 bytes, expected ")
+    assert f"{part}: 100 bytes" in one_line_error(capsys, export)
+    part.write_bytes(intact)
+
+    index = out / "index" / "span_doc_key.npy"
+    index.write_bytes(index.read_bytes()[:-8])
+    assert f"{index}: " in one_line_error(capsys, export)
+    index.unlink()
+    assert f"{index}: missing" in one_line_error(capsys, export)
+    (out / "manifest.json").write_text('{"format_version": ')
+    assert "manifest.json is unreadable" in one_line_error(capsys, export)
+    (out / "manifest.json").unlink()
+    assert "unfinished prepared folder" in one_line_error(capsys, export)
+    assert not (small / "hf").exists()
+
+
+# ---------------------------------------------------------------------------- tables without text
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_a_table_without_the_text_column_lists_its_columns_and_suggests_text_field(tmp_path, fmt):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "body": ["w1 w2 w3 " * 20, "w4 w5 " * 30, "w6 " * 50],
+            "meta": [{"redpajama_set_name": "RedPajamaBook"}] * 3,
+            "id": [1, 2, 3],
+        }
+    )
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    if fmt == "parquet":
+        pq.write_table(table, corpus / "a.parquet")
+    else:
+        with (
+            pa.OSFile(str(corpus / "a.arrow"), "wb") as sink,
+            pa.ipc.new_stream(sink, table.schema) as writer,
+        ):
+            writer.write_table(table)
+    make_word_tokenizer(tmp_path / "tok")
+    with pytest.raises(PrepareError) as caught:
+        run(small_config(tmp_path))
+    message = str(caught.value)
+    assert "3 read, all rejected: missing text ×3" in message
+    assert f"corpus/a.{fmt}:1: no field 'text'; fields: body, meta, id" in message
+    assert message.endswith("no 'text' field but body, meta, id: pass --text-field body")
+    stats = run(small_config(tmp_path, "fixed", reader=ReaderOptions(text_field="body")))
+    assert stats["documents"]["used"] == 3
+
+
+# ---------------------------------------------------------------------------- study files
+
+_STUDY = "out: s\ncorpus: [corpus]\nstrategies: [original]\n"
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (
+            "out: 5\ncorpus: [c]\nstrategies: [original]\n",
+            r"st.yaml: out: expected text, found int 5",
+        ),
+        ("out: s\ncorpus: {a: 1}\nstrategies: [original]\n", r"st.yaml: corpus: expected text"),
+        (
+            "out: s\ncorpus: [c, 2]\nstrategies: [original]\n",
+            r"st.yaml: corpus\[1\]: expected text",
+        ),
+        (
+            "out: s\ncorpus: [c]\nstrategies: [{upsample: book}]\n",
+            r"strategies\[0\]: expected text, found dict",
+        ),
+        ("out: s\ncorpus: [c]\nstrategies: []\n", r"st.yaml: strategies: give at least one"),
+        (_STUDY + "tokenizer: [a]\n", r"st.yaml: tokenizer: expected text, found list"),
+        (_STUDY + "validation: {a: 1}\n", r"st.yaml: validation: expected text"),
+        (_STUDY + "eval: {base_model: [1]}\n", r"st.yaml: eval.base_model: expected text"),
+        (_STUDY + "prepare: {seq_len: [1]}\n", r"st.yaml: prepare: seq_len: \[1\] is not a length"),
+        (_STUDY + "train: {lr: fast}\n", r"st.yaml: train: lr: 'fast' is not a number"),
+        (_STUDY + "train: [1]\n", r"st.yaml: train must be a mapping"),
+        (_STUDY + "prepare: {tokens: 0}\n", r"tokens: must be positive"),
+        ("out: s\ncorpus: [c\n", r"st.yaml: not valid YAML at line"),
+    ],
+)
+def test_wrong_types_in_a_study_file_are_one_line_naming_the_key(tmp_path, capsys, text, match):
+    (tmp_path / "st.yaml").write_text(text)
+    line = one_line_error(capsys, ["study", str(tmp_path / "st.yaml"), "--status"])
+    assert re.search(match, line), line
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("steps: [1, 2\n", r"cfg.yaml: not valid YAML at line"),
+        ("steps: many\n", r"cfg.yaml: steps: 'many' is not an integer"),
+        ("lr: {a: 1}\n", r"cfg.yaml: lr: .* is not a number"),
+        ("- steps\n", r"cfg.yaml: expected a mapping of settings, found list"),
+        ("doc_mask: perhaps\n", r"cfg.yaml: doc_mask"),
+    ],
+)
+def test_a_broken_or_mistyped_train_config_is_one_line(tmp_path, capsys, text, match):
+    (tmp_path / "cfg.yaml").write_text(text)
+    line = one_line_error(
+        capsys, ["train", "--config", str(tmp_path / "cfg.yaml"), "--data", "d", "--out", "o"]
+    )
+    assert re.search(match, line), line

@@ -262,23 +262,16 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .train.plan import (
-        PRESETS,
-        TIED,
         RunShape,
+        check_run,
         format_prediction,
+        model_shape,
         paper_configurations,
         predict,
         usable_memory,
     )
-    from .train.shape import ModelShape
 
-    if args.model in PRESETS:
-        shape, tied = PRESETS[args.model], args.model in TIED
-    else:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(args.model)
-        shape, tied = ModelShape.of(config), bool(getattr(config, "tie_word_embeddings", False))
+    shape, tied = model_shape(args.model)
     run = RunShape(
         shape,
         parse_length(args.seq_len),
@@ -290,13 +283,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         not args.no_compile,
     )
     memory = usable_memory(args.gpu, args.gpu_memory)
-    result = predict(
-        run,
-        mfu=args.mfu,
-        gpu=args.gpu,
-        batch_tokens=parse_count(args.batch_tokens, binary=True),
-        tokens=parse_count(args.tokens),
-    )
+    batch_tokens, tokens = parse_count(args.batch_tokens, binary=True), parse_count(args.tokens)
+    check_run(run, args.mfu, batch_tokens, tokens)
+    result = predict(run, mfu=args.mfu, gpu=args.gpu, batch_tokens=batch_tokens, tokens=tokens)
     print(format_prediction(args.model, run, result, args.gpu, memory, args.mfu))
     if args.paper:
         for name, paper_run, paper_result, gpu, gib in paper_configurations(args.mfu):

@@ -77,10 +77,15 @@ class Study:
         if missing:
             raise StudyError(f"{path}: missing {', '.join(missing)}")
         check_keys_in(data, _TOP, str(path))
-        data["out"] = Path(data["out"])
+        data["out"] = Path(_text(data["out"], f"{path}: out"))
         for key in ("corpus", "validation", "strategies"):
             if key in data:
-                data[key] = list(data[key]) if isinstance(data[key], list) else [data[key]]
+                data[key] = _texts(data[key], f"{path}: {key}")
+        for key in ("corpus", "strategies"):
+            if not data[key]:
+                raise StudyError(f"{path}: {key}: give at least one")
+        if "tokenizer" in data:
+            _text(data["tokenizer"], f"{path}: tokenizer")
         for key in ("prepare", "train", "eval"):
             if data.get(key) is None:
                 data[key] = {}
@@ -98,13 +103,19 @@ class Study:
 
         for strategy in self.strategies:
             from_mapping(MixtureConfig, {"strategy": strategy}, f"{source}: strategies")
-        self.prepare_settings("original", [source], source, validation=True)
+        for validation in (False, True):  # the training data's settings, then the held-out's
+            self.prepare_settings(
+                "original", [source], source, validation=validation, where=f"{source}: prepare"
+            )
         for key in TRAIN_SET_BY_STUDY:
             if key in self.train:
                 raise StudyError(f"{source}: train.{key} is set by the study; remove it")
         from_mapping(TrainConfig, self.train, f"{source}: train")
         registry = evaluations()
         check_keys_in(self.eval, (*EVAL_KEYS, *registry), f"{source}: eval")
+        for key in EVAL_KEYS:
+            if self.eval.get(key) is not None:
+                _text(self.eval[key], f"{source}: eval.{key}")
         for name in self.evaluations():
             self.eval_settings(name, Path("held-out"), f"{source}: eval.{name}")
 
@@ -112,7 +123,12 @@ class Study:
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", strategy).strip("-")
 
     def prepare_settings(
-        self, strategy: str, inputs: list[str], out: str, validation: bool = False
+        self,
+        strategy: str,
+        inputs: list[str],
+        out: str,
+        validation: bool = False,
+        where: str = "study prepare",
     ):
         """`longmix prepare` settings of one strategy (or of the held-out data)."""
         from .data.prepare import PrepareConfig
@@ -130,7 +146,7 @@ class Study:
         return from_mapping(
             PrepareConfig,
             section,
-            "study prepare",
+            where,
             inputs=tuple(inputs),
             out=str(out),
             tokenizer=self.tokenizer,
@@ -153,6 +169,21 @@ class Study:
             raise StudyError(f"{source}: expected a mapping of settings")
         defaults = {"data": str(heldout)} if item.uses_heldout and "data" not in section else {}
         return from_mapping(item.settings, {**defaults, **section}, source)
+
+
+def _text(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise StudyError(f"{where}: expected text, found {type(value).__name__} {value!r}")
+    return value
+
+
+def _texts(value, where: str) -> list[str]:
+    """One text or a list of texts (paths, strategy names); anything else names the key."""
+    items = value if isinstance(value, list) else [value]
+    return [
+        _text(item, f"{where}[{i}]" if isinstance(value, list) else where)
+        for i, item in enumerate(items)
+    ]
 
 
 def check_keys_in(data: dict, valid: tuple[str, ...], source: str) -> None:

@@ -492,6 +492,11 @@ def _read_parquet(path: str, label: str, options: ReaderOptions) -> Iterator[Doc
     row = 0
     try:
         parquet = pq.ParquetFile(path)
+        if options.text_field not in parquet.schema_arrow.names:
+            yield from _no_text_column(
+                parquet.schema_arrow.names, parquet.metadata.num_rows, label, options
+            )
+            return
         top = options.domain_field.split(".")[0]
         wanted = [options.text_field] + ([top] if options.domain is None else [])
         columns = [c for c in wanted if c in parquet.schema_arrow.names]
@@ -503,6 +508,16 @@ def _read_parquet(path: str, label: str, options: ReaderOptions) -> Iterator[Doc
         yield Rejection(
             "unreadable_file", label, row + 1 if row else 0, f"{type(err).__name__}: {err}"
         )
+
+
+def _no_text_column(
+    columns: list[str], rows: int, label: str, options: ReaderOptions, first: int = 0
+) -> Iterator[Rejection]:
+    """Each row of a table without the text column, rejected with the columns it has (the
+    all-rejected message then suggests ``--text-field NAME``)."""
+    detail = f"no field {options.text_field!r}; fields: {', '.join(columns[:10])}"
+    for row in range(first + 1, first + rows + 1):
+        yield Rejection("missing_text", label, row, detail)
 
 
 def _read_arrow(path: str, label: str, options: ReaderOptions) -> Iterator[Document | Rejection]:
@@ -520,6 +535,12 @@ def _read_arrow(path: str, label: str, options: ReaderOptions) -> Iterator[Docum
                 reader = pa.ipc.open_file(source)
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
             for batch in batches:
+                if options.text_field not in batch.schema.names:
+                    yield from _no_text_column(
+                        batch.schema.names, batch.num_rows, label, options, row
+                    )
+                    row += batch.num_rows
+                    continue
                 wanted = [options.text_field] + ([top] if options.domain is None else [])
                 batch = batch.select([c for c in wanted if c in batch.schema.names])
                 for record in batch.to_pylist():

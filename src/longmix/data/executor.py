@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -28,6 +29,20 @@ def default_workers() -> int:
 def _init_worker() -> None:
     # One tokenizer thread per process: the parallelism is the process pool itself.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _init_pool_worker() -> None:
+    _init_worker()
+    # Ctrl-C reaches the whole process group: the parent alone decides (and says it in one
+    # line), instead of every worker printing its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent stops the pool with SIGTERM when a task fails or the run is interrupted;
+    # as SystemExit it unwinds the task, so atomic writes delete their temporaries.
+    signal.signal(signal.SIGTERM, _exit_on_terminate)
+
+
+def _exit_on_terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 class LocalExecutor:
@@ -55,8 +70,17 @@ class LocalExecutor:
             yield from map(named, tasks)
             return
         context = multiprocessing.get_context("spawn")
-        with context.Pool(min(self.workers, len(tasks)), initializer=_init_worker) as pool:
+        pool = context.Pool(min(self.workers, len(tasks)), initializer=_init_pool_worker)
+        try:
             yield from pool.imap_unordered(named, tasks, chunksize=1)
+        except BaseException:
+            # A failed task, Ctrl-C, or a consumer that stops early (GeneratorExit): the other
+            # workers are stopped (SIGTERM, see _init_pool_worker) and waited for.
+            pool.terminate()
+            pool.join()
+            raise
+        pool.close()
+        pool.join()
 
 
 class _Named:
@@ -162,6 +186,9 @@ def _with_progress(
             yield result
     finally:
         bar.close()
+        close = getattr(results, "close", None)
+        if close is not None:  # stop the workers now, not when the generator is collected
+            close()
 
 
 def progress_bar(

@@ -548,10 +548,12 @@ def _likely_fix(reason: str, example: dict | None) -> str:
             fields = match.group(2).split(", ")
             guess = next((f for f in _TEXT_FIELD_NAMES if f in fields), None)
             choice = (
-                f"--text-field {guess}" if guess else "--text-field with the one holding the text"
+                f"--text-field {guess}"
+                if guess
+                else "--text-field NAME with the one holding the text"
             )
             return f"the records have no {match.group(1)!r} field but {', '.join(fields)}: pass {choice}"
-        return "pass --text-field with the field that holds the text"
+        return "pass --text-field NAME with the field that holds the text"
     return _LIKELY_FIX.get(reason, "see the examples above")
 
 

@@ -72,6 +72,38 @@ class PackedSequence:
         return positions - starts
 
 
+def read_manifest(folder: Path) -> dict:
+    """The manifest of a finished prepared folder, or one line saying what the folder is instead."""
+    manifest_path = folder / MANIFEST
+    if not folder.is_dir():
+        raise InputNotFoundError(
+            f"{folder} is not a folder: give one written by `longmix prepare --out`"
+        )
+    if not manifest_path.is_file():
+        unfinished = (folder / "params.json").is_file()
+        raise InputNotFoundError(
+            f"{folder} is an unfinished prepared folder (no {MANIFEST}): rerun `longmix prepare` "
+            "with the same arguments to finish it"
+            if unfinished
+            else f"{folder} is not a prepared folder (no {MANIFEST}): give the --out folder "
+            "of `longmix prepare`, or make one with it"
+        )
+    try:
+        manifest = read_json(manifest_path)
+    except (OSError, ValueError) as err:
+        raise InvalidInputError(
+            f"{manifest_path} is unreadable ({type(err).__name__}: {err}): rerun `longmix prepare` "
+            "with the same arguments to redo it"
+        ) from err
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise InvalidInputError(
+            f"{manifest_path}: unsupported format version {version} (this longmix reads "
+            f"{FORMAT_VERSION}): prepare the data again with this version"
+        )
+    return manifest
+
+
 class PackedDataset:
     """Random access to the sequences of a prepared folder (a map-style dataset).
 
@@ -82,16 +114,16 @@ class PackedDataset:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        manifest_path = self.path / MANIFEST
-        if not manifest_path.is_file():
-            raise InputNotFoundError(
-                f"{self.path} is not a finished prepared dataset (no {MANIFEST}); run `longmix prepare` "
-                "(a rerun with the same arguments resumes an interrupted one)"
-            )
-        self.manifest = read_json(manifest_path)
-        if self.manifest.get("format_version") != FORMAT_VERSION:
+        self.manifest = read_manifest(self.path)
+        # Sizes only (cheap): a truncated or missing file fails here, naming it, and not as
+        # a reshape error in the middle of training or an export.
+        from .verify import check_sizes
+
+        if damage := check_sizes(self.path, self.manifest):
             raise InvalidInputError(
-                f"{self.path}: unsupported format version {self.manifest.get('format_version')}"
+                f"{damage[0].path}: {damage[0].problem}: the prepared folder is damaged; "
+                f"rerun `longmix prepare` with the same arguments to redo it "
+                f"(`longmix verify {self.path}` lists every damaged file)"
             )
         self.seq_len: int = self.manifest["seq_len"]
         self.dtype = np.dtype(self.manifest["dtype"])

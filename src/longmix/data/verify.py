@@ -113,6 +113,29 @@ def _check_layout(folder: Path, manifest: dict) -> list[Damage]:
     return damage
 
 
+def check_sizes(folder: Path, manifest: dict) -> list[Damage]:
+    """Every missing file, or file of another size than recorded: what :func:`find_damage` finds
+    without reading contents (for a reader opening the folder)."""
+    try:
+        damage = _check_layout(folder, manifest)
+    except (KeyError, TypeError, ValueError) as err:
+        return [Damage(folder / MANIFEST, f"incomplete ({type(err).__name__}: {err})")]
+    reported = {d.path for d in damage}
+    for name, expected in sorted((manifest.get("files") or {}).items()):
+        path = folder / name
+        if path in reported:
+            continue
+        if not path.is_file():
+            damage.append(Damage(path, "missing"))
+        elif path.stat().st_size != expected.get("size"):
+            damage.append(
+                Damage(
+                    path, f"{path.stat().st_size} bytes, the manifest records {expected['size']}"
+                )
+            )
+    return damage
+
+
 def verify_prepared(folder: str | Path) -> list[str]:
     """The problems of a prepared folder, one line each; empty when every file is whole."""
     folder = Path(folder)

@@ -119,8 +119,7 @@ def run_bookqa(
     limit: int | None = None,
     progress: bool = True,
 ) -> dict:
-    from tqdm import tqdm
-
+    from ..data.executor import progress_bar
     from .runtime import in_order, iter_generate_batch, timed
 
     examples = read_examples(data)[:limit]
@@ -131,7 +130,7 @@ def run_bookqa(
             f"--max-length {max_length} leaves no room for {generate_tokens} answer tokens"
         )
     todo = [e for e in examples if (e.id,) not in results.done]
-    with tqdm(total=len(todo), desc="bookqa", unit="example", disable=not progress) as bar:
+    with progress_bar(total=len(todo), desc="bookqa", unit="example", enabled=progress) as bar:
         for start in range(0, len(todo), WINDOW):  # books tokenized a window at a time
             window = todo[start : start + WINDOW]
             fulls = [

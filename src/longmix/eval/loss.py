@@ -195,7 +195,7 @@ def evaluate_loss(
 ) -> dict:
     """Both views' totals over :func:`domain_sequences`; ``losses_of(tokens)`` gives the loss of
     predicting each token from the ones before it (length ``len(tokens) - 1``)."""
-    from tqdm import tqdm
+    from ..data.executor import progress_bar
 
     edges = sorted(
         set(bucket_edges(source.seq_len)) | {s for s in splits if 0 < s < source.seq_len}
@@ -205,12 +205,12 @@ def evaluate_loss(
     by_position = LossTotals.empty(len(domains), len(edges) - 1)
     sequences = dict.fromkeys(domains, 0)
     total = per_domain * len(domains)
-    for seq in tqdm(
+    for seq in progress_bar(
         domain_sequences(source, per_domain),
         total=total,
         desc="loss",
         unit="seq",
-        disable=not progress,
+        enabled=progress,
     ):
         losses = np.asarray(losses_of(seq.tokens), dtype=np.float64)
         d = domains.index(seq.domain)

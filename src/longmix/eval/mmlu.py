@@ -119,7 +119,7 @@ def run_mmlu(
     only: list[str] | None = None,
     progress: bool = True,
 ) -> dict:
-    from tqdm import tqdm
+    from ..data.executor import progress_bar
 
     root = Path(data)
     names = [s for s in subjects(root) if not only or s in only]
@@ -132,8 +132,8 @@ def run_mmlu(
         work.extend(
             (subject, dev, i, q) for i, q in enumerate(test) if (subject, i) not in results.done
         )
-    for subject, dev, index, question in tqdm(
-        work, desc="mmlu", unit="question", disable=not progress
+    for subject, dev, index, question in progress_bar(
+        work, desc="mmlu", unit="question", enabled=progress
     ):
         started = time.perf_counter()
         predicted, logprobs = choose(

@@ -531,7 +531,7 @@ def _check_resume(rows: list[dict], protocol: str, out: Path) -> None:
 
 def run_needle(em: EvalModel, config: NeedleConfig, out: Path, progress: bool = True) -> dict:
     """Evaluate every cell not yet in ``out/results.jsonl``; write summary and heatmap."""
-    from tqdm import tqdm
+    from ..data.executor import progress_bar
 
     check_lengths(config, em.tokenizer)
     new_tokens, source = generate_tokens(config), haystack_source(config)
@@ -563,7 +563,7 @@ def run_needle(em: EvalModel, config: NeedleConfig, out: Path, progress: bool = 
                 prompts.add(prompt_record(em, build(length, depth), config))
     cells = [cell for cell in grid if cell not in results.done]
     stamp = definitions(config.protocol)
-    bar = tqdm(total=len(cells), desc="needle", unit="cell", disable=not progress)
+    bar = progress_bar(total=len(cells), desc="needle", unit="cell", enabled=progress)
     # all depths of one length together: they share the haystack up to their needles, which
     # teacher forcing and generation compute once (the cache of the shared prefix)
     for length, group in itertools.groupby(cells, key=lambda cell: cell[0]):

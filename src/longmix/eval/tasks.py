@@ -881,10 +881,10 @@ def score_prompts(
     (:func:`runtime.iter_generate_batch`: batches of similar length, a KV cache, shared prefixes
     computed once), and each row is written as soon as it and the ones before it are done.
     """
-    from tqdm import tqdm
+    from ..data.executor import progress_bar
 
     pending = iter(prompts)
-    with tqdm(total=total, desc="tasks", unit="sample", disable=not progress) as bar:
+    with progress_bar(total=total, desc="tasks", unit="sample", enabled=progress) as bar:
         while window := list(itertools.islice(pending, WINDOW)):
             for row in _answer_window(em, window):
                 results.add(row)

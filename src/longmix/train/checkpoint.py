@@ -8,10 +8,13 @@ never looks like a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -24,6 +27,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from ..errors import LongmixError
+from ..fsutil import OutputError, describe_os_error, write_json
 from .distributed import Dist
 
 _TOKENIZER_FILES = (
@@ -43,7 +48,11 @@ def _barrier(d: Dist) -> None:
 def latest_checkpoint(out: Path) -> Path | None:
     folder = Path(out) / "checkpoints"
     done = (
-        sorted(p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        sorted(
+            p
+            for p in folder.glob("step-*")
+            if p.is_dir() and not p.name.endswith(".tmp") and (p / "trainer.json").is_file()
+        )
         if folder.is_dir()
         else []
     )
@@ -78,7 +87,7 @@ def save_checkpoint(
     )
     _barrier(d)
     if d.is_main:
-        (tmp / "trainer.json").write_text(json.dumps({"step": step, "world": d.world, "cp": d.cp}))
+        write_json(tmp / "trainer.json", {"step": step, "world": d.world, "cp": d.cp})
         tmp.rename(final)
         for old in sorted(p for p in folder.glob("step-*") if not p.name.endswith(".tmp"))[:-keep]:
             shutil.rmtree(old)
@@ -141,16 +150,42 @@ def save_hf_model(
     )
     config.use_cache = True
     config.dtype = getattr(torch, dtype)
+    # Written beside, then renamed: a killed or failed save never leaves a folder named like
+    # the model that holds only some of its files.
+    tmp = out.with_name(f"{out.name}.tmp")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        hf_model.save_pretrained(out, state_dict=state, safe_serialization=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with _hf_progress_bars(sys.stderr.isatty()):
+            hf_model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        # save_pretrained records the dtype of the (float32 master) parameters, not of the state.
+        state_dtype(tmp / "config.json", dtype)
+        if source:
+            save_tokenizer(Path(source), tmp, max_length)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, LongmixError):
+            raise OutputError(describe_os_error(err, out)) from err
+        raise
     finally:
         config._attn_implementation = previous
-    # save_pretrained records the dtype of the (float32 master) parameters, not of the saved state.
-    state_dtype(out / "config.json", dtype)
-    if source:
-        save_tokenizer(Path(source), out, max_length)
     _barrier(d)
+
+
+@contextlib.contextmanager
+def _hf_progress_bars(enabled: bool) -> Iterator[None]:
+    """transformers' own bars (writing shards) follow ours: drawn only on a terminal."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def state_dtype(config_json: Path, dtype: str) -> None:

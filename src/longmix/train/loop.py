@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..data.executor import progress_bar
 from ..data.store import PackedDataset
 from ..fsutil import atomic_write
 from . import distributed
@@ -250,9 +251,9 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     check_tokenizer(config, dataset, model.config.vocab_size)
     shape = ModelShape.of(model.config)
     if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         resolved = {**asdict(config), **{f"resolved_{k}": v for k, v in plan.items()}}
-        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        with atomic_write(out / "config.yaml", "w") as handle:  # creates out, or says why not
+            handle.write(yaml.safe_dump(resolved, sort_keys=False))
 
     module = distributed.wrap(CausalLMLoss(model, config.loss_chunk).to(d.device), d)
     optimizer = torch.optim.AdamW(
@@ -291,14 +292,12 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
             plan["attention"],
             d.device,
         )
-    from tqdm import tqdm
-
-    bar = tqdm(
+    bar = progress_bar(
         total=plan["steps"],
         initial=start_step,
         desc="train",
         unit="step",
-        disable=not (config.progress and d.is_main),
+        enabled=config.progress and d.is_main,
     )
     record: dict = {}
     for step in range(start_step, plan["steps"]):
@@ -472,5 +471,6 @@ def plot_loss(log_path: Path, png: Path) -> None:
     ax.set_title(f"{png.parent.name}: loss per step")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png, dpi=90)
+    with atomic_write(png) as handle:
+        fig.savefig(handle, dpi=90, format="png")
     plt.close(fig)

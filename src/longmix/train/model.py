@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import LongmixError
 from .attention import register_attention_backends
+from .shape import read_model_config
 
 ROPE_SCALINGS = ("linear", "dynamic", "yarn")
 
@@ -117,8 +118,6 @@ def load_model(
     ``init_config`` is a config.json path (or a config object) for random weights;
     ``checkpointing`` recomputes every N-th decoder layer in the backward pass (0: none).
     """
-    from transformers import AutoConfig
-
     if (path is None) == (init_config is None):
         raise ModelError(
             "give exactly one of --model (a HF checkpoint folder) or --init-config (a config.json)"
@@ -150,7 +149,7 @@ def load_model(
         raise ModelError(
             f"{source} holds no model weights (model.safetensors or pytorch_model.bin)"
         )
-    config = AutoConfig.from_pretrained(str(source))  # a folder or a config.json file
+    config = read_model_config(source)  # a folder or a config.json file
     return build_model(config, source if path is not None else None, **options)
 
 

@@ -27,8 +27,10 @@ the one measured for our trainer (see benchmarks/README.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from .shape import ModelShape
+from ..errors import InputNotFoundError, InvalidInputError
+from .shape import ModelShape, read_model_config
 
 GIB = 2**30
 
@@ -56,6 +58,43 @@ USABLE_GIB = {"h100": 79.2, "h200": 139.0, "a100": 79.1}
 MARGIN_GIB = (
     2.0  # kept free: CUDA context, cuBLAS and NCCL workspaces (outside the caching allocator)
 )
+
+
+def model_shape(model: str) -> tuple[ModelShape, bool]:
+    """The shape of a preset or of a HF config (folder or config.json), and whether its
+    embeddings are tied; a config is read by the same code as training reads it."""
+    if model in PRESETS:
+        return PRESETS[model], model in TIED
+    if not Path(model).exists():
+        raise InputNotFoundError(
+            f"--model {model}: neither a preset ({', '.join(PRESETS)}) "
+            "nor a HF model folder or config.json"
+        )
+    config = read_model_config(model)
+    return ModelShape.of(config), bool(getattr(config, "tie_word_embeddings", False))
+
+
+def check_run(run: RunShape, mfu: float, batch_tokens: int, tokens: float) -> None:
+    """Refuse settings the prediction would divide by, or silently misread."""
+    positive = {
+        "--seq-len": run.seq_len,
+        "--gpus": run.gpus,
+        "--context-parallel": run.context_parallel,
+        "--loss-chunk": run.loss_chunk,
+        "--batch-tokens": batch_tokens,
+        "--tokens": tokens,
+    }
+    for option, value in positive.items():
+        if value <= 0:
+            raise InvalidInputError(f"{option} {value}: must be positive")
+    if run.checkpoint_every < 0:
+        raise InvalidInputError(f"--checkpoint-every {run.checkpoint_every}: must be 0 or more")
+    if run.gpus % run.context_parallel:
+        raise InvalidInputError(
+            f"--gpus {run.gpus} is not a multiple of --context-parallel {run.context_parallel}"
+        )
+    if not 0 < mfu <= 1:
+        raise InvalidInputError(f"--mfu {mfu}: must be within 0..1 (e.g. 0.4)")
 
 
 def usable_memory(gpu: str, gpu_memory: float | None = None) -> float:
