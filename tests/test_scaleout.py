@@ -74,6 +74,7 @@ class _FakeRay:
     def __init__(self):
         self.in_flight: set[int] = set()
         self.most_in_flight = 0
+        self.cancelled: list[int] = []
 
     def remote(self, **_options):
         def wrap(fn):
@@ -97,7 +98,13 @@ class _FakeRay:
         return [first], refs[1:]
 
     def get(self, ref):
+        if isinstance(ref[2], Exception):
+            raise ref[2]
         return ref[2]
+
+    def cancel(self, ref):
+        self.cancelled.append(ref[1])
+        self.in_flight.discard(ref[1])
 
 
 def test_ray_executor_keeps_a_bounded_window_of_tasks_in_flight():
@@ -108,3 +115,18 @@ def test_ray_executor_keeps_a_bounded_window_of_tasks_in_flight():
     results = sorted(executor._run(lambda task: task * 10, list(range(20)), "test"))
     assert results == [task * 10 for task in range(20)]
     assert executor.ray.most_in_flight == 3
+
+
+def test_ray_executor_cancels_the_tasks_in_flight_when_one_fails():
+    from longmix.data.executor import RayExecutor, TaskFailed
+
+    executor = object.__new__(RayExecutor)
+    executor.ray, executor.max_retries, executor.window = _FakeRay(), 0, 4
+
+    def task(n: int):
+        return ValueError("broken shard") if n == 2 else n
+
+    with pytest.raises(TaskFailed, match="task .*2.* failed after 0 retries: broken shard"):
+        list(executor._run(task, list(range(20)), "tokenize"))
+    assert sorted(executor.ray.cancelled) == [3, 4, 5]  # in flight when task 2 failed
+    assert not executor.ray.in_flight

@@ -151,21 +151,28 @@ class RayExecutor:
         # at once and waiting on the whole list each time is quadratic in the task count.
         queue = iter(tasks)
         pending: dict[Any, Any] = {}
-        while True:
-            for task in queue:
-                pending[remote.remote(task)] = task
-                if len(pending) >= self.window:
-                    break
-            if not pending:
-                return
-            done, _ = self.ray.wait(list(pending), num_returns=1)
-            task = pending.pop(done[0])
-            try:
-                yield self.ray.get(done[0])
-            except Exception as err:
-                raise TaskFailed(
-                    f"{desc} task {task_name(task)} failed after {self.max_retries} retries: {err}"
-                ) from err
+        try:
+            while True:
+                for task in queue:
+                    pending[remote.remote(task)] = task
+                    if len(pending) >= self.window:
+                        break
+                if not pending:
+                    return
+                done, _ = self.ray.wait(list(pending), num_returns=1)
+                task = pending.pop(done[0])
+                try:
+                    yield self.ray.get(done[0])
+                except Exception as err:
+                    raise TaskFailed(
+                        f"{desc} task {task_name(task)} failed after {self.max_retries} "
+                        f"retries: {err}"
+                    ) from err
+        finally:
+            # A failure, Ctrl-C or a caller that stops early: the tasks still in flight are
+            # cancelled (not killed: an interrupted task unwinds and removes its temporaries).
+            for ref in pending:
+                self.ray.cancel(ref)
 
 
 def _with_progress(
