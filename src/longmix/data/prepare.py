@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..errors import LongmixError
+from ..errors import LongmixError, missing_extra
 from ..fsutil import (
     as_json_types,
     atomic_write,
@@ -143,7 +143,10 @@ class PrepareConfig:
     )
     overwrite: bool = setting(False, help="replace a prepared folder made with other settings")
     executor: str = setting(
-        "local", choices=("local", "ray"), help="local processes or a Ray cluster; same output"
+        "local",
+        choices=("local", "ray"),
+        check=lambda v: missing_extra("ray", "ray", "--executor ray") if v == "ray" else None,
+        help="local processes or a Ray cluster; same output",
     )
     ray_address: str | None = setting(
         None, help="a running Ray cluster ('auto', 'ray://host:10001'); default: start one here"
