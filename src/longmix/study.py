@@ -380,8 +380,8 @@ def _prepare(
 ) -> None:
     from .data.prepare import prepare
 
-    # No shortcut on an existing manifest: prepare checks every file of a finished folder and redoes damage.
-    log(f"prepare {out.name} ({strategy})")
+    # No shortcut on an existing manifest: prepare checks every file of a finished folder and
+    # redoes damage. It logs what it prepares, where, and a skip, as `longmix prepare` does.
     prepare(
         study.prepare_settings(strategy, inputs, str(out), validation), progress=progress, log=log
     )

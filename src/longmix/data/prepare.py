@@ -201,6 +201,8 @@ def prepare(
         config.rank is None or not 0 <= config.rank < config.world_size
     ):
         raise PrepareError(f"--rank must be within 0..{config.world_size - 1}")
+    # The same first line from `longmix prepare` and from each prepare step of a study.
+    log(f"prepare {config.mixture.strategy} -> {out}")
     tokenizer = resolve_tokenizer(config.tokenizer, config.separator)
     # One writer per folder; the ranks of a job array share theirs.
     with folder_lock(out, shared=config.world_size is not None):
