@@ -279,3 +279,34 @@ def test_registries_reach_cli_and_study():
     assert (
         "--data" in commands["mmlu"].format_help() and "--shots" in commands["mmlu"].format_help()
     )
+
+
+def test_the_report_iterates_over_the_registry(tmp_path, monkeypatch):
+    from longmix.eval import registry
+    from longmix.eval.report import build_report
+
+    evaluations()  # the built-in evaluations are registered before the toy one
+    monkeypatch.setitem(
+        registry.EVALUATIONS,
+        "toy",
+        registry.Evaluation(
+            "toy",
+            EvalTarget,
+            lambda *a: {},
+            str,
+            "a toy",
+            99,
+            report=lambda names, results, out: [
+                "## Toy",
+                *(f"{n}: {s['score']}" for n, s in zip(names, results["toy"]) if s),
+            ],
+            report_order=5,
+            retention=lambda base, other: f"toy {other['score'] - base['score']:+d}",
+        ),
+    )
+    for run, score in (("a", 1), ("b", 3)):
+        (tmp_path / run / "toy").mkdir(parents=True)
+        (tmp_path / run / "toy" / "summary.json").write_text(f'{{"score": {score}}}')
+    text = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "report")
+    assert text.index("## Toy\na: 1\nb: 3") < text.index("## Short-context retention")
+    assert text.endswith("- b: toy +2\n\n")

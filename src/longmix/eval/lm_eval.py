@@ -19,6 +19,7 @@ from ..errors import missing_extra, require_extra
 from ..settings import setting
 from .common import EvalError
 from .registry import evaluation
+from .report import lm_eval_report
 
 if TYPE_CHECKING:
     from .runtime import EvalModel
@@ -151,6 +152,8 @@ def _describe(summary: dict) -> str:
     doc="standard benchmarks through lm-evaluation-harness (extra: lm-eval)",
     describe=_describe,
     order=80,
+    report=lm_eval_report,
+    report_order=50,
 )
 def run_lm_eval(em: EvalModel, config: LmEvalConfig, out: Path, progress: bool = True) -> dict:
     require_extra(*HARNESS, EvalError)

@@ -39,6 +39,7 @@ import numpy as np
 from ..settings import setting
 from .common import EvalError, ResultsFile, parse_grid
 from .registry import evaluation
+from .report import ruler_report, task_summary
 
 # ---------------------------------------------------------------------------- templates (RULER constants.py)
 
@@ -1089,6 +1090,9 @@ def task_table(summary: dict) -> str:
     doc="RULER's synthetic tasks (generated, or NVIDIA/RULER's files), task × length",
     describe=task_table,
     order=40,
+    report=ruler_report,
+    report_order=20,
+    load=task_summary,
 )
 def run_ruler(em: EvalModel, config: TaskConfig, out: Path, progress: bool = True) -> dict:
     """:func:`run_tasks` on the haystack text the settings name, or the RULER files of ``ruler_data``."""
