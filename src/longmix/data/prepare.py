@@ -201,8 +201,6 @@ def prepare(
         config.rank is None or not 0 <= config.rank < config.world_size
     ):
         raise PrepareError(f"--rank must be within 0..{config.world_size - 1}")
-    # The same first line from `longmix prepare` and from each prepare step of a study.
-    log(f"prepare {config.mixture.strategy} -> {out}")
     tokenizer = resolve_tokenizer(config.tokenizer, config.separator)
     # One writer per folder; the ranks of a job array share theirs.
     with folder_lock(out, shared=config.world_size is not None):
@@ -221,8 +219,18 @@ def _prepare_locked(
     log: Callable[[str], None],
 ) -> dict:
     _claim_output(out, config)
+    # The first line, from `longmix prepare` and each prepare step of a study alike; written with
+    # the first message, so that a fault found before any work stays the only line.
+    announced: list[str] = []
+
+    def announce() -> None:
+        if not announced:
+            announced.append(f"prepare {config.mixture.strategy} -> {out}")
+            log(announced[0])
+
     if (out / MANIFEST).is_file():
         damage = find_damage(out)
+        announce()
         if not damage:
             log(
                 f"{out} is already complete (every file checked); delete it or pass --overwrite to redo it"
@@ -241,6 +249,7 @@ def _prepare_locked(
         remove_stale_temporaries(out)
         remove_stale_temporaries(tokenized)
     executor = make_executor(config.executor, config.workers, config.ray_address)
+    announce()
     log(describe_files(shards))
     log(
         f"{len(shards)} shards from {', '.join(config.inputs)}; tokenizer {tokenizer.name} "
