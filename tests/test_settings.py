@@ -147,6 +147,50 @@ def test_train_yaml_reads_scientific_notation_and_units(tmp_path):
         TrainConfig.from_yaml(path)
 
 
+def test_counts_read_scientific_notation_on_the_command_line_and_in_yaml(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainConfig)
+    args = parser.parse_args(["--tokens", "1e6", "--batch-tokens", "2.5e5"])
+    config = from_args(TrainConfig, args)
+    assert (config.tokens, config.batch_tokens) == (1_000_000, 250_000)
+    path = tmp_path / "run.yaml"
+    path.write_text("tokens: 1e6\nseq_len: 2.5e5\n")
+    assert TrainConfig.from_yaml(path).tokens == 1_000_000
+    path.write_text("tokens: 1.5\n")
+    with pytest.raises(TrainError, match=r"tokens: 1.5 is not a count .*not a whole number"):
+        TrainConfig.from_yaml(path)
+    with pytest.raises(SettingsError, match="tokens: '2.5e-1' is not a count"):
+        from_mapping(TrainConfig, {"tokens": "2.5e-1"})
+
+
+@pytest.mark.parametrize("value", ["None", "none", None])
+def test_rope_scaling_none_means_no_scaling(tmp_path, value):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainConfig)
+    if value is not None:
+        assert (
+            from_args(TrainConfig, parser.parse_args(["--rope-scaling", value])).rope_scaling
+            is None
+        )
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"rope_scaling": value}))
+    assert TrainConfig.from_yaml(path).rope_scaling is None
+    assert (
+        from_args(TrainConfig, parser.parse_args(["--rope-scaling", "yarn"])).rope_scaling == "yarn"
+    )
+    with pytest.raises(SettingsError, match="is not one of none, linear, dynamic, yarn"):
+        from_args(TrainConfig, parser.parse_args(["--rope-scaling", "lineer"]))
+
+
+def test_help_shows_defaults_in_the_fields_unit():
+    commands = build_parser()._subparsers._group_actions[0].choices
+    train_help = " ".join(commands["train"].format_help().split())
+    prepare_help = " ".join(commands["prepare"].format_help().split())
+    assert "(default: 32K)" in train_help and "accumulation (default: 4M)" in train_help
+    assert "(default: 80K)" in prepare_help and "(default: 512M)" in prepare_help
+    assert "81920" not in prepare_help.replace("81,920", "") and "4194304" not in train_help
+
+
 def test_mixture_values_are_refused_before_any_work():
     with pytest.raises(SettingsError, match="long_fraction: must be within 0..1"):
         from_mapping(MixtureConfig, {"long_fraction": 1.5})
@@ -216,6 +260,9 @@ def test_study_sections_use_the_commands_settings(tmp_path):
     assert study.eval_settings("loss", tmp_path / "held").data == str(tmp_path / "held")
     assert study.evaluations() == ["loss", "ruler"]  # the registry's order: quick evaluations first
     assert study.eval_settings("loss", tmp_path).sequences == 64  # one default, the CLI's
+    study = Study.load(_study(tmp_path, prepare={"tokens": "1e6", "validation_tokens": "2.5e5"}))
+    assert study.prepare_settings("original", ["c"], "o").mixture.tokens == 1_000_000
+    assert study.prepare_settings("original", ["v"], "v", validation=True).mixture.tokens == 250_000
 
 
 def test_registries_reach_cli_and_study():
@@ -232,3 +279,34 @@ def test_registries_reach_cli_and_study():
     assert (
         "--data" in commands["mmlu"].format_help() and "--shots" in commands["mmlu"].format_help()
     )
+
+
+def test_the_report_iterates_over_the_registry(tmp_path, monkeypatch):
+    from longmix.eval import registry
+    from longmix.eval.report import build_report
+
+    evaluations()  # the built-in evaluations are registered before the toy one
+    monkeypatch.setitem(
+        registry.EVALUATIONS,
+        "toy",
+        registry.Evaluation(
+            "toy",
+            EvalTarget,
+            lambda *a: {},
+            str,
+            "a toy",
+            99,
+            report=lambda names, results, out: [
+                "## Toy",
+                *(f"{n}: {s['score']}" for n, s in zip(names, results["toy"]) if s),
+            ],
+            report_order=5,
+            retention=lambda base, other: f"toy {other['score'] - base['score']:+d}",
+        ),
+    )
+    for run, score in (("a", 1), ("b", 3)):
+        (tmp_path / run / "toy").mkdir(parents=True)
+        (tmp_path / run / "toy" / "summary.json").write_text(f'{{"score": {score}}}')
+    text = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "report")
+    assert text.index("## Toy\na: 1\nb: 3") < text.index("## Short-context retention")
+    assert text.endswith("- b: toy +2\n\n")

@@ -91,6 +91,33 @@ def test_study_runs_every_step_and_resumes(tmp_path, capsys):
     )
 
 
+def test_study_prepare_step_logs_as_longmix_prepare_does(tmp_path, capsys):
+    corpus = next(sample_corpus_dir().rglob("*.jsonl.zst"))  # one file of the sample: quick
+    study = {
+        "out": str(tmp_path / "study"),
+        "corpus": [str(corpus)],
+        "strategies": ["per-source"],
+        "prepare": {"seq_len": "1K", "long_threshold": "512", "workers": 1},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    data = tmp_path / "study" / "data" / "per-source"
+    assert main(["study", str(path), "--steps", "prepare", "--quiet"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"prepare per-source -> {data}" and lines[1].startswith("1 files:")
+    assert lines[3].startswith("domain") and lines[-1].startswith("wrote")
+    cli = ["prepare", str(corpus), "--out", str(tmp_path / "p"), "--quiet"]
+    assert main([*cli, "--seq-len", "1K", "--long-threshold", "512", "--workers", "1"]) == 0
+    cli_lines = capsys.readouterr().err.splitlines()
+    assert cli_lines[0] == f"prepare per-source -> {tmp_path / 'p'}"
+    assert cli_lines[1:-1] == lines[1:-1]  # the same account, table and notes
+    assert main(["study", str(path), "--steps", "prepare", "--quiet"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"prepare per-source -> {data}",
+        f"{data} is already complete (every file checked); delete it or pass --overwrite to redo it",
+    ]
+
+
 def test_study_file_errors(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("out: x\nstrategies: [original]\n")

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .data.corpus import sample_corpus_dir
-from .errors import LongmixError
+from .errors import LongmixError, require_extra
 from .settings import (
     add_arguments,
     args_mapping,
@@ -124,11 +124,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train.config import TrainConfig, TrainError
-    from .train.loop import train
 
     config = from_args(TrainConfig, args, args.config)
     if not config.data or not config.out:
         raise TrainError("--data and --out are required (or set them in --config)")
+    require_extra(("torch", "transformers"), "train", "longmix train")
+    from .train.loop import train
+
     record = train(config)
     if record.get("stopped"):
         print(
@@ -175,7 +177,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
         return 0
     from .eval.registry import EvalTarget, evaluations, precheck, run_evaluation
-    from .eval.runtime import load_eval_model
 
     item = evaluations()[args.eval_kind]
     file_settings = read_yaml_mapping(args.config) if args.config else {}
@@ -198,6 +199,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         **args_mapping(args, item.settings),
     )
     precheck(item.name, settings, target.model, target.tokenizer)
+    require_extra(("torch", "transformers"), "train", f"longmix eval {item.name}")
+    from .eval.runtime import load_eval_model
+
     em = load_eval_model(target.model, target.tokenizer, target.device)
     summary = run_evaluation(item.name, em, settings, Path(target.out), progress=not args.quiet)
     print(item.describe(summary))

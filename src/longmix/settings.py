@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LongmixError
-from .units import parse_count, parse_length
+from .units import format_exact, parse_count, parse_length
 
 UNITS = ("count", "binary_count", "length")
 
@@ -200,11 +200,10 @@ def convert(spec: Spec, value: Any, source: str = "") -> Any:
         ) from None
     choices = spec.choices()
     if choices is not None and result not in choices:
-        close = difflib.get_close_matches(str(result), [str(c) for c in choices], n=1)
+        valid = [*(("none",) if optional else ()), *map(str, choices)]
+        close = difflib.get_close_matches(str(result), valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SettingsError(
-            f"{label}: {result!r} is not one of {', '.join(map(str, choices))}{hint}"
-        )
+        raise SettingsError(f"{label}: {result!r} is not one of {', '.join(valid)}{hint}")
     check = spec.meta.get("check")
     if check is not None:
         problem = check(result)
@@ -215,7 +214,7 @@ def convert(spec: Spec, value: Any, source: str = "") -> Any:
 
 def _describe(kind: Any, unit: str | None) -> str:
     if unit == "count":
-        return "a count (e.g. 500M, 5B)"
+        return "a count (e.g. 500M, 5B, 1e6)"
     if unit in ("length", "binary_count"):
         return "a length (e.g. 32K, 4M)"
     return {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(
@@ -378,16 +377,21 @@ def add_arguments(
             continue
         default = spec.default()
         shown = (
-            "" if spec.required or default in (None, (), "") else f" (default: {_show(default)})"
+            ""
+            if spec.required or default in (None, (), "")
+            else f" (default: {_show(default, spec.meta.get('unit'))})"
         )
         help_text = (spec.help + shown).replace("%", "%%")  # argparse formats help with %
         choices = spec.choices() if not callable(spec.meta.get("choices")) else None
+        kind, optional = _strip_optional(spec.type)
+        metavar = spec.meta.get("metavar")
+        if choices is not None and optional:
+            # argparse would refuse "none", a valid value here: convert() checks the choice
+            metavar = metavar or "{" + ",".join(("none", *map(str, choices))) + "}"
+            choices = None
         if spec.meta.get("positional"):
-            parser.add_argument(
-                spec.name, nargs="*", default=None, help=help_text, metavar=spec.meta.get("metavar")
-            )
+            parser.add_argument(spec.name, nargs="*", default=None, help=help_text, metavar=metavar)
             continue
-        kind, _ = _strip_optional(spec.type)
         flags = [spec.flag]
         if kind is bool:
             parser.add_argument(
@@ -404,7 +408,7 @@ def add_arguments(
                 action="append",
                 default=None,
                 help=help_text,
-                metavar=spec.meta.get("metavar") or spec.name.upper(),
+                metavar=metavar or spec.name.upper(),
             )
         else:
             parser.add_argument(
@@ -413,11 +417,14 @@ def add_arguments(
                 default=None,
                 help=help_text,
                 choices=choices,
-                metavar=spec.meta.get("metavar") or (None if choices else spec.name.upper()),
+                metavar=metavar or (None if choices else spec.name.upper()),
             )
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, unit: str | None = None) -> str:
+    """A default as the user would write it: ``80K`` for a length of 81,920, ``2e-05``."""
+    if unit is not None and isinstance(value, int) and not isinstance(value, bool):
+        return format_exact(value, binary=unit != "count")
     if isinstance(value, tuple):
         return ",".join(map(str, value))
     if isinstance(value, float):
@@ -475,5 +482,5 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 def describe(cls: type) -> Iterator[tuple[str, str, str]]:
     """(option, default, help) per field: for docs and tables."""
     for spec in specs(cls):
-        default = "required" if spec.required else _show(spec.default())
+        default = "required" if spec.required else _show(spec.default(), spec.meta.get("unit"))
         yield spec.flag if not spec.meta.get("positional") else spec.name, default, spec.help

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LongmixError
+from .errors import LongmixError, require_extra
 from .settings import from_mapping, read_yaml_mapping
 
 STEPS = ("prepare", "train", "eval", "report")
@@ -411,8 +411,8 @@ def _prepare(
 ) -> None:
     from .data.prepare import prepare
 
-    # No shortcut on an existing manifest: prepare checks every file of a finished folder and redoes damage.
-    log(f"prepare {out.name} ({strategy})")
+    # No shortcut on an existing manifest: prepare checks every file of a finished folder and
+    # redoes damage. It logs what it prepares, where, and a skip, as `longmix prepare` does.
     prepare(
         study.prepare_settings(strategy, inputs, str(out), validation), progress=progress, log=log
     )
@@ -421,12 +421,14 @@ def _prepare(
 def _train(study: Study, strategy: str, log) -> None:
     from .settings import from_mapping
     from .train.config import TrainConfig
-    from .train.loop import train
 
     out = study.out / "runs" / study.slug(strategy)
     if (out / "model" / "config.json").is_file():
         log(f"train {strategy}: done")
         return
+    require_extra(("torch", "transformers"), "train", "the study's train step")
+    from .train.loop import train
+
     resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step-*"))
     log(f"train {strategy}{' (resuming)' if resume else ''}")
     record = train(
@@ -463,6 +465,7 @@ def _evaluate(study: Study, model: Path, out: Path, log, progress: bool) -> None
             raise StudyError(
                 f"the {name} evaluation needs held-out data: set `validation:` corpus paths in the study"
             )
+    require_extra(("torch", "transformers"), "train", "the study's eval step")
     from .eval.runtime import load_eval_model
 
     em = load_eval_model(model, study.eval.get("tokenizer"))

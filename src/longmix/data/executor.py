@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..errors import InvalidInputError, LongmixError
+from ..errors import InvalidInputError, LongmixError, require_extra
 
 
 def default_workers() -> int:
@@ -113,10 +113,9 @@ class RayExecutor:
     def __init__(
         self, address: str | None = None, num_cpus: int | None = None, max_retries: int = 2
     ):
-        try:
-            import ray
-        except ImportError as err:
-            raise LongmixError("the Ray executor needs `pip install -e .[ray]`") from err
+        require_extra("ray", "ray", "--executor ray")
+        import ray
+
         self.ray = ray
         if not ray.is_initialized():
             ray.init(

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..errors import LongmixError
+from ..errors import LongmixError, missing_extra
 from ..fsutil import (
     as_json_types,
     atomic_write,
@@ -159,7 +159,10 @@ class PrepareConfig:
     )
     overwrite: bool = setting(False, help="replace a prepared folder made with other settings")
     executor: str = setting(
-        "local", choices=("local", "ray"), help="local processes or a Ray cluster; same output"
+        "local",
+        choices=("local", "ray"),
+        check=lambda v: missing_extra("ray", "ray", "--executor ray") if v == "ray" else None,
+        help="local processes or a Ray cluster; same output",
     )
     ray_address: str | None = setting(
         None, help="a running Ray cluster ('auto', 'ray://host:10001'); default: start one here"
@@ -265,8 +268,18 @@ def _prepare_locked(
     log: Callable[[str], None],
 ) -> dict:
     _claim_output(out, config)
+    # The first line, from `longmix prepare` and each prepare step of a study alike; written with
+    # the first message, so that a fault found before any work stays the only line.
+    announced: list[str] = []
+
+    def announce() -> None:
+        if not announced:
+            announced.append(f"prepare {config.mixture.strategy} -> {out}")
+            log(announced[0])
+
     if (out / MANIFEST).is_file():
         damage = find_damage(out)
+        announce()
         if not damage:
             log(
                 f"{out} is already complete (every file checked); delete it or pass --overwrite to redo it"
@@ -285,6 +298,7 @@ def _prepare_locked(
         remove_stale_temporaries(out)
         remove_stale_temporaries(tokenized)
     executor = make_executor(config.executor, config.workers, config.ray_address)
+    announce()
     log(describe_files(shards))
     log(
         f"{len(shards)} shards from {', '.join(config.inputs)}; tokenizer {tokenizer.name} "

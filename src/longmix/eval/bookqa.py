@@ -25,6 +25,7 @@ import numpy as np
 from ..settings import setting
 from .common import EvalError, ResultsFile
 from .registry import evaluation
+from .report import long_qa_report
 
 WINDOW = 32  # examples tokenized and answered together
 PROMPT = (
@@ -203,6 +204,8 @@ def _describe(summary: dict) -> str:
     doc="long-book QA (InfiniteBench En.QA), recall and F1",
     describe=_describe,
     order=60,
+    report=long_qa_report,
+    report_order=40,
 )
 def run_bookqa_eval(em: EvalModel, config: BookQAConfig, out: Path, progress: bool = True) -> dict:
     return run_bookqa(

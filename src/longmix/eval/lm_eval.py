@@ -9,30 +9,30 @@ tokenizer of the model folder and the trained length as the harness's context li
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import missing_extra, require_extra
 from ..settings import setting
 from .common import EvalError
 from .registry import evaluation
+from .report import lm_eval_report
 
 if TYPE_CHECKING:
     from .runtime import EvalModel
 
-INSTALL = "pip install 'longmix[lm-eval]'"
+# the harness: its module, the extra that installs it, what needs it
+HARNESS = ("lm_eval", "lm-eval", "longmix eval lm-eval (lm-evaluation-harness)")
 # The metric a task is summed up by in tables, in order of preference.
 HEADLINE_METRICS = ("acc_norm", "acc", "exact_match", "f1", "mc2", "word_perplexity", "perplexity")
 
 
 def harness_missing(_: Any = None) -> str | None:
     """One line naming the extra when the harness is not installed, else None."""
-    if importlib.util.find_spec("lm_eval") is None:
-        return f"lm-evaluation-harness is not installed: {INSTALL}"
-    return None
+    return missing_extra(*HARNESS)
 
 
 def _task_list(text: str) -> tuple[str, ...]:
@@ -152,10 +152,11 @@ def _describe(summary: dict) -> str:
     doc="standard benchmarks through lm-evaluation-harness (extra: lm-eval)",
     describe=_describe,
     order=80,
+    report=lm_eval_report,
+    report_order=50,
 )
 def run_lm_eval(em: EvalModel, config: LmEvalConfig, out: Path, progress: bool = True) -> dict:
-    if problem := harness_missing():
-        raise EvalError(problem)
+    require_extra(*HARNESS, EvalError)
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 

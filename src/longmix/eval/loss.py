@@ -34,6 +34,7 @@ from ..settings import setting
 from ..units import parse_length
 from .common import EvalError
 from .registry import evaluation
+from .report import loss_report, loss_retention
 
 SPLIT = 4096  # the paper's 0-4K / 4K-max split
 
@@ -374,6 +375,9 @@ def describe_loss(summary: dict) -> str:
     describe=describe_loss,
     order=20,
     uses_heldout=True,
+    report=loss_report,
+    report_order=30,
+    retention=loss_retention,
 )
 def run_loss_eval(em: EvalModel, config: LossConfig, out: Path, progress: bool = True) -> dict:
     if not Path(config.data).exists():

@@ -23,6 +23,7 @@ import numpy as np
 from ..settings import setting
 from .common import EvalError, ResultsFile
 from .registry import evaluation
+from .report import long_qa_report, mmlu_retention
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -197,6 +198,9 @@ def _describe(summary: dict) -> str:
     doc="MMLU few-shot by answer-letter log-likelihood (short-context check)",
     describe=_describe,
     order=30,
+    report=long_qa_report,
+    report_order=40,
+    retention=mmlu_retention,
 )
 def run_mmlu_eval(em: EvalModel, config: MMLUConfig, out: Path, progress: bool = True) -> dict:
     return run_mmlu(

@@ -31,6 +31,7 @@ import numpy as np
 from ..settings import SettingsError, setting
 from .common import EvalError, ResultsFile, parse_grid, read_jsonl, word_recall, words
 from .registry import evaluation
+from .report import needle_report
 
 NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
 QUESTION = "What is the best thing to do in San Francisco?"
@@ -809,4 +810,7 @@ evaluation(
     describe=describe,
     order=10,
     check=check_needle,
+    report=needle_report,
+    report_order=10,
+    load=load_needle_summary,
 )(run_needle)

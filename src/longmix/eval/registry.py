@@ -36,6 +36,17 @@ class Evaluation:
     # check(settings, tokenizer) raises EvalError for settings that only the tokenizer can refute
     # (e.g. a needle length below the prompt's fixed part); it runs before the model loads.
     check: Callable[[Any, Any], None] | None = None
+    # How it appears in `longmix eval report`: report(names, results, out) -> markdown lines of
+    # its section ([] to leave it out), where results maps every evaluation's name to its
+    # summaries, one per run (None where a run lacks it). Evaluations that name the same
+    # function share one section (BookQA and MMLU); sections follow report_order.
+    report: Callable[[list[str], dict[str, list[dict | None]], Path], list[str]] | None = None
+    report_order: int = 50
+    # load(folder) -> the summary the report reads; None: folder/summary.json when present
+    load: Callable[[Path], dict | None] | None = None
+    # retention(base, other) -> this evaluation's part of the report's short-context retention
+    # line for `other` against the baseline `base` (None: nothing to compare)
+    retention: Callable[[dict, dict], str | None] | None = None
 
 
 EVALUATIONS: dict[str, Evaluation] = {}
@@ -50,12 +61,28 @@ def evaluation(
     order: int = 50,
     uses_heldout: bool = False,
     check: Callable[[Any, Any], None] | None = None,
+    report: Callable[[list[str], dict[str, list[dict | None]], Path], list[str]] | None = None,
+    report_order: int = 50,
+    load: Callable[[Path], dict | None] | None = None,
+    retention: Callable[[dict, dict], str | None] | None = None,
 ) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
-    """Declare ``run(em, settings, out_dir, progress) -> summary`` as evaluation ``name``."""
+    """Declare ``run(em, settings, out_dir, progress) -> summary`` as evaluation ``name``
+    (the fields of :class:`Evaluation` say what each argument is for)."""
 
     def register(run: Callable[..., dict]) -> Callable[..., dict]:
         EVALUATIONS[name] = Evaluation(
-            name, settings, run, describe, doc, order, uses_heldout, check
+            name,
+            settings,
+            run,
+            describe,
+            doc,
+            order,
+            uses_heldout,
+            check,
+            report,
+            report_order,
+            load,
+            retention,
         )
         return run
 

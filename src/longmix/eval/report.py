@@ -1,15 +1,20 @@
-"""`longmix eval report`: several runs side by side (needle, synthetic tasks, loss, and
-lm-evaluation-harness tasks)."""
+"""`longmix eval report`: several runs side by side, one section per registered evaluation
+(each declares its section with ``@evaluation(..., report=...)``), then short-context retention.
+
+The sections of the built-in evaluations are written here (they share the table helpers);
+this module imports no evaluation module at import time, so each can name its section.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from .common import read_jsonl
-from .needle import GENERATION_METRICS, METRICS, PROTOCOLS, headline_metric, load_needle_summary
 
 SIGNIFICANT = 0.01  # Fu et al.: a loss difference above 0.01 counts
+Results = dict[str, list[dict | None]]  # evaluation name -> its summary per run (None: absent)
 
 
 def _load(path: Path) -> dict | None:
@@ -27,40 +32,68 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
         "",
     ]
 
-    needles = [load_needle_summary(run / "needle") for run in runs]
-    if any(needles):
-        lines += needle_section(names, needles, out)
+    from .registry import evaluations
 
-    tasks = [task_summary(run / "ruler") for run in runs]
-    if any(tasks):
-        lines += task_tables(names, tasks)
-
-    losses = [_load(run / "loss" / "summary.json") for run in runs]
-    if any(losses):
-        lines += loss_tables(names, losses)
-
-    bookqa = [_load(run / "bookqa" / "summary.json") for run in runs]
-    mmlu = [_load(run / "mmlu" / "summary.json") for run in runs]
-    if any(bookqa) or any(mmlu):
-        lines += [
-            "## Long-book QA and MMLU",
-            "",
-            "| run | BookQA recall (paper's score) | BookQA F1 | MMLU 5-shot (macro) |",
-            "|---|---|---|---|",
-        ]
-        for name, b, m in zip(names, bookqa, mmlu):
-            lines.append(
-                f"| {name} | {_fmt(b and b['recall'], 1)} | {_fmt(b and b['f1'], 1)} | "
-                f"{_fmt(m and m['macro_accuracy'], 1)} |"
-            )
-        lines += ["", "The paper: BookQA 27.4 (7B) / 31.1 (13B); MMLU 43.3 (7B) / 52.4 (13B).", ""]
-    harness = [_load(run / "lm-eval" / "summary.json") for run in runs]
-    if any(harness):
-        lines += lm_eval_table(names, harness)
-    lines += retention_lines(names, losses, mmlu)
+    shown = sorted(evaluations().values(), key=lambda e: (e.report_order, e.order, e.name))
+    results: Results = {
+        e.name: [(e.load or _load_summary)(run / e.name) for run in runs] for e in shown
+    }
+    for section in dict.fromkeys(e.report for e in shown if e.report is not None):
+        lines += section(names, results, out)
+    lines += retention_lines(
+        names, [(e.retention, results[e.name]) for e in shown if e.retention is not None]
+    )
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+def _load_summary(folder: Path) -> dict | None:
+    return _load(folder / "summary.json")
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+def needle_report(names: list[str], results: Results, out: Path) -> list[str]:
+    return needle_section(names, results["needle"], out) if any(results["needle"]) else []
+
+
+def ruler_report(names: list[str], results: Results, out: Path) -> list[str]:
+    return task_tables(names, results["ruler"]) if any(results["ruler"]) else []
+
+
+def loss_report(names: list[str], results: Results, out: Path) -> list[str]:
+    return loss_tables(names, results["loss"]) if any(results["loss"]) else []
+
+
+def long_qa_report(names: list[str], results: Results, out: Path) -> list[str]:
+    """BookQA and MMLU in one table: the paper's long-task and short-task checks side by side."""
+    bookqa = results.get("bookqa") or [None] * len(names)
+    mmlu = results.get("mmlu") or [None] * len(names)
+    if not (any(bookqa) or any(mmlu)):
+        return []
+    lines = [
+        "## Long-book QA and MMLU",
+        "",
+        "| run | BookQA recall (paper's score) | BookQA F1 | MMLU 5-shot (macro) |",
+        "|---|---|---|---|",
+    ]
+    for name, b, m in zip(names, bookqa, mmlu):
+        lines.append(
+            f"| {name} | {_fmt(b and b['recall'], 1)} | {_fmt(b and b['f1'], 1)} | "
+            f"{_fmt(m and m['macro_accuracy'], 1)} |"
+        )
+    return [
+        *lines,
+        "",
+        "The paper: BookQA 27.4 (7B) / 31.1 (13B); MMLU 43.3 (7B) / 52.4 (13B).",
+        "",
+    ]
+
+
+def lm_eval_report(names: list[str], results: Results, out: Path) -> list[str]:
+    return lm_eval_table(names, results["lm-eval"]) if any(results["lm-eval"]) else []
 
 
 def task_summary(folder: Path) -> dict | None:
@@ -238,40 +271,46 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+RetentionPart = Callable[[dict, dict], str | None]
+
+
 def retention_lines(
-    names: list[str], losses: list[dict | None], mmlu: list[dict | None]
+    names: list[str], parts: list[tuple[RetentionPart, list[dict | None]]]
 ) -> list[str]:
-    """Short-context retention against the first run: 0–4K loss delta (all domains) and MMLU delta."""
-    short = (
-        losses[0].get("buckets", ["0-4K"])[0] if losses and losses[0] else "0-4K"
-    )  # the shortest-context bucket
-    base_loss = losses[0]["domains"]["all"].get(short) if losses and losses[0] else None
-    base_mmlu = mmlu[0]["macro_accuracy"] if mmlu and mmlu[0] else None
-    if base_loss is None and base_mmlu is None:
+    """Short-context retention against the first run: one line per other run, joining each
+    evaluation's part (``retention(base, other)``: e.g. the 0–4K loss delta, the MMLU delta)."""
+    # A baseline compared with itself tells whether it has anything to compare against.
+    if not any(s[0] and part(s[0], s[0]) is not None for part, s in parts):
         return []
     lines = [f"## Short-context retention (against {names[0]})", ""]
     for i, name in enumerate(names[1:], start=1):
-        parts = []
-        other = losses[i]["domains"]["all"].get(short) if losses[i] else None
-        if (
-            base_loss is not None
-            and other is not None
-            and losses[i].get("definition") == losses[0].get("definition")
-        ):
-            delta = other - base_loss
-            parts.append(
-                f"{short} loss {delta:+.3f}{' (significant)' if abs(delta) > SIGNIFICANT else ''}"
-            )
-        if base_mmlu is not None and mmlu[i]:
-            parts.append(f"MMLU {mmlu[i]['macro_accuracy'] - base_mmlu:+.1f} points")
-        if parts:
-            lines.append(f"- {name}: " + "; ".join(parts))
+        texts = [part(s[0], s[i]) for part, s in parts if s[0] and s[i]]
+        if texts := [t for t in texts if t is not None]:
+            lines.append(f"- {name}: " + "; ".join(texts))
     return [*lines, ""]
+
+
+def loss_retention(base: dict, other: dict) -> str | None:
+    """The loss delta at the shortest-context bucket, over all domains (same definitions only)."""
+    short = base.get("buckets", ["0-4K"])[0]
+    a, b = other["domains"]["all"].get(short), base["domains"]["all"].get(short)
+    if a is None or b is None or other.get("definition") != base.get("definition"):
+        return None
+    delta = a - b
+    return f"{short} loss {delta:+.3f}{' (significant)' if abs(delta) > SIGNIFICANT else ''}"
+
+
+def mmlu_retention(base: dict, other: dict) -> str | None:
+    if base.get("macro_accuracy") is None or other.get("macro_accuracy") is None:
+        return None
+    return f"MMLU {other['macro_accuracy'] - base['macro_accuracy']:+.1f} points"
 
 
 def needle_section(names: list[str], summaries: list[dict | None], out: Path) -> list[str]:
     """Generation-based retrieval first (each run's protocol headline), teacher forcing second with
     exact match beside token accuracy; a run stopped part way is shown with its missing cells."""
+    from .needle import METRICS, PROTOCOLS
+
     split = next((s["train_length"] for s in summaries if s and s.get("train_length")), None)
     within, beyond = (f"≤ {_k(split)}", f"> {_k(split)}") if split else ("≤ train", "> train")
     present = [(name, s) for name, s in zip(names, summaries) if s]
@@ -342,6 +381,8 @@ def needle_section(names: list[str], summaries: list[dict | None], out: Path) ->
 
 def _headline(summary: dict) -> str | None:
     """The summary's generation-based score (older summaries: the first generation score present)."""
+    from .needle import GENERATION_METRICS, headline_metric
+
     headline = summary.get("headline") or headline_metric(
         summary.get("protocol"), summary.get("mean", {})
     )

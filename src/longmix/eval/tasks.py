@@ -50,6 +50,7 @@ import numpy as np
 from ..settings import setting
 from .common import EvalError, ResultsFile, parse_grid
 from .registry import evaluation
+from .report import ruler_report, task_summary
 
 # ---------------------------------------------------------------------------- templates (RULER constants.py)
 
@@ -1111,6 +1112,9 @@ def check_ruler(config: TaskConfig, tokenizer: Any) -> None:
     describe=task_table,
     order=40,
     check=check_ruler,
+    report=ruler_report,
+    report_order=20,
+    load=task_summary,
 )
 def run_ruler(em: EvalModel, config: TaskConfig, out: Path, progress: bool = True) -> dict:
     """:func:`run_tasks` on the haystack text the settings name, or the RULER files of ``ruler_data``."""

@@ -46,8 +46,8 @@ class TrainConfig:
     )
     rope_scaling: str | None = setting(
         None,
-        choices=(None, "linear", "dynamic", "yarn"),
-        help="linear | dynamic | yarn (dynamic is frozen at seq_len)",
+        choices=("linear", "dynamic", "yarn"),
+        help="none | linear | dynamic | yarn (dynamic is frozen at seq_len)",
     )
     rope_factor: float = setting(1.0, help="factor of the scaling above")
     lr: float = setting(2e-5, help="the paper's constant learning rate")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..errors import InputNotFoundError
+from ..errors import InputNotFoundError, require_extra
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -29,6 +29,8 @@ def find_smollm2_gguf() -> Path:
 
 def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "bfloat16") -> Path:
     """Dequantize ``gguf_file`` and save model + tokenizer as a HF folder at ``out``."""
+    require_extra(("torch", "transformers"), "train", "longmix model import-gguf")
+    require_extra(("gguf", "accelerate"), "gguf", "longmix model import-gguf")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

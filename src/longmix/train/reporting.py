@@ -7,12 +7,13 @@ Importable without torch or either extra.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import uuid
 from pathlib import Path
 from typing import Any
+
+from .. import errors
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ def missing_extra(names: tuple[str, ...] | str) -> str | None:
     """A one-line problem when a chosen reporter's package is not installed, else None."""
     for name in parse_report_to(names) if isinstance(names, str) else names:
         module, extra = REPORTERS[name]
-        if importlib.util.find_spec(module) is None:
-            return f"{name} is not installed: pip install 'longmix[{extra}]' (or drop it from --report-to)"
+        if problem := errors.missing_extra(module, extra, f"--report-to {name}"):
+            return f"{problem} (or drop it from --report-to)"
     return None
 
 
@@ -67,6 +68,7 @@ class Reporter:
             return
         run_dir = Path(run_dir)
         if "tensorboard" in names:
+            errors.require_extra(*REPORTERS["tensorboard"], "--report-to tensorboard")
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
@@ -93,6 +95,7 @@ class Reporter:
 
 
 def _start_wandb(run_dir: Path, config: dict[str, Any]) -> Any:
+    errors.require_extra(*REPORTERS["wandb"], "--report-to wandb")
     import wandb
 
     # One wandb run per run folder: a resumed training continues the same curves.

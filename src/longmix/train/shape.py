@@ -15,6 +15,9 @@ def read_model_config(source: str | Path):
     Every way it can be unusable (missing, unreadable, not JSON, no ``model_type``) is one
     line naming the file, instead of transformers' traceback (or a Hub download attempt).
     """
+    from ..errors import require_extra
+
+    require_extra("transformers", "train", "reading a model's config.json")
     from transformers import AutoConfig
 
     path = Path(source)
