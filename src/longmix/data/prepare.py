@@ -326,7 +326,7 @@ def _prepare_locked(
             if rates:
                 chars = seen.setdefault("chars", _calibrated_chars(seen["first"], config.mixture))
                 by_stratum = {
-                    s: _document_sample(chars, seen["names"], r, config.mixture)
+                    s: document_sample(chars, seen["names"], r, config.mixture)
                     for s, r in rates.items()
                 }
                 samples = {i: by_stratum[units[i].stratum] for i in ids}
@@ -798,7 +798,7 @@ def _calibrated_chars(table: dict, mixture: MixtureConfig):
     )
 
 
-def _document_sample(chars, names: list[str], rates: np.ndarray, mixture: MixtureConfig):
+def document_sample(chars, names: list[str], rates: np.ndarray, mixture: MixtureConfig):
     """The sample of one stratum: each calibrated domain's short and long rates."""
     return DocumentSample(
         mixture.seed,

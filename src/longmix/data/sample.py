@@ -48,7 +48,11 @@ NOT_TOKENIZED_REASON = "not tokenized: outside the sample the budget needs"
 _DOCUMENT_SALT = 5
 # Chars-per-token spread assumed at least this wide (x or / this) around a domain's mean,
 # however uniform the calibration looked: a document inside it is always tokenized.
-MIN_BAND = 1.1
+MIN_BAND = 1.05
+# The band holds the calibration's per-document ratios between these quantiles: a document
+# outside it may still be misclassed, which costs precision, never correctness (it carries
+# the rate it was drawn at, and the exact plan checks the cells are covered).
+BAND_QUANTILES = (0.01, 0.99)
 # A cell's documents are sampled at a rate giving at least this many of them (in
 # expectation): the estimate of its tokens is then within a few percent (relative standard
 # error about cv / sqrt(n), cv of document lengths about 1), however small the budget.
@@ -257,8 +261,8 @@ def calibrate_chars(
     threshold: int,
 ) -> tuple[DomainChars, ...]:
     """Per domain: characters per token over the calibration, and the band of per-document
-    ratios among documents of at least a quarter of the threshold (short ones vary more and
-    are far from it), widened by :data:`MIN_BAND` on each side."""
+    ratios (:data:`BAND_QUANTILES`) among documents of at least a quarter of the threshold
+    (short ones vary more and are far from it), at least :data:`MIN_BAND` each side."""
     out = []
     for code, name in enumerate(names):
         mine = domains == code
@@ -269,7 +273,7 @@ def calibrate_chars(
         near = tokens >= threshold / 4
         if near.any():
             ratio = chars[near] / tokens[near] / mean
-            low, high = float(ratio.min()) / MIN_BAND, float(ratio.max()) * MIN_BAND
+            low, high = (float(q) for q in np.quantile(ratio, BAND_QUANTILES))
         else:  # no document near the threshold to measure: a wide band
             low, high = 1 / (2 * MIN_BAND), 2 * MIN_BAND
         out.append(DomainChars(name, mean, min(low, 1 / MIN_BAND), max(high, MIN_BAND)))
