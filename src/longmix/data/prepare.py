@@ -960,7 +960,8 @@ def load_document_table(tokenized: Path, shard_ids: list[int], chars: bool = Tru
 
     Columns are filled into arrays allocated once for all rows, and the domain labels come
     as codes straight from each file's Arrow dictionary: no Python object per document, so
-    memory is the arrays themselves (34 bytes a document; 42 with ``chars``).
+    memory is the arrays themselves: 21 bytes a document (uint64 key, int8 domain, int32
+    length, offset and shard where they fit; 4 more with ``chars``).
     """
     files = [tokenized / f"{shard_stem(i)}.docs.parquet" for i in shard_ids]
     # n_chars: absent from tables tokenized before it was recorded
@@ -968,15 +969,21 @@ def load_document_table(tokenized: Path, shard_ids: list[int], chars: bool = Tru
     with_chars = chars and all("n_chars" in names for names in schemas)
     # inclusion: only in shards whose documents were sampled (the others: every document)
     sampled = [("inclusion" in names) for names in schemas]
-    rows = [pq.read_metadata(f).num_rows for f in files]
+    metadata = [pq.read_metadata(f) for f in files]
+    rows = [m.num_rows for m in metadata]
     total = sum(rows)
+    # int32 where every value fits (a shard's offsets: its tokens; a document's length)
+    narrow = {
+        name: np.int32 if all(_fits_int32(m, name) for m in metadata) else np.int64
+        for name in ("n_tokens", "offset", "n_chars")
+    }
     table = {
         "doc_key": np.empty(total, np.uint64),
         "domains": np.empty(total, np.int16),
-        "n_tokens": np.empty(total, np.int64),
-        "offset": np.empty(total, np.int64),
+        "n_tokens": np.empty(total, narrow["n_tokens"]),
+        "offset": np.empty(total, narrow["offset"]),
         "shard": np.empty(total, np.int32),
-        **({"n_chars": np.empty(total, np.int64)} if with_chars else {}),
+        **({"n_chars": np.empty(total, narrow["n_chars"])} if with_chars else {}),
         **({"inclusion": np.ones(total, np.float64)} if any(sampled) else {}),
     }
     wanted = ["doc_key", "domain", "n_tokens", "offset", *(["n_chars"] if with_chars else [])]
@@ -1007,12 +1014,28 @@ def load_document_table(tokenized: Path, shard_ids: list[int], chars: bool = Tru
         at = stop
         del part
     names = sorted(codes)
-    remap = np.zeros(max(len(codes), 1), np.int16)
+    # int8 codes where the domains fit (SlimPajama has 7)
+    remap = np.zeros(max(len(codes), 1), np.int8 if len(codes) <= 127 else np.int16)
     for name, code in codes.items():
         remap[code] = names.index(name)
     table["domains"] = remap[table["domains"]] if total else table["domains"]
     table["names"] = names
     return table
+
+
+def _fits_int32(metadata: pq.FileMetaData, column: str) -> bool:
+    """Whether a column's values fit int32, from the file's statistics (unknown: no)."""
+    if metadata.num_rows == 0:
+        return True
+    names = metadata.schema.names
+    if column not in names:
+        return True  # not in this file: nothing to hold
+    index = names.index(column)
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max or not -(2**31) <= stats.min <= stats.max < 2**31:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------- stage 2
@@ -1051,7 +1074,6 @@ def plan_mixture(
     selection = select(
         plan, units["domains"], units["names"], lengths, units["rank_key"], mixture.seed, long
     )
-    ones = np.ones(len(table["n_tokens"]), dtype=np.int32)
     inverse = 1.0 / units["inclusion"] if "inclusion" in units else None
     return {
         # tokens per shard and cell: estimated for the whole shard, and tokenized
@@ -1062,7 +1084,7 @@ def plan_mixture(
         "selection": selection,
         "units": units,
         "before": mixture_stats(
-            table["domains"], table["names"], table["n_tokens"], ones, mixture.long_threshold
+            table["domains"], table["names"], table["n_tokens"], None, mixture.long_threshold
         ),
         "after": mixture_stats(
             units["domains"], units["names"], lengths, selection.repeats, mixture.long_threshold
