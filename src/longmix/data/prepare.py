@@ -72,6 +72,7 @@ from .sample import (
     ShardUnit,
     calibrate_chars,
     calibration_set,
+    cell_needs,
     needed_rates,
     sample_until_covered,
     sampling_of,
@@ -868,7 +869,12 @@ def dry_run(
         else needed_rates(current.targets, estimates, config.read_margin)
     )
     corpus = sum(estimates.values())
-    to_read = sum(rates[s] * e for s, e in estimates.items())
+    to_read = (
+        # documents sampled within the shards read: each cell's need of its own tokens
+        cell_needs(current.targets, estimates, config.read_margin) * corpus
+        if config.read != "all" and samples_documents(config.mixture)
+        else sum(rates[s] * e for s, e in estimates.items())
+    )
     per_core = _tokens_per_second(shards[calibration[0]], tokenizer, config)
     cores = [c for c in dict.fromkeys((workers, config.cores)) if c]
     rows = []
