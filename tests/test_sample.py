@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,16 @@ import longmix.data.prepare as prepare_module
 from longmix.data.mixture import MixtureConfig
 from longmix.data.prepare import PrepareConfig, prepare
 from longmix.data.sample import (
+    MIN_BAND,
+    DocumentSample,
+    DomainChars,
     Round,
     Sampling,
     ShardUnit,
+    calibrate_chars,
     calibration_set,
+    document_uniform,
+    document_uniforms,
     needed_rates,
     sample_until_covered,
 )
@@ -222,3 +229,64 @@ def test_a_short_first_round_is_extended_until_covered():
     assert sampling.rounds >= 2 and not sampling.complete
     assert sampling.covers(last.cells) and last.cells[1]["available_tokens"] >= 300
     assert len(tokenized) == len(set(tokenized)) == len(sampling.read)  # each shard once
+
+
+# ---------------------------------------------------------------- documents within shards
+
+
+def test_documents_within_shards_are_drawn_the_same_for_one_and_two_workers(
+    tmp_path, many_shards, word_tokenizer
+):
+    one = run(config(many_shards, word_tokenizer, tmp_path / "one", workers=1))
+    two = run(config(many_shards, word_tokenizer, tmp_path / "two", workers=2))
+    assert one["documents"]["not_tokenized"] > 0  # some parsed documents were left out
+    assert one["documents"] == two["documents"]
+    assert one["reading"]["document_rates"] == two["reading"]["document_rates"]
+    assert outputs(tmp_path / "one") == outputs(tmp_path / "two") != {}
+    # the plan still covers every cell from the documents tokenized
+    assert not one["plan"]["shortfalls"]
+    for cell in one["plan"]["cells"]:
+        assert cell["available_tokens"] >= cell["target_tokens"]
+    assert one["reading"]["share_tokenized"] < one["reading"]["share_read"] < 1
+
+
+def test_documents_parsed_are_tokenized_rejected_or_left_out(tmp_path, many_shards, word_tokenizer):
+    stats = run(config(many_shards, word_tokenizer, tmp_path / "out"))
+    docs = stats["documents"]
+    assert docs["parsed"] == docs["used"] + docs["rejected"] + docs["not_tokenized"]
+    # parsed: every line of the files of the shards read
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "out" / "tokenized").glob("*.json")]
+    files = [many_shards.parent / label for s in summaries for label in s["files"]]
+    assert docs["parsed"] == sum(len(f.read_text().splitlines()) for f in files)
+    assert stats["reading"]["not_tokenized_reason"].startswith("not tokenized")
+
+
+def test_a_document_whose_class_is_uncertain_is_always_tokenized():
+    chars = (DomainChars("web", 4.0, 0.8, 1.25),)
+    sample = DocumentSample(seed=0, threshold=1000, chars=chars, rates=((0.0, 0.0),))
+    assert sample.rate("web", 4000 * 0.8) == 0.0  # 800 tokens estimated: surely short
+    assert sample.rate("web", 4000 * 1.26) == 0.0  # surely long
+    for n_chars in (4000 * 0.81, 4000, 4000 * 1.24):  # could be either: drawn at rate 1
+        assert sample.rate("web", int(n_chars)) == 1.0
+        assert sample.includes(12345, sample.rate("web", int(n_chars)))
+    assert sample.rate("other", 10) == 1.0  # a domain the calibration never saw
+    # the per-document draw (tokenize) and the vectorised one agree
+    n_chars = np.array([100, 3300, 4000, 5100, 9000])
+    rates = sample.rates_of(np.zeros(5, np.int16), ["web"], n_chars)
+    assert rates.tolist() == [sample.rate("web", int(c)) for c in n_chars]
+    keys = np.array([1, 2, 3, 2**63 + 5], np.uint64)
+    assert document_uniforms(keys, 7).tolist() == [document_uniform(int(k), 7) for k in keys]
+
+
+def test_the_calibration_band_holds_nearly_every_ratio_it_saw():
+    rng = np.random.default_rng(0)
+    n_tokens = rng.integers(100, 2000, 1000)
+    n_chars = (n_tokens * 4.0 * np.exp(0.1 * rng.standard_normal(1000))).astype(np.int64)
+    domains = np.zeros(1000, np.int16)
+    (web,) = calibrate_chars(["web"], domains, n_tokens, n_chars, threshold=800)
+    assert web.chars_per_token == pytest.approx(n_chars.sum() / n_tokens.sum())
+    near = n_tokens >= 200
+    ratio = n_chars[near] / n_tokens[near] / web.chars_per_token
+    outside = (ratio < web.low) | (ratio > web.high)
+    assert 0 < outside.mean() <= 0.03  # the 1% tails on each side
+    assert web.low <= 1 / MIN_BAND and web.high >= MIN_BAND

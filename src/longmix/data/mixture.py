@@ -39,6 +39,14 @@ CHARS_PER_TOKEN = 3.68
 LENGTH_ESTIMATES = ("tokens", "chars")
 _SHORT_KEEP_SALT = 2  # the keep/drop draw of short documents is independent of the ranking
 _CHUNK_SALT = 3  # ranking keys of chunks made by cut:N
+# Rows per step of the passes over the whole table: temporaries stay this size, whatever
+# the number of documents.
+ROWS_PER_STEP = 1 << 16
+
+
+def row_steps(n: int) -> list[slice]:
+    """``[0, n)`` in slices of :data:`ROWS_PER_STEP` rows."""
+    return [slice(i, min(i + ROWS_PER_STEP, n)) for i in range(0, n, ROWS_PER_STEP)]
 
 
 class PlanError(LongmixError, ValueError):
@@ -636,14 +644,16 @@ def summarize(
     probability when only a sample was read), so the summary estimates the whole corpus.
     """
     long = lengths > threshold if long is None else long
-    cells = cell_codes(domains, long)
     size = 2 * len(names)
-    if weights is None:  # exact integers: bincount's float64 is exact below 2**53 tokens
-        tokens = np.bincount(cells, weights=lengths, minlength=size)
-        docs = np.bincount(cells, minlength=size)
-    else:
-        tokens = np.bincount(cells, weights=lengths * weights, minlength=size)
-        docs = np.bincount(cells, weights=weights, minlength=size)
+    tokens, docs = np.zeros(size), np.zeros(size)
+    for step in row_steps(len(lengths)):
+        cells = cell_codes(domains[step], long[step])
+        if weights is None:  # exact integers: bincount's float64 is exact below 2**53 tokens
+            tokens += np.bincount(cells, weights=lengths[step], minlength=size)
+            docs += np.bincount(cells, minlength=size)
+        else:
+            tokens += np.bincount(cells, weights=lengths[step] * weights[step], minlength=size)
+            docs += np.bincount(cells, weights=weights[step], minlength=size)
     tokens, docs = np.rint(tokens).astype(np.int64), np.rint(docs).astype(np.int64)
     return {
         name: DomainSummary(
@@ -771,25 +781,92 @@ def select(
         repeats, limited = _select_short_keep(plan, domains, names, lengths, keys, seed, long)
     else:
         repeats, limited = _select_to_targets(plan, domains, names, lengths, keys, seed, long)
+    size = 2 * len(names)
+    available, achieved = cell_tokens(domains, long, lengths, size, repeats)
+    most = np.zeros(size, np.int64)
+    for step in row_steps(len(lengths)):
+        np.maximum.at(most, cell_codes(domains[step], long[step]), repeats[step])
     cells = []
     for code, domain in enumerate(names):
-        for length_class, members in (("short", ~long), ("long", long)):
-            rows = np.flatnonzero((domains == code) & members)
-            available = int(lengths[rows].sum())
-            achieved = int((lengths[rows] * repeats[rows]).sum())
+        for c, length_class in enumerate(("short", "long")):
+            cell = 2 * code + c
             cells.append(
                 {
                     "domain": domain,
                     "class": length_class,
                     "target_tokens": round(plan.targets[domain][length_class]),
-                    "available_tokens": available,
-                    "selected_tokens": achieved,
-                    "repeat_factor": achieved / available if available else 0.0,
-                    "max_repeats": int(repeats[rows].max()) if len(rows) else 0,
+                    "available_tokens": int(available[cell]),
+                    "selected_tokens": int(achieved[cell]),
+                    "repeat_factor": achieved[cell] / available[cell] if available[cell] else 0.0,
+                    "max_repeats": int(most[cell]),
                     "limited": bool(limited.get((domain, length_class), False)),
                 }
             )
     return Selection(repeats, cells, shortfalls(cells, plan))
+
+
+def cell_tokens(
+    domains: np.ndarray,
+    long: np.ndarray,
+    lengths: np.ndarray,
+    size: int,
+    repeats: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell (2 x domain + long): its tokens, and its tokens x ``repeats`` (exact ints)."""
+    available, achieved = np.zeros(size, np.int64), np.zeros(size, np.int64)
+    for step in row_steps(len(lengths)):
+        cells = cell_codes(domains[step], long[step])
+        part = lengths[step].astype(np.int64)
+        available += np.bincount(cells, weights=part, minlength=size).astype(np.int64)
+        if repeats is not None:
+            achieved += np.bincount(cells, weights=part * repeats[step], minlength=size).astype(
+                np.int64
+            )
+    return available, achieved
+
+
+def _in_cell(domains: np.ndarray, long: np.ndarray, code: int, is_long: bool, step: slice):
+    """The rows of ``step`` in cell (code, is_long), as a mask of the step."""
+    return (domains[step] == code) & (long[step] if is_long else ~long[step])
+
+
+def ranked_prefix(
+    member: Callable[[slice], np.ndarray],
+    keys: np.ndarray,
+    lengths: np.ndarray,
+    seed: int,
+    rest: float,
+    available: int,
+) -> np.ndarray:
+    """The rows of a cell (``member(step)``: its mask in each step) taken in seeded-hash
+    order until ``rest`` tokens, the document that crosses it taken when that lands nearer.
+
+    Only the rows whose hash is under a cutoff are ranked: a prefix of the whole order
+    (ties break on row, as a stable sort of the cell's rows would), widened until it holds
+    ``rest`` tokens; a selection far smaller than its cell never sorts the cell.
+    """
+    share = min(1.0, 2.0 * rest / available + 1e-4) if available else 1.0
+    while True:
+        cutoff = None if share >= 1.0 else np.uint64(int(share * 2**64))
+        rows, hashes = [], []
+        for step in row_steps(len(lengths)):
+            index = np.flatnonzero(member(step)) + step.start
+            rank = seeded_hash(keys[index], seed)
+            if cutoff is not None:
+                keep = rank < cutoff
+                index, rank = index[keep], rank[keep]
+            rows.append(index)
+            hashes.append(rank)
+        found = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        if cutoff is None or int(lengths[found].sum()) >= rest:
+            break
+        share *= 4
+    order = found[np.argsort(np.concatenate(hashes), kind="stable")] if rows else found
+    cumulative = np.cumsum(lengths[order], dtype=np.int64)
+    take = int(np.searchsorted(cumulative, rest))  # cumulative[take] >= rest
+    if take < len(order) and cumulative[take] - rest < rest - (cumulative[take - 1] if take else 0):
+        take += 1  # including the crossing document lands nearer the target
+    return order[:take]
 
 
 def _select_to_targets(
@@ -805,11 +882,11 @@ def _select_to_targets(
     repeats = np.zeros(len(lengths), dtype=np.int32)
     cap = plan.max_repeats
     limited = {}
+    tokens, _ = cell_tokens(domains, long, lengths, 2 * len(names))
     for code, domain in enumerate(names):
-        for length_class, members in (("short", ~long), ("long", long)):
-            rows = np.flatnonzero((domains == code) & members)
+        for c, length_class in enumerate(("short", "long")):
             target = plan.targets[domain][length_class]
-            available = int(lengths[rows].sum())
+            available = int(tokens[2 * code + c])
             if not available or target <= 0:
                 limited[(domain, length_class)] = target >= 1  # wanted tokens, has none
                 continue
@@ -817,19 +894,16 @@ def _select_to_targets(
             if cap is not None and whole >= cap:
                 # a whole copy more than the cap allows is missing: take the cap, report the rest
                 limited[(domain, length_class)] = target - cap * available >= 1
-                repeats[rows] += cap
-                continue
-            rest = target - whole * available
-            # ranks of this cell only: no hash of the whole table held at once
-            order = rows[np.argsort(seeded_hash(keys[rows], seed), kind="stable")]
-            cumulative = np.cumsum(lengths[order])
-            take = int(np.searchsorted(cumulative, rest))  # cumulative[take] >= rest
-            if take < len(order) and cumulative[take] - rest < rest - (
-                cumulative[take - 1] if take else 0
-            ):
-                take += 1  # including the crossing document lands nearer the target
-            repeats[rows] += whole
-            repeats[order[:take]] += 1
+                whole, rest = cap, 0.0
+            else:
+                rest = target - whole * available
+            if whole:
+                for step in row_steps(len(lengths)):
+                    repeats[step][_in_cell(domains, long, code, bool(c), step)] += whole
+            if rest > 0:
+                # ranks of this cell only, and only of the rows its rest can reach
+                member = lambda step, code=code, c=c: _in_cell(domains, long, code, bool(c), step)  # noqa: E731
+                repeats[ranked_prefix(member, keys, lengths, seed, rest, available)] += 1
     return repeats, limited
 
 

@@ -52,9 +52,11 @@ def shuffled_pieces(
     The order key hashes (document id, repeat number), so the order depends on nothing
     but the ids and the seed; ties (never seen in practice) break on row.
     """
-    rows = np.repeat(np.arange(len(repeats), dtype=np.int64), repeats)
+    chosen = np.flatnonzero(repeats)  # the selected rows only: no temporary per document
+    counts = repeats[chosen].astype(np.int64)
+    rows = np.repeat(chosen, counts)
     # repeat number of each copy: position within its run of equal rows
-    starts = np.repeat(np.cumsum(repeats) - repeats, repeats)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
     copy = (np.arange(len(rows), dtype=np.int64) - starts).astype(np.int32)
     with np.errstate(over="ignore"):
         order_key = seeded_hash(

@@ -46,6 +46,7 @@ from ..units import format_count
 from .corpus import ReaderOptions, describe_files, discover_shards, normalize_domain
 from .executor import make_executor
 from .mixture import (
+    CHARS_PER_TOKEN,
     MixtureConfig,
     PlanError,
     cell_codes,
@@ -57,15 +58,21 @@ from .mixture import (
     make_plan,
     packing_units,
     select,
+    strategy_of,
     summarize,
 )
 from .pack import PartTask, compute_layout, shuffled_pieces, write_part
 from .sample import (
     NOT_READ_REASON,
+    NOT_TOKENIZED_REASON,
+    DocumentSample,
+    DomainChars,
     Round,
     Sampling,
     ShardUnit,
+    calibrate_chars,
     calibration_set,
+    cell_needs,
     needed_rates,
     sample_until_covered,
     sampling_of,
@@ -327,14 +334,34 @@ def _prepare_locked(
         plan_result = plan_mixture(table, config.mixture)
         sampling = sampling_of(units, {s.index for s in shards}, "all")
     else:
+        seen: dict = {}  # the calibration's chars per token, the latest round's domain names
 
-        def tokenize(ids: list[int]) -> None:
+        def tokenize(ids: list[int], rates: dict[str, np.ndarray] | None = None) -> None:
+            samples = None
+            if rates:
+                chars = seen.setdefault("chars", _calibrated_chars(seen["first"], config.mixture))
+                by_stratum = {
+                    s: document_sample(chars, seen["names"], r, config.mixture)
+                    for s, r in rates.items()
+                }
+                samples = {i: by_stratum[units[i].stratum] for i in ids}
             tokenize_all(
-                [shards[i] for i in ids], tokenized, tokenizer, config, executor, progress, log
+                [shards[i] for i in ids],
+                tokenized,
+                tokenizer,
+                config,
+                executor,
+                progress,
+                log,
+                samples,
             )
 
         def plan_on(read: set[int]) -> Round | None:
-            return _plan_round(read, shards, units, tokenized, config, executor.workers)
+            current = _plan_round(read, shards, units, tokenized, config, executor.workers)
+            if current is not None:
+                seen.setdefault("first", current.result[0])
+                seen["names"] = current.result[0]["names"]
+            return current
 
         calibration = (
             calibration_set(units, config.calibration, config.calibration_min, config.mixture.seed)
@@ -355,8 +382,16 @@ def _prepare_locked(
                 log,
             )
         sampling, current = sample_until_covered(
-            units, calibration, config.read_margin, config.mixture.seed, tokenize, plan_on, log
+            units,
+            calibration,
+            config.read_margin,
+            config.mixture.seed,
+            tokenize,
+            plan_on,
+            log,
+            documents=samples_documents(config.mixture),
         )
+        seen.clear()
         table, plan_result, summaries, counts = current.result
         if not sampling.complete:
             log(
@@ -453,7 +488,12 @@ def _prepare_locked(
     log(
         f"documents read {counts['read']} = used {counts['used']} + rejected {counts['rejected']}"
         + (
-            f"; about {counts['not_read']} not read (outside the sample)"
+            f"; {counts['not_tokenized']} more parsed, not tokenized (outside the sample)"
+            if counts["not_tokenized"]
+            else ""
+        )
+        + (
+            f"; about {counts['not_read']} not tokenized in all (outside the sample)"
             if counts["not_read"]
             else ""
         )
@@ -623,11 +663,19 @@ def tokenize_all(
     executor,
     progress: bool,
     log: Callable[[str], None],
+    samples: dict[int, DocumentSample] | None = None,
 ) -> list[dict]:
-    """Tokenize the shards not done yet; return every shard's summary in shard order."""
+    """Tokenize the shards not done yet (only the documents of ``samples[shard index]``
+    where given); return every shard's summary in shard order."""
     tasks = [
         TokenizeTask(
-            s, str(tokenized), tokenizer.path, tokenizer.vocab_size, config.reader, config.strict
+            s,
+            str(tokenized),
+            tokenizer.path,
+            tokenizer.vocab_size,
+            config.reader,
+            config.strict,
+            (samples or {}).get(s.index),
         )
         for s in shards
     ]
@@ -663,10 +711,15 @@ def _tokenize_job(job) -> dict:
     return tokenize_shard(*job)
 
 
-def _load_checked(tokenized: Path, shards, summaries: list[dict], config: PrepareConfig):
-    """The document table of the shards read, checked against their summaries; and the counts."""
+def _load_checked(
+    tokenized: Path, shards, summaries: list[dict], config: PrepareConfig, chars: bool = False
+):
+    """The document table of the shards read, checked against their summaries; and the counts
+    (``chars``: with character counts even where the plan does not need them)."""
     table = load_document_table(
-        tokenized, [s.index for s in shards], chars=config.mixture.length_estimate == "chars"
+        tokenized,
+        [s.index for s in shards],
+        chars=chars or config.mixture.length_estimate == "chars",
     )
     check_domains(config.mixture, table["names"])
     if config.mixture.length_estimate == "chars" and "n_chars" not in table:
@@ -674,12 +727,15 @@ def _load_checked(tokenized: Path, shards, summaries: list[dict], config: Prepar
             f"the tokenized shards in {tokenized} predate character counts, which --length-estimate "
             "chars needs: delete that folder to tokenize again, or use --length-estimate tokens"
         )
-    read = sum(s["documents_read"] for s in summaries)
+    parsed = sum(s["documents_read"] for s in summaries)
+    not_tokenized = sum(s.get("documents_not_tokenized", 0) for s in summaries)
+    read = parsed - not_tokenized  # tokenized: the documents the sample includes
     used = sum(s["documents_used"] for s in summaries)
     rejected = sum(s["documents_rejected"] for s in summaries)
     if read != used + rejected:
         raise PrepareError(
-            f"document accounting broke: read {read} != used {used} + rejected {rejected}"
+            f"document accounting broke: parsed {parsed} != used {used} + rejected {rejected} "
+            f"+ not tokenized {not_tokenized}"
         )
     if not sum(s["tokens"] for s in summaries):
         raise PrepareError(explain_no_documents(summaries))
@@ -687,7 +743,14 @@ def _load_checked(tokenized: Path, shards, summaries: list[dict], config: Prepar
         raise PrepareError(
             f"document table has {len(table['n_tokens'])} rows but shards report {used} documents"
         )
-    return table, {"read": read, "used": used, "rejected": rejected, "not_read": 0}
+    return table, {
+        "read": read,
+        "used": used,
+        "rejected": rejected,
+        "parsed": parsed,
+        "not_tokenized": not_tokenized,
+        "not_read": 0,
+    }
 
 
 def _plan_round(
@@ -705,7 +768,9 @@ def _plan_round(
     complete = len(read) == len(shards)
     if not complete and not sum(s["tokens"] for s in summaries):
         return None
-    table, counts = _load_checked(tokenized, chosen, summaries, config)
+    # the calibration's characters tell each document's class before it is tokenized
+    calibrating = not complete and samples_documents(config.mixture)
+    table, counts = _load_checked(tokenized, chosen, summaries, config, chars=calibrating)
     weights = None if complete else shard_weights(units, read)
     plan_result = plan_mixture(table, config.mixture, shard_weights=weights, n_shards=len(shards))
     if weights is not None:
@@ -713,7 +778,7 @@ def _plan_round(
         extra = sum(
             s["documents_read"] * (by_stratum[units[s["shard"]].stratum] - 1) for s in summaries
         )
-        counts["not_read"] = round(extra)
+        counts["not_read"] = round(extra) + counts["not_tokenized"]
     targets = plan_result["plan"].targets
     return Round(
         np.array(
@@ -722,6 +787,46 @@ def _plan_round(
         plan_result["selection"].cells,
         plan_result["shard_cells"],
         (table, plan_result, summaries, counts),
+        np.array(
+            [[s.short_docs, s.long_docs] for s in plan_result["summary"].values()], np.float64
+        ),
+    )
+
+
+def samples_documents(mixture: MixtureConfig) -> bool:
+    """Whether documents within shards may be sampled: the selection's rows are whole
+    documents and each (domain, class) cell is filled on its own (cut/truncate make rows
+    of parts, and --short-keep's one pass sees the domain's documents together)."""
+    strategy, _ = strategy_of(mixture.strategy)
+    return strategy.reshape is None and effective_short_keep(mixture) is None
+
+
+def _calibrated_chars(table: dict, mixture: MixtureConfig):
+    """Chars per token per domain from the calibration's table (exactly /3.68 with
+    ``--length-estimate chars``, which classes documents by that alone)."""
+    if mixture.length_estimate == "chars":
+        return tuple(DomainChars(name, CHARS_PER_TOKEN, 1.0, 1.0) for name in table["names"])
+    return calibrate_chars(
+        table["names"],
+        table["domains"],
+        table["n_tokens"],
+        table["n_chars"],
+        mixture.long_threshold,
+    )
+
+
+def document_sample(chars, names: list[str], rates: np.ndarray, mixture: MixtureConfig):
+    """The sample of one stratum: each calibrated domain's short and long rates."""
+    return DocumentSample(
+        mixture.seed,
+        mixture.long_threshold,
+        chars,
+        tuple(
+            (float(rates[names.index(c.name), 0]), float(rates[names.index(c.name), 1]))
+            if c.name in names
+            else (1.0, 1.0)
+            for c in chars
+        ),
     )
 
 
@@ -735,14 +840,18 @@ def reading_record(
     if cells is not None and not sampling.complete:
         read = set(sampling.read)
         estimates = sum(stratum_estimates(units, read, cells).values())
-        held = cells.sum(axis=0)
+        held = plan_result["shard_tokens"].sum(axis=0)
         record["share_read_by_domain"] = {
             name: float(held[i].sum() / estimates[i].sum()) if estimates[i].sum() else 1.0
             for i, name in enumerate(names)
         }
+        record["share_tokenized"] = float(held.sum() / estimates.sum()) if estimates.sum() else 1.0
         record["not_read_reason"] = NOT_READ_REASON
+        if sampling.document_rates:
+            record["not_tokenized_reason"] = NOT_TOKENIZED_REASON
     else:
         record["share_read_by_domain"] = {name: 1.0 for name in names}
+        record["share_tokenized"] = 1.0
     return record
 
 
@@ -776,7 +885,12 @@ def dry_run(
         else needed_rates(current.targets, estimates, config.read_margin)
     )
     corpus = sum(estimates.values())
-    to_read = sum(rates[s] * e for s, e in estimates.items())
+    to_read = (
+        # documents sampled within the shards read: each cell's need of its own tokens
+        cell_needs(current.targets, estimates, config.read_margin) * corpus
+        if config.read != "all" and samples_documents(config.mixture)
+        else sum(rates[s] * e for s, e in estimates.items())
+    )
     per_core = _tokens_per_second(shards[calibration[0]], tokenizer, config)
     cores = [c for c in dict.fromkeys((workers, config.cores)) if c]
     rows = []
@@ -868,26 +982,43 @@ def load_document_table(tokenized: Path, shard_ids: list[int], chars: bool = Tru
 
     Columns are filled into arrays allocated once for all rows, and the domain labels come
     as codes straight from each file's Arrow dictionary: no Python object per document, so
-    memory is the arrays themselves (34 bytes a document; 42 with ``chars``).
+    memory is the arrays themselves: 21 bytes a document (uint64 key, int8 domain, int32
+    length, offset and shard where they fit; 4 more with ``chars``).
     """
     files = [tokenized / f"{shard_stem(i)}.docs.parquet" for i in shard_ids]
     # n_chars: absent from tables tokenized before it was recorded
-    with_chars = chars and all("n_chars" in pq.read_schema(f).names for f in files)
-    rows = [pq.read_metadata(f).num_rows for f in files]
+    schemas = [pq.read_schema(f).names for f in files]
+    with_chars = chars and all("n_chars" in names for names in schemas)
+    # inclusion: only in shards whose documents were sampled (the others: every document)
+    sampled = [("inclusion" in names) for names in schemas]
+    metadata = [pq.read_metadata(f) for f in files]
+    rows = [m.num_rows for m in metadata]
     total = sum(rows)
+    # int32 where every value fits (a shard's offsets: its tokens; a document's length)
+    narrow = {
+        name: np.int32 if all(_fits_int32(m, name) for m in metadata) else np.int64
+        for name in ("n_tokens", "offset", "n_chars")
+    }
     table = {
         "doc_key": np.empty(total, np.uint64),
         "domains": np.empty(total, np.int16),
-        "n_tokens": np.empty(total, np.int64),
-        "offset": np.empty(total, np.int64),
+        "n_tokens": np.empty(total, narrow["n_tokens"]),
+        "offset": np.empty(total, narrow["offset"]),
         "shard": np.empty(total, np.int32),
-        **({"n_chars": np.empty(total, np.int64)} if with_chars else {}),
+        **({"n_chars": np.empty(total, narrow["n_chars"])} if with_chars else {}),
+        **({"inclusion": np.ones(total, np.float64)} if any(sampled) else {}),
     }
     wanted = ["doc_key", "domain", "n_tokens", "offset", *(["n_chars"] if with_chars else [])]
     codes: dict[str, int] = {}  # in order of first appearance; sorted at the end
     at = 0
-    for shard, path, n in zip(shard_ids, files, rows):
-        part = pq.read_table(path, columns=wanted, read_dictionary=["domain"])
+    for shard, path, n, has_rates in zip(shard_ids, files, rows, sampled):
+        part = pq.read_table(
+            path,
+            columns=[*wanted, *(["inclusion"] if has_rates else [])],
+            read_dictionary=["domain"],
+        )
+        if has_rates:
+            table["inclusion"][at : at + n] = part.column("inclusion").to_numpy()
         stop = at + n
         for name, column in (
             ("doc_key", "doc_key"),
@@ -905,12 +1036,28 @@ def load_document_table(tokenized: Path, shard_ids: list[int], chars: bool = Tru
         at = stop
         del part
     names = sorted(codes)
-    remap = np.zeros(max(len(codes), 1), np.int16)
+    # int8 codes where the domains fit (SlimPajama has 7)
+    remap = np.zeros(max(len(codes), 1), np.int8 if len(codes) <= 127 else np.int16)
     for name, code in codes.items():
         remap[code] = names.index(name)
     table["domains"] = remap[table["domains"]] if total else table["domains"]
     table["names"] = names
     return table
+
+
+def _fits_int32(metadata: pq.FileMetaData, column: str) -> bool:
+    """Whether a column's values fit int32, from the file's statistics (unknown: no)."""
+    if metadata.num_rows == 0:
+        return True
+    names = metadata.schema.names
+    if column not in names:
+        return True  # not in this file: nothing to hold
+    index = names.index(column)
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max or not -(2**31) <= stats.min <= stats.max < 2**31:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------- stage 2
@@ -939,6 +1086,8 @@ def plan_mixture(
     # Only a sample read: weight each unit by its shard's inverse inclusion probability, so the
     # plan aims at the whole corpus' domain and long shares; selection is among the sample.
     weights = None if shard_weights is None else shard_weights[units["shard"]]
+    if weights is not None and "inclusion" in units:  # documents sampled within their shards
+        weights = weights / units["inclusion"]
     summary = summarize(
         units["domains"], units["names"], lengths, mixture.long_threshold, long, weights
     )
@@ -947,14 +1096,17 @@ def plan_mixture(
     selection = select(
         plan, units["domains"], units["names"], lengths, units["rank_key"], mixture.seed, long
     )
-    ones = np.ones(len(table["n_tokens"]), dtype=np.int32)
+    inverse = 1.0 / units["inclusion"] if "inclusion" in units else None
     return {
-        "shard_cells": None if n_shards is None else shard_cells(units, long, n_shards),
+        # tokens per shard and cell: estimated for the whole shard, and tokenized
+        "shard_cells": None if n_shards is None else shard_cells(units, long, n_shards, inverse),
+        "shard_tokens": None if n_shards is None else shard_cells(units, long, n_shards),
         "plan": plan,
+        "summary": summary,  # per domain and class: tokens and documents (estimated)
         "selection": selection,
         "units": units,
         "before": mixture_stats(
-            table["domains"], table["names"], table["n_tokens"], ones, mixture.long_threshold
+            table["domains"], table["names"], table["n_tokens"], None, mixture.long_threshold
         ),
         "after": mixture_stats(
             units["domains"], units["names"], lengths, selection.repeats, mixture.long_threshold
@@ -962,11 +1114,15 @@ def plan_mixture(
     }
 
 
-def shard_cells(units: dict, long: np.ndarray, n_shards: int) -> np.ndarray:
-    """Tokens per shard, domain and length class (``[shard, domain, class]``)."""
+def shard_cells(
+    units: dict, long: np.ndarray, n_shards: int, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Tokens per shard, domain and length class (``[shard, domain, class]``), each unit
+    counted ``weights`` times (1 / its inclusion rate: the shard's whole tokens)."""
     n_domains = len(units["names"])
     codes = units["shard"].astype(np.int64) * (2 * n_domains) + cell_codes(units["domains"], long)
-    counts = np.bincount(codes, weights=units["n_tokens"], minlength=n_shards * 2 * n_domains)
+    tokens = units["n_tokens"] if weights is None else units["n_tokens"] * weights
+    counts = np.bincount(codes, weights=tokens, minlength=n_shards * 2 * n_domains)
     return counts.reshape(n_shards, n_domains, 2)
 
 

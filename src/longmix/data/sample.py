@@ -16,6 +16,15 @@ that order: a larger sample contains a smaller one, and a rerun reuses what is t
    again on the exact lengths. A cell that still falls short extends the sample
    (:func:`sample_until_covered`, at most :data:`MAX_ROUNDS` rounds, the last reading all).
 
+**Documents within shards** (``documents=True``): reading a shard (decompress, parse) is
+far cheaper than tokenizing it, so a shard read need not be tokenized whole. Each
+document's (domain, length class) cell is told from its characters (chars per token of
+its domain, measured on the calibration) and it is tokenized when a seeded hash of its
+key falls under its cell's rate (:class:`DocumentSample`); a document near the threshold,
+whose class the characters cannot tell, is always tokenized. A stratum is then read at
+the largest need of its cells and each cell tokenized at its need over that rate, and
+every document tokenized weighs 1 / (its shard's and its own inclusion rate).
+
 Pure functions over shard names, sizes and per-shard token counts; no tokenizer here.
 """
 
@@ -34,6 +43,21 @@ MAX_ROUNDS = 8
 # save little and the exact plan on the whole corpus is the simpler answer.
 READ_ALL_ABOVE = 0.5
 NOT_READ_REASON = "not read: outside the sample the budget needs"
+NOT_TOKENIZED_REASON = "not tokenized: outside the sample the budget needs"
+# The document draw is independent of the selection's and the shuffle's hashes.
+_DOCUMENT_SALT = 5
+# Chars-per-token spread assumed at least this wide (x or / this) around a domain's mean,
+# however uniform the calibration looked: a document inside it is always tokenized.
+MIN_BAND = 1.05
+# The band holds the calibration's per-document ratios between these quantiles: a document
+# outside it may still be misclassed, which costs precision, never correctness (it carries
+# the rate it was drawn at, and the exact plan checks the cells are covered).
+BAND_QUANTILES = (0.01, 0.99)
+# A cell's documents are sampled at a rate giving at least this many of them (in
+# expectation): the estimate of its tokens is then within a few percent (relative standard
+# error about cv / sqrt(n), cv of document lengths about 1), however small the budget.
+MIN_CELL_DOCUMENTS = 200
+_MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -162,6 +186,135 @@ def needed_rates(
     }
 
 
+def document_uniform(key: int, seed: int) -> float:
+    """``seeded_uniform`` of one key in plain Python (the tokenize loop's per-document draw)."""
+    x = key ^ ((seed * 0x9E3779B97F4A7C15 + _DOCUMENT_SALT * 0xD1B54A32D192ED03) & _MASK64)
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return ((x ^ (x >> 31)) >> 11) / float(1 << 53)
+
+
+def document_uniforms(keys: np.ndarray, seed: int) -> np.ndarray:
+    """:func:`document_uniform` of many keys at once (the same numbers)."""
+    from .mixture import seeded_uniform
+
+    return seeded_uniform(keys, seed, _DOCUMENT_SALT)
+
+
+@dataclass(frozen=True)
+class DomainChars:
+    """A domain's characters per token (calibrated) and the band of ratios it was seen in."""
+
+    name: str
+    chars_per_token: float
+    low: float  # tokens = chars / (chars_per_token x r) for some r within [low, high]
+    high: float
+
+
+@dataclass(frozen=True)
+class DocumentSample:
+    """Which documents of a shard are tokenized (picklable; part of the shard's fingerprint).
+
+    ``rates``: per domain (same order as ``chars``) the inclusion rate of short and long
+    documents. A domain not listed is tokenized whole.
+    """
+
+    seed: int
+    threshold: int
+    chars: tuple[DomainChars, ...]
+    rates: tuple[tuple[float, float], ...]
+
+    def rate(self, domain: str, n_chars: int) -> float:
+        """The inclusion rate of a document of ``domain`` with ``n_chars`` characters."""
+        for entry, (short, long) in zip(self.chars, self.rates):
+            if entry.name == domain:
+                estimate = n_chars / entry.chars_per_token
+                if estimate > self.threshold * entry.high:
+                    return long
+                if estimate <= self.threshold * entry.low:
+                    return short
+                return 1.0  # near the threshold: its class is uncertain
+        return 1.0
+
+    def rates_of(self, domains: np.ndarray, names: Sequence[str], n_chars: np.ndarray):
+        """:meth:`rate` of many documents (domain codes into ``names``) at once."""
+        out = np.ones(len(n_chars), dtype=np.float64)
+        for entry, (short, long) in zip(self.chars, self.rates):
+            if entry.name not in names:
+                continue
+            mine = domains == names.index(entry.name)
+            estimate = n_chars / entry.chars_per_token
+            out[mine & (estimate > self.threshold * entry.high)] = long
+            out[mine & (estimate <= self.threshold * entry.low)] = short
+        return out
+
+    def includes(self, key: int, rate: float) -> bool:
+        return rate >= 1.0 or document_uniform(key, self.seed) < rate
+
+
+def calibrate_chars(
+    names: Sequence[str],
+    domains: np.ndarray,
+    n_tokens: np.ndarray,
+    n_chars: np.ndarray,
+    threshold: int,
+) -> tuple[DomainChars, ...]:
+    """Per domain: characters per token over the calibration, and the band of per-document
+    ratios (:data:`BAND_QUANTILES`) among documents of at least a quarter of the threshold
+    (short ones vary more and are far from it), at least :data:`MIN_BAND` each side."""
+    out = []
+    for code, name in enumerate(names):
+        mine = domains == code
+        tokens, chars = n_tokens[mine], n_chars[mine]
+        if not tokens.sum():
+            continue
+        mean = float(chars.sum() / tokens.sum())
+        near = tokens >= threshold / 4
+        if near.any():
+            ratio = chars[near] / tokens[near] / mean
+            low, high = (float(q) for q in np.quantile(ratio, BAND_QUANTILES))
+        else:  # no document near the threshold to measure: a wide band
+            low, high = 1 / (2 * MIN_BAND), 2 * MIN_BAND
+        out.append(DomainChars(name, mean, min(low, 1 / MIN_BAND), max(high, MIN_BAND)))
+    return tuple(out)
+
+
+def cell_needs(targets: np.ndarray, estimates: dict[str, np.ndarray], margin: float) -> np.ndarray:
+    """Per cell, the share of its corpus tokens to tokenize: ``margin x target / tokens``."""
+    totals = sum(estimates.values()) if estimates else np.zeros_like(targets)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.minimum(1.0, np.where(totals > 0, margin * targets / totals, 0.0))
+
+
+def document_rates(
+    need: np.ndarray, shard_rates: dict[str, float], documents: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Per stratum and cell, the documents' rate so that shard rate x it reaches the need;
+    and, given the cells' ``documents`` in the corpus, at least :data:`MIN_CELL_DOCUMENTS`
+    of each cell that has a target in expectation (the floor never raises a shard rate)."""
+    if documents is not None:
+        with np.errstate(divide="ignore"):
+            floor = np.where(documents > 0, MIN_CELL_DOCUMENTS / documents, 0.0)
+        need = np.where(need > 0, np.maximum(need, floor), need)
+    out = {}
+    for stratum, rate in shard_rates.items():
+        out[stratum] = np.minimum(1.0, need / rate) if rate > 0 else np.ones_like(need)
+    return out
+
+
+def expected_share(
+    estimates: dict[str, np.ndarray], shard_rates: dict[str, float], doc_rates: dict
+) -> float:
+    """The share of the corpus' tokens the rates tokenize, in expectation."""
+    total = sum(float(e.sum()) for e in estimates.values())
+    held = sum(
+        shard_rates.get(s, 0.0) * float((doc_rates.get(s, 1.0) * e).sum())
+        for s, e in estimates.items()
+    )
+    return held / total if total else 1.0
+
+
 @dataclass
 class Round:
     """What one exact plan on the shards read says (returned by the caller's planner)."""
@@ -170,6 +323,7 @@ class Round:
     cells: list[dict]  # the selection's cells (target, available, limited)
     shard_cells: np.ndarray  # [shard, domain, class] tokens read
     result: object = None  # the caller's plan, handed back unchanged
+    documents: np.ndarray | None = None  # [domain, class] documents in the corpus (estimated)
 
 
 @dataclass
@@ -184,6 +338,8 @@ class Sampling:
     rounds: int = 0
     bytes_read: int = 0
     bytes_total: int = 0
+    # per stratum, [domain, class] share of the documents of the shards read tokenized
+    document_rates: dict[str, list] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -213,11 +369,17 @@ class Sampling:
             "share_read_by_stratum": dict(self.rates),
             "share_read_by_domain": dict(read_share or {}),
             "rounds": self.rounds,
+            **({"document_rates": dict(self.document_rates)} if self.document_rates else {}),
         }
 
 
 def sampling_of(
-    units: Sequence[ShardUnit], read: set[int], mode: str, calibration=(), rounds: int = 0
+    units: Sequence[ShardUnit],
+    read: set[int],
+    mode: str,
+    calibration=(),
+    rounds: int = 0,
+    doc_rates: dict[str, np.ndarray] | None = None,
 ) -> Sampling:
     """The record of a read set: per stratum the share of its bytes read."""
     total: dict[str, int] = {}
@@ -234,6 +396,7 @@ def sampling_of(
         rounds,
         sum(held.values()),
         sum(total.values()),
+        {s: np.asarray(r).tolist() for s, r in sorted((doc_rates or {}).items())},
     )
 
 
@@ -257,52 +420,111 @@ def sample_until_covered(
     calibration: Sequence[int],
     margin: float,
     seed: int,
-    tokenize: Callable[[list[int]], None],
+    tokenize: Callable[..., None],
     plan_on: Callable[[set[int]], Round],
     log: Callable[[str], None] = lambda message: None,
+    documents: bool = False,
 ) -> tuple[Sampling, Round]:
     """Tokenize the calibration, then rounds of (choose, tokenize, plan exactly) until the
     selection on the shards read covers every cell; the last round reads everything.
 
-    Each round only adds shards, and shards already tokenized are reused (``tokenize`` skips
-    them), so a run killed mid-round resumes where it stopped.
+    Each round only adds shards (and raises document rates), and shards already tokenized
+    at their rates are reused (``tokenize`` skips them), so a run killed mid-round resumes
+    where it stopped. With ``documents``, ``tokenize(ids, rates)`` gets per stratum the
+    [domain, class] rates of the documents to tokenize (None: all of them); the calibration
+    shards are always tokenized whole.
     """
     everything = {u.index for u in units}
+    calibrated = set(calibration)
     read = set(calibration)
-    tokenize(sorted(read))
+
+    def run(ids: set[int], rates: dict | None) -> None:
+        if documents:
+            tokenize(sorted(ids - calibrated), rates)
+        else:
+            tokenize(sorted(ids - read))
+
+    if documents:
+        tokenize(sorted(read), None)
+    else:
+        tokenize(sorted(read))
     current = plan_on(read)
     rounds = 0
     rates: dict[str, float] = {}
+    doc_rates: dict[str, np.ndarray] = {}
     while read != everything:
         record = sampling_of(units, read, "auto", calibration, rounds)
         if current is not None and rounds and record.covers(current.cells):
             break
         rounds += 1
         if current is None:  # the shards read hold no usable document: nothing to go on
-            tokenize(sorted(everything - read))
+            doc_rates = {}
+            run(everything, None)
             read = everything
             current = plan_on(read)
             break
         estimates = stratum_estimates(units, read, current.shard_cells)
-        wanted = needed_rates(current.targets, estimates, margin)
-        for stratum, est in estimates.items():  # a cell still short: at least double its strata
-            for cell in current.cells:
-                if _short(cell) and _holds(est, cell, current):
-                    wanted[stratum] = min(1.0, max(wanted[stratum], 2 * record.rates[stratum]))
+        if documents:
+            need = _document_needs(current, estimates, record, doc_rates, margin)
+            wanted = {s: float(need[e > 0].max(initial=0.0)) for s, e in estimates.items()}
+        else:
+            wanted = needed_rates(current.targets, estimates, margin)
+            for stratum, est in estimates.items():  # a cell still short: at least double its strata
+                for cell in current.cells:
+                    if _short(cell) and _holds(est, cell, current):
+                        wanted[stratum] = min(1.0, max(wanted[stratum], 2 * record.rates[stratum]))
         rates = {s: max(wanted.get(s, 0.0), rates.get(s, 0.0)) for s in estimates}
+        changed = False
+        if documents:
+            fresh = document_rates(need, rates, current.documents)
+            merged = {
+                s: np.maximum(r, doc_rates[s])
+                if s in doc_rates and doc_rates[s].shape == r.shape
+                else r
+                for s, r in fresh.items()
+            }
+            changed = any(
+                s not in doc_rates or not np.array_equal(merged[s], doc_rates[s]) for s in merged
+            )
+            doc_rates = merged
         more = choose(units, rates, seed, read)
-        if more == read and record.covers(current.cells):
+        if more == read and not changed and record.covers(current.cells):
             break  # the calibration already covers the margin the targets need
-        if rounds >= MAX_ROUNDS or share_of(units, more) > READ_ALL_ABOVE or more == read:
-            more = everything
+        share = expected_share(estimates, rates, doc_rates) if documents else share_of(units, more)
+        if rounds >= MAX_ROUNDS or share > READ_ALL_ABOVE or (more == read and not changed):
+            more, doc_rates = everything, {}
         log(
             f"read round {rounds}: {len(more)} of {len(units)} shards "
-            f"({share_of(units, more):.2%} of the corpus' bytes)"
+            f"({share_of(units, more):.2%} of the corpus' bytes"
+            + (f", about {share:.2%} of its tokens tokenized)" if doc_rates else ")")
         )
-        tokenize(sorted(more - read))
+        run(more, doc_rates or None)
         read = more
         current = plan_on(read)
-    return sampling_of(units, read, "auto", calibration, rounds), current
+    return sampling_of(units, read, "auto", calibration, rounds, doc_rates), current
+
+
+def _document_needs(
+    current: Round,
+    estimates: dict[str, np.ndarray],
+    record: Sampling,
+    doc_rates: dict[str, np.ndarray],
+    margin: float,
+) -> np.ndarray:
+    """Per cell the share of its tokens to tokenize; a cell still short gets at least twice
+    the largest share any stratum tokenized of it."""
+    need = cell_needs(current.targets, estimates, margin)
+    flat = need.reshape(-1)
+    for index, cell in enumerate(current.cells):
+        if _short(cell):
+            had = max(
+                record.rates[s] * float(np.asarray(doc_rates.get(s, 1.0)).reshape(-1)[index])
+                if s in doc_rates and doc_rates[s].size == flat.size
+                else record.rates[s]
+                for s in estimates
+            )
+            flat[index] = min(1.0, max(flat[index], 2 * had))
+    return need
 
 
 def _short(cell: dict) -> bool:

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..fsutil import atomic_write
 from ..units import format_count
+from .mixture import row_steps
 
 PERCENTILES = (25, 50, 75, 90, 99)
 # Length buckets of the report (tokens per document): <4K, 4-32K, 32-128K, >128K
@@ -16,54 +17,76 @@ BUCKET_NAMES = ("<4K", "4K-32K", "32K-128K", ">128K")
 
 
 def mixture_stats(
-    domains: np.ndarray, names: list[str], lengths: np.ndarray, copies: np.ndarray, threshold: int
+    domains: np.ndarray,
+    names: list[str],
+    lengths: np.ndarray,
+    copies: np.ndarray | None,
+    threshold: int,
 ) -> dict:
-    """Per-domain table of a mixture where document i appears ``copies[i]`` times.
+    """Per-domain table of a mixture where document i appears ``copies[i]`` times (None:
+    once each).
 
     Returns ``{"total": {...}, "domains": {name: {...}}}`` with documents, tokens, token
     share, long share (tokens in documents longer than ``threshold``), document-length
     percentiles, token share per length bucket, and repeat counts.
     """
-    total_tokens = int((lengths * copies).sum())
-    table = {}
-    for code, name in enumerate([*names, None]):
-        if name is None:  # the whole table: no copy of its columns
-            table["total"] = _row(lengths, copies, threshold, total_tokens)
-            continue
+    total_tokens = _token_sums(lengths, copies, threshold)[0]
+    table = {"total": _row(lengths, copies, threshold, total_tokens)}  # no copy of the columns
+    for code, name in enumerate(names):
         members = domains == code
-        table[name] = _row(lengths[members], copies[members], threshold, total_tokens)
+        mine = None if copies is None else copies[members]
+        table[name] = _row(lengths[members], mine, threshold, total_tokens)
     return {"total": table.pop("total"), "domains": table}
 
 
-def _row(lengths: np.ndarray, copies: np.ndarray, threshold: int, total_tokens: int) -> dict:
-    tokens = lengths.astype(np.int64) * copies
-    n_tokens = int(tokens.sum())
-    chosen = copies > 0
-    # side="left": a document of exactly 4,096 tokens is not "longer than 4K".
-    bucket = np.searchsorted(np.asarray(BUCKET_EDGES), lengths, side="left")
-    row = {
-        "documents": int(copies.sum()),
-        "unique_documents": int(chosen.sum()),
+def _token_sums(lengths: np.ndarray, copies: np.ndarray | None, threshold: int):
+    """Tokens (x copies), those of long documents, and per length bucket: exact ints, in
+    steps of rows so no whole-table temporary is made."""
+    total, long = 0, 0
+    buckets = np.zeros(len(BUCKET_NAMES), np.int64)
+    edges = np.asarray(BUCKET_EDGES)
+    for step in row_steps(len(lengths)):
+        part = lengths[step]
+        tokens = part.astype(np.int64) if copies is None else part.astype(np.int64) * copies[step]
+        total += int(tokens.sum())
+        long += int(tokens[part > threshold].sum())
+        # side="left": a document of exactly 4,096 tokens is not "longer than 4K".
+        bucket = np.searchsorted(edges, part, side="left")
+        buckets += np.bincount(bucket, weights=tokens, minlength=len(BUCKET_NAMES)).astype(np.int64)
+    return total, long, buckets
+
+
+def _row(lengths: np.ndarray, copies: np.ndarray | None, threshold: int, total_tokens: int) -> dict:
+    n_tokens, long, buckets = _token_sums(lengths, copies, threshold)
+    if copies is None:
+        documents = unique = len(lengths)
+        most, mean = (1, 1.0) if len(lengths) else (0, 0.0)
+    else:
+        documents = int(copies.sum())
+        unique = int(np.count_nonzero(copies))
+        most = int(copies.max()) if len(copies) else 0
+        mean = documents / unique if unique else 0.0
+    return {
+        "documents": documents,
+        "unique_documents": unique,
         "tokens": n_tokens,
         "share": n_tokens / total_tokens if total_tokens else 0.0,
-        "long_share": float(tokens[lengths > threshold].sum() / n_tokens) if n_tokens else 0.0,
+        "long_share": float(long / n_tokens) if n_tokens else 0.0,
         "buckets": {
-            name: float(tokens[bucket == i].sum() / n_tokens) if n_tokens else 0.0
+            name: float(buckets[i] / n_tokens) if n_tokens else 0.0
             for i, name in enumerate(BUCKET_NAMES)
         },
         "percentiles": _weighted_percentiles(lengths, copies),
-        "max_repeats": int(copies.max()) if len(copies) else 0,
-        "mean_repeats": float(copies[chosen].mean()) if chosen.any() else 0.0,
+        "max_repeats": most,
+        "mean_repeats": float(mean),
     }
-    return row
 
 
-def _weighted_percentiles(lengths: np.ndarray, weights: np.ndarray) -> dict:
-    """Document-length percentiles counting each document ``weights[i]`` times."""
-    keep = weights > 0
-    if not keep.any():
+def _weighted_percentiles(lengths: np.ndarray, weights: np.ndarray | None) -> dict:
+    """Document-length percentiles counting each document ``weights[i]`` times (None: once)."""
+    if weights is None and not len(lengths) or weights is not None and not weights.any():
         return {**{f"p{p}": 0 for p in PERCENTILES}, "max": 0}
-    if (weights == 1).all():  # every document once: order statistics by partition, no sort
+    if weights is None or (weights == 1).all():  # each once: order statistics by partition
         n = len(lengths)
         ranks = [max(1, int(np.ceil(p / 100 * n))) - 1 for p in PERCENTILES]
         ordered = np.partition(lengths, sorted({*ranks, n - 1}))
@@ -71,6 +94,7 @@ def _weighted_percentiles(lengths: np.ndarray, weights: np.ndarray) -> dict:
             **{f"p{p}": int(ordered[r]) for p, r in zip(PERCENTILES, ranks)},
             "max": int(ordered[-1]),
         }
+    keep = weights > 0
     order = np.argsort(lengths[keep], kind="stable")
     values, counts = lengths[keep][order], weights[keep][order]
     cumulative = np.cumsum(counts)
@@ -253,7 +277,7 @@ def plot_length_distribution(
     for ax, (code, name) in zip(axes.flat, enumerate(names)):
         for (domains, lengths, weights), label in ((before, "before"), (after, "after")):
             members = domains == code
-            tokens = (lengths[members] * weights[members]).astype(float)
+            tokens = lengths[members].astype(float) * weights[members]
             if tokens.sum() > 0:
                 ax.hist(
                     lengths[members],

@@ -8,6 +8,8 @@ Per input shard this writes, atomically and in this order:
   from its file and line), ``domain``, ``n_tokens``, ``n_chars`` (characters, for
   ``--length-estimate chars``; absent in tables written before it), ``offset`` (into the
   tokens file), ``file``, ``line``;
+  With a document sample (``--read auto``), only the documents it includes are tokenized
+  and the table has an ``inclusion`` column: the rate each was drawn at;
 - ``shard-NNNNN.json``: counts, rejections with their location, and the fingerprint of
   the inputs. It is written last and marks the shard as done, so a rerun skips it.
 
@@ -39,6 +41,7 @@ from .corpus import (
     Shard,
     iter_documents,
 )
+from .sample import DocumentSample
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -190,6 +193,7 @@ class TokenizeTask:
     vocab_size: int
     reader: ReaderOptions
     strict: bool = False
+    sample: DocumentSample | None = None  # None: every document
 
 
 def shard_stem(index: int) -> str:
@@ -203,7 +207,10 @@ def input_fingerprint(task: TokenizeTask, tokenizer_sha: str) -> dict:
         stat = os.stat(path)
         # The real path: the same corpus named another way (relative, via a link) is the same input.
         files.append([os.path.realpath(path), stat.st_size, stat.st_mtime_ns])
-    return {"files": files, "tokenizer_sha256": tokenizer_sha, "reader": asdict(task.reader)}
+    found = {"files": files, "tokenizer_sha256": tokenizer_sha, "reader": asdict(task.reader)}
+    if task.sample is not None:  # a shard tokenized at other rates is tokenized again
+        found["sample"] = asdict(task.sample)
+    return found
 
 
 def shard_is_done(task: TokenizeTask, fingerprint: dict) -> bool:
@@ -238,7 +245,10 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
     listed: list[dict] = []
     offset = 0
     documents_read = 0
-
+    not_tokenized = 0
+    sample = task.sample
+    inclusion: list[float] = []
+    rates: list[float] = []  # of the batch's documents, in order
     with atomic_write(out / f"{stem}.tokens") as sink:
         batch: list[Document] = []
         batch_chars = 0
@@ -250,7 +260,7 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
             encodings = tokenizer.encode_batch_fast(
                 [d.text for d in batch], add_special_tokens=False
             )
-            for document, encoding in zip(batch, encodings):
+            for document, rate, encoding in zip(batch, rates, encodings):
                 ids = np.asarray(encoding.ids, dtype=dtype)
                 if len(ids) == 0:  # only whitespace the tokenizer drops
                     _reject(Rejection("empty_document", document.file, document.line, "no tokens"))
@@ -263,8 +273,11 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
                 columns["offset"].append(offset)
                 columns["file"].append(document.file)
                 columns["line"].append(document.line)
+                if sample is not None:
+                    inclusion.append(rate)
                 offset += len(ids)
             batch.clear()
+            rates.clear()
             batch_chars = 0
 
         def _reject(rejection: Rejection) -> None:
@@ -281,6 +294,13 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
                     documents_read -= 1  # a file-level failure, not a document
                 _reject(item)
                 continue
+            rate = 1.0
+            if sample is not None:  # decided from characters alone, before any tokenizing
+                rate = sample.rate(item.domain, len(item.text))
+                if not sample.includes(doc_key(item.file, item.line), rate):
+                    not_tokenized += 1
+                    continue
+            rates.append(rate)
             batch.append(item)
             batch_chars += len(item.text)
             if batch_chars >= _BATCH_CHARS:
@@ -296,6 +316,7 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
             "offset": pa.array(columns["offset"], pa.int64()),
             "file": pa.array(columns["file"], pa.string()).dictionary_encode(),
             "line": pa.array(columns["line"], pa.int64()),
+            **({"inclusion": pa.array(inclusion, pa.float64())} if sample is not None else {}),
         }
     )
     with atomic_write(out / f"{stem}.docs.parquet") as sink:
@@ -309,6 +330,7 @@ def tokenize_shard(task: TokenizeTask, fingerprint: dict) -> dict:
         "documents_rejected": sum(rejected.values()) - file_errors,
         "file_errors": file_errors,
         "tokens": offset,
+        **({"documents_not_tokenized": not_tokenized} if sample is not None else {}),
         "rejected": rejected,
         "rejections": listed,
         "fingerprint": as_json_types(fingerprint),
