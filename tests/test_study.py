@@ -174,3 +174,96 @@ def test_study_on_devices_names_a_failed_job_and_its_log(tmp_path, capsys):
     assert "per-source: FAILED on device 0" in err and "failed: per-source" in err
     log = (tmp_path / "study" / "logs" / "per-source.log").read_text()
     assert "per-source" in log and "error" in log.lower()
+
+
+def _arms_study(tmp_path, **extra):
+    corpus = next(sample_corpus_dir().rglob("*.jsonl.zst"))
+    study = {
+        "out": str(tmp_path / "study"),
+        "corpus": [str(corpus)],
+        "strategies": [
+            "per-source",
+            {"strategy": "per-source", "short_keep": 0.1, "length_estimate": "chars"},
+            {"name": "fu", "strategy": "global", "short_keep": 0.1},
+        ],
+        "prepare": {"seq_len": "1K", "long_threshold": "512", "workers": 1},
+        "train": {"model": "m", "seq_len": 512},
+        **extra,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def test_study_strategy_variants_and_seeds_make_one_run_each(tmp_path):
+    from longmix.study import Study
+
+    study = Study.load(_arms_study(tmp_path, seeds=[0, 3]))
+    assert study.strategies == [
+        "per-source",
+        "per-source --short-keep 0.1 --length-estimate chars",
+        "fu",
+    ]
+    runs = study.runs()
+    assert [r.slug for r in runs] == [
+        "per-source.seed0",
+        "per-source.seed3",
+        "per-source-short-keep-0.1-length-estimate-chars.seed0",
+        "per-source-short-keep-0.1-length-estimate-chars.seed3",
+        "fu.seed0",
+        "fu.seed3",
+    ]
+    assert runs[5].label == "fu (seed 3)"
+    assert [r.slug for r in study.runs(["fu"], [3])] == ["fu.seed3"]
+    settings = study.prepare_settings(runs[3], ["x"], "out")
+    assert settings.mixture.short_keep == 0.1 and settings.mixture.seed == 3
+    assert settings.mixture.length_estimate == "chars"
+    assert study.prepare_settings(runs[0], ["x"], "out").mixture.short_keep is None
+    held_out = study.prepare_settings(None, ["x"], "out", validation=True)
+    assert held_out.mixture.seed == 0 and held_out.mixture.strategy == "original"
+    with pytest.raises(Exception, match="unknown seeds 7"):
+        study.runs(seeds=[7])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"seeds": [0, 0]}, "seed is listed twice"),
+        ({"seeds": ["a"]}, "integer seeds"),
+        ({"seeds": [0], "train": {"model": "m", "seed": 1}}, "train.seed is set by seeds"),
+        ({"strategies": ["original", "original"]}, "'original' twice"),
+        (
+            {"strategies": [{"strategy": "per-source", "seed": 2}]},
+            r"strategies\[0\].seed is set by the study",
+        ),
+        ({"strategies": [{"short_keep": 0.1}]}, r"strategies\[0\].strategy: expected text"),
+        ({"strategies": [{"strategy": "per-source", "short_kep": 0.1}]}, "short_kep"),
+    ],
+)
+def test_study_variants_and_seeds_fail_on_load_naming_the_key(tmp_path, extra, message):
+    from longmix.errors import LongmixError
+    from longmix.study import Study
+
+    with pytest.raises(LongmixError, match=message):
+        Study.load(_arms_study(tmp_path, **extra))
+
+
+def test_study_seeds_change_the_sample_and_keep_the_held_out_data(tmp_path, capsys):
+    path = _arms_study(
+        tmp_path, seeds=[0, 1], validation=[str(next(sample_corpus_dir().rglob("*.jsonl.zst")))]
+    )
+    assert (
+        main(["study", str(path), "--steps", "prepare", "--strategies", "per-source", "--quiet"])
+        == 0
+    )
+    data = tmp_path / "study" / "data"
+    assert sorted(p.name for p in data.iterdir()) == [
+        "per-source.seed0",
+        "per-source.seed1",
+        "validation",
+    ]
+    first, second = ((data / f"per-source.seed{k}" / "manifest.json").read_text() for k in (0, 1))
+    assert first != second  # another seed: another sample and order of the same corpus
+    assert main(["study", str(path), "--status"]) == 0
+    rows = [line.split()[0:4] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert ["per-source", "(seed", "1)", "yes"] in rows

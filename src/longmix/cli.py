@@ -314,7 +314,10 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         help="comma-separated subset of the study's strategies ('base': the base model's evaluation)",
     )
     p.add_argument(
-        "--devices", help="comma-separated GPU ids, e.g. 0,1,2,3: one strategy per GPU at a time"
+        "--seeds", help="comma-separated subset of the study's seeds (default: all of them)"
+    )
+    p.add_argument(
+        "--devices", help="comma-separated GPU ids, e.g. 0,1,2,3: one run per GPU at a time"
     )
     p.add_argument(
         "--status", action="store_true", help="print where each strategy stands and exit"
@@ -334,12 +337,19 @@ def _cmd_study(args: argparse.Namespace) -> int:
     if unknown:
         raise LongmixError(f"unknown steps {', '.join(unknown)} (choose from {', '.join(STEPS)})")
     only = [s.strip() for s in args.strategies.split(",")] if args.strategies else None
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise LongmixError(
+                f"--seeds: expected integers like 0,1, found {args.seeds!r}"
+            ) from None
     if args.devices:
-        run_study_on_devices(
-            args.config, [d.strip() for d in args.devices.split(",") if d.strip()], steps, only
-        )
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+        run_study_on_devices(args.config, devices, steps, only, seeds=seeds)
     else:
-        run_study(Study.load(args.config), steps, only, progress=not args.quiet)
+        run_study(Study.load(args.config), steps, only, progress=not args.quiet, seeds=seeds)
     return 0
 
 

@@ -13,8 +13,10 @@ Example (see docs/reproduction.md)::
     corpus: [demo-corpus/train]
     validation: [demo-corpus/validation]
     tokenizer: smollm2
-    strategies: [original, per-source, global, "upsample:book"]
-    prepare: {tokens: 20M, seq_len: 32K, long_threshold: 4K, long_fraction: 0.7, seed: 0}
+    strategies: [original, per-source, global, "upsample:book",
+                 {strategy: per-source, short_keep: 0.1, length_estimate: chars}]
+    seeds: [0, 1]
+    prepare: {tokens: 20M, seq_len: 32K, long_threshold: 4K, long_fraction: 0.7}
     train: {model: smollm2-hf, seq_len: 32K, rope_theta: 1e6, lr: 2e-5, batch_tokens: 256K}
     eval:
       base_model: smollm2-hf
@@ -28,6 +30,13 @@ corpus, output and strategy (the study sets them) plus ``validation_tokens``; ``
 `longmix train` but data, out and resume; ``eval`` one key per evaluation (needle, loss, ruler,
 mmlu, bookqa, ...) plus ``base_model`` and ``tokenizer``. The whole file is checked when it is
 loaded: an unknown key or a bad value fails before any work, naming the key.
+
+A strategy is a name (``per-source``, ``cut:4K``) or a mapping: ``strategy:`` plus any prepare
+settings that differ for it (``short_keep``, ``length_estimate``, ``long_fraction``...) and an
+optional ``name:`` (default: the strategy and its settings as flags, ``per-source --short-keep
+0.1``). ``seeds:`` runs every strategy once per seed; the seed sets both the data's sample and
+order (prepare's ``seed``) and the model's init and data order (train's ``seed``), and each run
+lives in its own folders (``data/per-source.seed1``, ``runs/...``, ``eval/...``).
 """
 
 from __future__ import annotations
@@ -53,10 +62,64 @@ class StudyError(LongmixError, ValueError):
     """A study file that cannot be run."""
 
 
-_TOP = ("out", "corpus", "strategies", "validation", "tokenizer", "prepare", "train", "eval")
+_TOP = (
+    "out",
+    "corpus",
+    "strategies",
+    "seeds",
+    "validation",
+    "tokenizer",
+    "prepare",
+    "train",
+    "eval",
+)
 PREPARE_SET_BY_STUDY = ("inputs", "out", "cache", "strategy", "tokenizer")
 TRAIN_SET_BY_STUDY = ("data", "out", "resume")
 EVAL_KEYS = ("base_model", "tokenizer")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One mixture of the study: a strategy and the prepare settings that differ for it."""
+
+    name: str
+    strategy: str
+    options: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def parse(cls, item: object, where: str) -> Arm:
+        if isinstance(item, str):
+            return cls(_text(item, where), item)
+        if not isinstance(item, dict):
+            raise StudyError(
+                f"{where}: expected a strategy name or a mapping with strategy:, found {item!r}"
+            )
+        options = dict(item)
+        strategy = _text(options.pop("strategy", None), f"{where}.strategy")
+        name = options.pop("name", None)
+        for key in (*PREPARE_SET_BY_STUDY, "seed"):
+            if key in options:
+                raise StudyError(f"{where}.{key} is set by the study; remove it")
+        flags = " ".join(f"--{str(k).replace('_', '-')} {v}" for k, v in options.items())
+        name = _text(name, f"{where}.name") if name is not None else f"{strategy} {flags}".strip()
+        return cls(name, strategy, tuple(options.items()))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One arm trained once: with ``seed`` None the study's own seeds apply."""
+
+    arm: Arm
+    seed: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.arm.name if self.seed is None else f"{self.arm.name} (seed {self.seed})"
+
+    @property
+    def slug(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9_.]+", "-", self.arm.name).strip("-")
+        return slug if self.seed is None else f"{slug}.seed{self.seed}"
 
 
 @dataclass
@@ -64,6 +127,8 @@ class Study:
     out: Path
     corpus: list[str]
     strategies: list[str]
+    arms: list[Arm] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
     validation: list[str] = field(default_factory=list)
     tokenizer: str = "smollm2"
     prepare: dict = field(default_factory=dict)
@@ -78,12 +143,20 @@ class Study:
             raise StudyError(f"{path}: missing {', '.join(missing)}")
         check_keys_in(data, _TOP, str(path))
         data["out"] = Path(_text(data["out"], f"{path}: out"))
-        for key in ("corpus", "validation", "strategies"):
+        for key in ("corpus", "validation"):
             if key in data:
                 data[key] = _texts(data[key], f"{path}: {key}")
+        items = data["strategies"] if isinstance(data["strategies"], list) else [data["strategies"]]
+        data["arms"] = [Arm.parse(item, f"{path}: strategies[{i}]") for i, item in enumerate(items)]
+        data["strategies"] = [arm.name for arm in data["arms"]]
+        if "seeds" in data:
+            data["seeds"] = _seeds(data["seeds"], f"{path}: seeds")
         for key in ("corpus", "strategies"):
             if not data[key]:
                 raise StudyError(f"{path}: {key}: give at least one")
+        duplicate = [n for n in set(data["strategies"]) if data["strategies"].count(n) > 1]
+        if duplicate:
+            raise StudyError(f"{path}: strategies: {duplicate[0]!r} twice; give one a name:")
         if "tokenizer" in data:
             _text(data["tokenizer"], f"{path}: tokenizer")
         for key in ("prepare", "train", "eval"):
@@ -101,15 +174,19 @@ class Study:
         from .eval.registry import evaluations
         from .train.config import TrainConfig
 
-        for strategy in self.strategies:
-            from_mapping(MixtureConfig, {"strategy": strategy}, f"{source}: strategies")
-        for validation in (False, True):  # the training data's settings, then the held-out's
+        for arm in self.arms:
+            from_mapping(MixtureConfig, {"strategy": arm.strategy}, f"{source}: strategies")
             self.prepare_settings(
-                "original", [source], source, validation=validation, where=f"{source}: prepare"
+                Run(arm), [source], source, where=f"{source}: strategy {arm.name}"
             )
+        self.prepare_settings(None, [source], source, validation=True, where=f"{source}: prepare")
         for key in TRAIN_SET_BY_STUDY:
             if key in self.train:
                 raise StudyError(f"{source}: train.{key} is set by the study; remove it")
+        if self.seeds:
+            for section in ("prepare", "train"):
+                if "seed" in getattr(self, section):
+                    raise StudyError(f"{source}: {section}.seed is set by seeds:; remove it")
         from_mapping(TrainConfig, self.train, f"{source}: train")
         registry = evaluations()
         check_keys_in(self.eval, (*EVAL_KEYS, *registry), f"{source}: eval")
@@ -119,21 +196,40 @@ class Study:
         for name in self.evaluations():
             self.eval_settings(name, Path("held-out"), f"{source}: eval.{name}")
 
-    def slug(self, strategy: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", strategy).strip("-")
+    def runs(self, only: list[str] | None = None, seeds: list[int] | None = None) -> list[Run]:
+        """Every (arm, seed) of the study, in file order, restricted to ``only`` and ``seeds``."""
+        names = selected_strategies(self, only)
+        if seeds is not None:
+            unknown = [s for s in seeds if s not in self.seeds]
+            if unknown:
+                raise StudyError(
+                    f"unknown seeds {', '.join(map(str, unknown))} (the study has "
+                    f"{', '.join(map(str, self.seeds)) or 'no seeds: list'})"
+                )
+        chosen = [s for s in self.seeds if seeds is None or s in seeds]
+        return [
+            Run(arm, seed)
+            for arm in self.arms
+            if arm.name in names
+            for seed in (chosen if self.seeds else [None])
+        ]
 
     def prepare_settings(
         self,
-        strategy: str,
+        run: Run | None,
         inputs: list[str],
         out: str,
         validation: bool = False,
         where: str = "study prepare",
     ):
-        """`longmix prepare` settings of one strategy (or of the held-out data)."""
+        """`longmix prepare` settings of one run (``run`` None: the held-out data, kept whole)."""
         from .data.prepare import PrepareConfig
 
         section = dict(self.prepare)
+        if run is not None:
+            section.update(dict(run.arm.options))
+            if run.seed is not None:
+                section["seed"] = run.seed
         for key in PREPARE_SET_BY_STUDY:
             if key in section:
                 raise StudyError(f"prepare.{key} is set by the study; remove it")
@@ -150,7 +246,7 @@ class Study:
             inputs=tuple(inputs),
             out=str(out),
             tokenizer=self.tokenizer,
-            strategy=strategy,
+            strategy="original" if run is None else run.arm.strategy,
             cache=str(cache),
         )
 
@@ -186,6 +282,16 @@ def _texts(value, where: str) -> list[str]:
     ]
 
 
+def _seeds(value, where: str) -> list[int]:
+    items = value if isinstance(value, list) else [value]
+    bad = [v for v in items if isinstance(v, bool) or not isinstance(v, int)]
+    if bad or not items:
+        raise StudyError(f"{where}: expected a list of integer seeds, found {value!r}")
+    if len(set(items)) != len(items):
+        raise StudyError(f"{where}: a seed is listed twice: {value!r}")
+    return list(items)
+
+
 def check_keys_in(data: dict, valid: tuple[str, ...], source: str) -> None:
     import difflib
 
@@ -202,54 +308,48 @@ def run_study(
     only: list[str] | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = True,
+    seeds: list[int] | None = None,
 ) -> None:
     log = log or (lambda message: print(message, file=sys.stderr))
-    strategies = selected_strategies(study, only)
+    runs = study.runs(only, seeds)
     if "prepare" in steps:
         if study.validation:
             _prepare(
                 study,
-                "original",
+                None,
                 study.out / "data" / "validation",
                 study.validation,
                 log,
                 progress,
-                validation=True,
             )
-        for strategy in strategies:
-            _prepare(
-                study,
-                strategy,
-                study.out / "data" / study.slug(strategy),
-                study.corpus,
-                log,
-                progress,
-            )
+        for run in runs:
+            _prepare(study, run, study.out / "data" / run.slug, study.corpus, log, progress)
     if "train" in steps:
-        for strategy in strategies:
-            _train(study, strategy, log)
+        for run in runs:
+            _train(study, run, log)
     if "eval" in steps:
         if base_selected(study, only):
             _evaluate(
-                study, Path(study.eval["base_model"]), study.out / "eval" / "base", log, progress
+                study, Path(study.eval["base_model"]), study.out / "eval" / BASE, log, progress
             )
-        for strategy in strategies:
+        for run in runs:
             _evaluate(
                 study,
-                study.out / "runs" / study.slug(strategy) / "model",
-                study.out / "eval" / study.slug(strategy),
+                study.out / "runs" / run.slug / "model",
+                study.out / "eval" / run.slug,
                 log,
                 progress,
             )
     if "report" in steps:
         from .eval.report import build_report
 
-        names = [s for s in study.strategies if (study.out / "eval" / study.slug(s)).is_dir()]
-        runs = [study.out / "eval" / study.slug(s) for s in names]
-        if (study.out / "eval" / "base").is_dir():
-            names, runs = [*names, "base model"], [*runs, study.out / "eval" / "base"]
-        if runs:
-            build_report(runs, study.out / "report", names)
+        done = [run for run in study.runs() if (study.out / "eval" / run.slug).is_dir()]
+        names = [run.label for run in done]
+        folders = [study.out / "eval" / run.slug for run in done]
+        if (study.out / "eval" / BASE).is_dir():
+            names, folders = [*names, "base model"], [*folders, study.out / "eval" / BASE]
+        if folders:
+            build_report(folders, study.out / "report", names)
             log(f"report: {study.out / 'report' / 'report.md'}")
 
 
@@ -276,71 +376,66 @@ def run_study_on_devices(
     only: list[str] | None = None,
     log: Callable[[str], None] | None = None,
     poll_s: float = 2.0,
+    seeds: list[int] | None = None,
 ) -> None:
-    """Run the study with one strategy per device at a time: a mixture ablation on N GPUs takes 1/N of the time.
+    """Run the study with one run (strategy and seed) per device at a time: N GPUs take 1/N of the time.
 
-    Preparation and the report run here; each strategy's training and evaluation (and the base
-    model's evaluation) run as ``longmix study --strategies S`` in a subprocess that sees one
-    device (``CUDA_VISIBLE_DEVICES``), each logging to ``OUT/logs/S.log``. A free device takes
-    the next job; a failed job is named with its log and the others run to the end.
+    Preparation and the report run here; each run's training and evaluation (and the base
+    model's evaluation) run as ``longmix study --strategies S [--seeds K]`` in a subprocess that
+    sees one device (``CUDA_VISIBLE_DEVICES``), each logging to ``OUT/logs/<run>.log``. A free
+    device takes the next job; a failed job is named with its log and the others run to the end.
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     study = Study.load(config)
     if not devices:
         raise StudyError("no devices given")
     device_steps = tuple(s for s in steps if s in ("train", "eval"))
-    queue = selected_strategies(study, only) if device_steps else []
+    queue: list[Run | None] = list(study.runs(only, seeds)) if device_steps else []
     if "eval" in device_steps and base_selected(study, only):
-        queue.append(BASE)
+        queue.append(None)  # the base model's evaluation
     if "prepare" in steps:
-        run_study(study, ("prepare",), only, log)
+        run_study(study, ("prepare",), only, log, seeds=seeds)
     logs = study.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     # each job gets its share of the cores: oversubscribed CPU threads slow every job many times
     threads = os.environ.get("OMP_NUM_THREADS") or str(
         max(1, (os.cpu_count() or 1) // len(devices))
     )
-    running: dict[str, tuple[subprocess.Popen, str, float]] = {}
+    running: dict[str, tuple[subprocess.Popen, str, float, str]] = {}
     failed: list[str] = []
     free = list(devices)
     while queue or running:
         while queue and free:
-            job, device = queue.pop(0), free.pop(0)
-            command = [
-                sys.executable,
-                "-m",
-                "longmix",
-                "study",
-                str(config),
-                "--steps",
-                ",".join(device_steps),
-                "--strategies",
-                job,
-                "--quiet",
-            ]
-            with open(logs / f"{study.slug(job)}.log", "ab") as handle:
+            run, device = queue.pop(0), free.pop(0)
+            label, slug = (BASE, BASE) if run is None else (run.label, run.slug)
+            command = [sys.executable, "-m", "longmix", "study", str(config)]
+            command += ["--steps", ",".join(device_steps), "--quiet"]
+            command += ["--strategies", BASE if run is None else run.arm.name]
+            if run is not None and run.seed is not None:
+                command += ["--seeds", str(run.seed)]
+            with open(logs / f"{slug}.log", "ab") as handle:
                 process = subprocess.Popen(
                     command,
                     stdout=handle,
                     stderr=subprocess.STDOUT,
                     env={**os.environ, "CUDA_VISIBLE_DEVICES": device, "OMP_NUM_THREADS": threads},
                 )
-            running[job] = (process, device, time.monotonic())
-            log(f"{job}: started on device {device}")
+            running[label] = (process, device, time.monotonic(), slug)
+            log(f"{label}: started on device {device}")
         time.sleep(poll_s if running else 0)
-        for job, (process, device, started) in list(running.items()):
+        for label, (process, device, started, slug) in list(running.items()):
             if process.poll() is None:
                 continue
-            del running[job]
+            del running[label]
             free.append(device)
             minutes = (time.monotonic() - started) / 60
             if process.returncode:
-                failed.append(job)
+                failed.append(label)
                 log(
-                    f"{job}: FAILED on device {device} after {minutes:.1f} min, see {logs / (study.slug(job) + '.log')}"
+                    f"{label}: FAILED on device {device} after {minutes:.1f} min, see {logs / (slug + '.log')}"
                 )
             else:
-                log(f"{job}: done on device {device} in {minutes:.1f} min")
+                log(f"{label}: done on device {device} in {minutes:.1f} min")
     if "report" in steps:
         run_study(study, ("report",), only, log)
     if failed:
@@ -348,20 +443,20 @@ def run_study_on_devices(
 
 
 def study_status(study: Study) -> list[dict]:
-    """Where each strategy (and the base model's evaluation) stands, read from the study's folders."""
+    """Where each run (and the base model's evaluation) stands, read from the study's folders."""
     rows = []
-    for name in [*study.strategies, BASE]:
-        if name == BASE and not study.eval.get("base_model"):
+    for run in [*study.runs(), None]:
+        if run is None and not study.eval.get("base_model"):
             continue
-        slug = study.slug(name)
-        row = {"strategy": name}
-        if name != BASE:
+        slug = BASE if run is None else run.slug
+        row = {"strategy": BASE if run is None else run.label}
+        if run is not None:
             row["prepared"] = (study.out / "data" / slug / "manifest.json").is_file()
-            run = study.out / "runs" / slug
-            last = _last_log_row(run / "log.jsonl")
+            folder = study.out / "runs" / slug
+            last = _last_log_row(folder / "log.jsonl")
             row["trained"] = (
                 "done"
-                if (run / "model" / "config.json").is_file()
+                if (folder / "model" / "config.json").is_file()
                 else (f"step {last['step']}" if last else "no")
             )
             row["loss"] = round(last["loss"], 4) if last else None
@@ -401,49 +496,44 @@ def _cell(value) -> str:
 
 
 def _prepare(
-    study: Study,
-    strategy: str,
-    out: Path,
-    inputs: list[str],
-    log,
-    progress: bool,
-    validation: bool = False,
+    study: Study, run: Run | None, out: Path, inputs: list[str], log, progress: bool
 ) -> None:
+    """Prepare one run's data (``run`` None: the held-out data)."""
     from .data.prepare import prepare
 
     # No shortcut on an existing manifest: prepare checks every file of a finished folder and
     # redoes damage. It logs what it prepares, where, and a skip, as `longmix prepare` does.
-    prepare(
-        study.prepare_settings(strategy, inputs, str(out), validation), progress=progress, log=log
-    )
+    settings = study.prepare_settings(run, inputs, str(out), validation=run is None)
+    prepare(settings, progress=progress, log=log)
 
 
-def _train(study: Study, strategy: str, log) -> None:
+def _train(study: Study, run: Run, log) -> None:
     from .settings import from_mapping
     from .train.config import TrainConfig
 
-    out = study.out / "runs" / study.slug(strategy)
+    out = study.out / "runs" / run.slug
     if (out / "model" / "config.json").is_file():
-        log(f"train {strategy}: done")
+        log(f"train {run.label}: done")
         return
     require_extra(("torch", "transformers"), "train", "the study's train step")
     from .train.loop import train
 
     resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step-*"))
-    log(f"train {strategy}{' (resuming)' if resume else ''}")
+    log(f"train {run.label}{' (resuming)' if resume else ''}")
     record = train(
         from_mapping(
             TrainConfig,
             study.train,
             "study train",
-            data=str(study.out / "data" / study.slug(strategy)),
+            data=str(study.out / "data" / run.slug),
             out=str(out),
             resume=resume,
+            seed=run.seed,  # None keeps the study's (from_mapping drops None overrides)
         )
     )
     if record.get("stopped"):
         raise StudyError(
-            f"training of {strategy} was stopped ({record['stopped']}); rerun the study to resume"
+            f"training of {run.label} was stopped ({record['stopped']}); rerun the study to resume"
         )
 
 
