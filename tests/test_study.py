@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -13,7 +15,7 @@ from longmix.data.corpus import sample_corpus_dir  # noqa: E402
 from longmix.data.tokenize import builtin_tokenizer_dir  # noqa: E402
 
 
-def _write_study(tmp_path, strategies=("original", "per-source")):
+def _write_study(tmp_path, strategies=("original", "per-source"), variants=None):
     base = tmp_path / "base"
     config = transformers.LlamaConfig(
         hidden_size=32,
@@ -59,6 +61,7 @@ def _write_study(tmp_path, strategies=("original", "per-source")):
             },
             "ruler": {"tasks": ["niah_single"], "lengths": "512", "samples": 1},
             "loss": {"sequences": 2},
+            **(variants or {}),
         },
     }
     path = tmp_path / "study.yaml"
@@ -67,16 +70,23 @@ def _write_study(tmp_path, strategies=("original", "per-source")):
 
 
 def test_study_runs_every_step_and_resumes(tmp_path, capsys):
-    path = _write_study(tmp_path)
+    # a variant: the needle a second time with other settings, into its own folder and section
+    variant = {"protocol": "longmix", "lengths": "256", "depths": "50", "generate_tokens": 0}
+    path = _write_study(tmp_path, variants={"needle@short": variant})
     assert main(["study", str(path), "--quiet"]) == 0
     out = tmp_path / "study"
     for strategy in ("original", "per-source"):
         assert (out / "data" / strategy / "manifest.json").is_file()
         assert (out / "runs" / strategy / "model" / "model.safetensors").is_file()
-        for kind in ("needle", "ruler", "loss"):
+        for kind in ("needle", "ruler", "loss", "needle@short"):
             assert (out / "eval" / strategy / kind / "summary.json").is_file()
+        short = json.loads((out / "eval" / strategy / "needle@short" / "summary.json").read_text())
+        assert short["cells"] == 1  # its own settings: one length, one depth
     report = (out / "report" / "report.md").read_text()
     assert "per-source" in report and "base model" in report and "Loss, context 0-4K" in report
+    assert "## Needle in a haystack (needle@short)" in report
+    assert "](needle@short/needle_heatmaps.png)" in report
+    assert (out / "report" / "needle@short" / "needle_heatmaps.png").is_file()
     capsys.readouterr()
     assert main(["study", str(path), "--status"]) == 0
     status = capsys.readouterr().out.splitlines()
@@ -229,6 +239,8 @@ def test_study_strategy_variants_and_seeds_make_one_run_each(tmp_path):
     "extra, message",
     [
         ({"seeds": [0, 0]}, "seed is listed twice"),
+        ({"eval": {"nedle@fu": {}}}, "'nedle' is not an evaluation"),
+        ({"eval": {"needle@fu": {"protocl": "fu"}}}, "protocl"),
         ({"seeds": ["a"]}, "integer seeds"),
         ({"seeds": [0], "train": {"model": "m", "seed": 1}}, "train.seed is set by seeds"),
         ({"strategies": ["original", "original"]}, "'original' twice"),

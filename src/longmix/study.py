@@ -189,7 +189,17 @@ class Study:
                     raise StudyError(f"{source}: {section}.seed is set by seeds:; remove it")
         from_mapping(TrainConfig, self.train, f"{source}: train")
         registry = evaluations()
-        check_keys_in(self.eval, (*EVAL_KEYS, *registry), f"{source}: eval")
+        check_keys_in(
+            {k: v for k, v in self.eval.items() if variant_of(k) is None},
+            (*EVAL_KEYS, *registry),
+            f"{source}: eval",
+        )
+        for key in self.eval:
+            name = variant_of(key)
+            if name is not None and name not in registry:
+                raise StudyError(
+                    f"{source}: eval.{key}: {name!r} is not an evaluation (valid: {', '.join(registry)})"
+                )
         for key in EVAL_KEYS:
             if self.eval.get(key) is not None:
                 _text(self.eval[key], f"{source}: eval.{key}")
@@ -251,15 +261,18 @@ class Study:
         )
 
     def evaluations(self) -> list[str]:
-        """The study's evaluations in the registry's order (quickest first)."""
+        """The study's evaluation keys in the registry's order (quickest first), variants
+        (``needle@fu``) after their evaluation."""
         from .eval.registry import evaluations
 
-        return [name for name in evaluations() if name in self.eval]
+        order = list(evaluations())
+        keys = [k for k in self.eval if k not in EVAL_KEYS]
+        return sorted(keys, key=lambda k: (order.index(variant_of(k) or k), k))
 
     def eval_settings(self, name: str, heldout: Path, source: str = "study eval"):
         from .eval.registry import evaluations
 
-        item = evaluations()[name]
+        item = evaluations()[variant_of(name) or name]
         section = self.eval.get(name) or {}
         if not isinstance(section, dict):
             raise StudyError(f"{source}: expected a mapping of settings")
@@ -280,6 +293,13 @@ def _texts(value, where: str) -> list[str]:
         _text(item, f"{where}[{i}]" if isinstance(value, list) else where)
         for i, item in enumerate(items)
     ]
+
+
+def variant_of(key: str) -> str | None:
+    """``needle@fu`` -> ``needle``: an evaluation run a second time with other settings, into
+    its own folder (``eval/<run>/needle@fu``); None for a plain key."""
+    name, at, label = str(key).partition("@")
+    return name if at and label else None
 
 
 def _seeds(value, where: str) -> list[int]:
@@ -564,4 +584,4 @@ def _evaluate(study: Study, model: Path, out: Path, log, progress: bool) -> None
         config,
     ) in settings.items():  # quickest first: a stopped evaluation keeps the quick results
         log(f"eval {out.name}: {name}")
-        run_evaluation(name, em, config, out, progress=progress)
+        run_evaluation(variant_of(name) or name, em, config, out, progress=progress, folder=name)

@@ -141,6 +141,13 @@ def precheck(name: str, settings: Any, model: str | Path, tokenizer: str | Path 
         item.check(settings, Tokenizer.from_file(str(tokenizer_file(model, tokenizer))))
 
 
-def run_evaluation(name: str, em: Any, settings: Any, out: Path, progress: bool = True) -> dict:
-    """Run one registered evaluation into ``out/NAME``."""
-    return evaluations()[name].run(em, settings, Path(out) / name, progress)
+def run_evaluation(
+    name: str,
+    em: Any,
+    settings: Any,
+    out: Path,
+    progress: bool = True,
+    folder: str | None = None,
+) -> dict:
+    """Run one registered evaluation into ``out/NAME`` (or ``out/folder``: a variant's own)."""
+    return evaluations()[name].run(em, settings, Path(out) / (folder or name), progress)

@@ -40,12 +40,34 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
     }
     for section in dict.fromkeys(e.report for e in shown if e.report is not None):
         lines += section(names, results, out)
+    for e in shown:  # variants (a study's `needle@fu`): the section again, in a subfolder
+        for key in variant_folders(runs, e.name) if e.report is not None else []:
+            summaries = [(e.load or _load_summary)(run / key) for run in runs]
+            (out / key).mkdir(exist_ok=True)
+            lines += variant_lines(e.report(names, {**results, e.name: summaries}, out / key), key)
     lines += retention_lines(
         names, [(e.retention, results[e.name]) for e in shown if e.retention is not None]
     )
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+def variant_folders(runs: list[Path], name: str) -> list[str]:
+    """The variants of evaluation ``name`` any run holds (``needle@fu``...), sorted."""
+    return sorted({p.name for run in runs for p in run.glob(f"{name}@*") if p.is_dir()})
+
+
+def variant_lines(lines: list[str], key: str) -> list[str]:
+    """A section written for a variant: its headings name the variant, its pictures live in ``key/``."""
+    import re
+
+    return [
+        f"{line} ({key})"
+        if line.startswith("## ")
+        else re.sub(r"(!\[[^\]]*\]\()([^)/]+\))", rf"\g<1>{key}/\g<2>", line)
+        for line in lines
+    ]
 
 
 def _load_summary(folder: Path) -> dict | None:
