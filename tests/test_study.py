@@ -279,3 +279,15 @@ def test_study_seeds_change_the_sample_and_keep_the_held_out_data(tmp_path, caps
     assert main(["study", str(path), "--status"]) == 0
     rows = [line.split()[0:4] for line in capsys.readouterr().out.splitlines()[1:]]
     assert ["per-source", "(seed", "1)", "yes"] in rows
+
+
+@pytest.mark.parametrize("name", ["study-smollm2.yaml", "study-fu-2024.yaml"])
+def test_shipped_study_files_load(name):
+    from pathlib import Path
+
+    from longmix.study import Study
+
+    study = Study.load(Path(__file__).parent.parent / "examples" / name)
+    runs = study.runs()
+    assert len(runs) == len(study.strategies) * max(1, len(study.seeds))
+    assert len({run.slug for run in runs}) == len(runs)  # one folder per run
