@@ -816,7 +816,7 @@ _STUDY = "out: s\ncorpus: [corpus]\nstrategies: [original]\n"
         ),
         (
             "out: s\ncorpus: [c]\nstrategies: [{upsample: book}]\n",
-            r"strategies\[0\]: expected text, found dict",
+            r"strategies\[0\]: a strategy mapping needs strategy:.*in quotes",
         ),
         ("out: s\ncorpus: [c]\nstrategies: []\n", r"st.yaml: strategies: give at least one"),
         (_STUDY + "tokenizer: [a]\n", r"st.yaml: tokenizer: expected text, found list"),

@@ -243,16 +243,18 @@ def test_study_sections_use_the_commands_settings(tmp_path):
     study = Study.load(
         _study(
             tmp_path,
+            strategies=["original", "per-source"],
             prepare={"tokens": "20M", "validation_tokens": "1M", "text_field": "content"},
             train={"lr": "2e-5"},
             eval={"ruler": {"tasks": "niah_single,vt"}, "loss": {}},
         )
     )
-    config = study.prepare_settings("per-source", ["c"], "o")
+    run = next(r for r in study.runs() if r.arm.strategy == "per-source")
+    config = study.prepare_settings(run, ["c"], "o")
     assert config.mixture.tokens == 20_000_000 and config.reader.text_field == "content"
-    assert (
-        study.prepare_settings("original", ["v"], "v", validation=True).mixture.tokens == 1_000_000
-    )
+    assert config.mixture.strategy == "per-source"
+    heldout = study.prepare_settings(None, ["v"], "v", validation=True)
+    assert heldout.mixture.tokens == 1_000_000 and heldout.mixture.strategy == "original"
     assert study.eval_settings("ruler", tmp_path).tasks == (
         "niah_single_1",
         "vt",
@@ -261,8 +263,8 @@ def test_study_sections_use_the_commands_settings(tmp_path):
     assert study.evaluations() == ["loss", "ruler"]  # the registry's order: quick evaluations first
     assert study.eval_settings("loss", tmp_path).sequences == 64  # one default, the CLI's
     study = Study.load(_study(tmp_path, prepare={"tokens": "1e6", "validation_tokens": "2.5e5"}))
-    assert study.prepare_settings("original", ["c"], "o").mixture.tokens == 1_000_000
-    assert study.prepare_settings("original", ["v"], "v", validation=True).mixture.tokens == 250_000
+    assert study.prepare_settings(study.runs()[0], ["c"], "o").mixture.tokens == 1_000_000
+    assert study.prepare_settings(None, ["v"], "v", validation=True).mixture.tokens == 250_000
 
 
 def test_registries_reach_cli_and_study():

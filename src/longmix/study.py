@@ -95,6 +95,11 @@ class Arm:
                 f"{where}: expected a strategy name or a mapping with strategy:, found {item!r}"
             )
         options = dict(item)
+        if "strategy" not in options:
+            raise StudyError(
+                f"{where}: a strategy mapping needs strategy:, found {item!r} (a name with a "
+                'colon goes in quotes: "upsample:book")'
+            )
         strategy = _text(options.pop("strategy", None), f"{where}.strategy")
         name = options.pop("name", None)
         for key in (*PREPARE_SET_BY_STUDY, "seed"):
@@ -174,12 +179,13 @@ class Study:
         from .eval.registry import evaluations
         from .train.config import TrainConfig
 
+        # The shared section first, so that its errors name prepare:, then each arm's own settings.
+        self.prepare_settings(None, [source], source, validation=True, where=f"{source}: prepare")
         for arm in self.arms:
             from_mapping(MixtureConfig, {"strategy": arm.strategy}, f"{source}: strategies")
             self.prepare_settings(
                 Run(arm), [source], source, where=f"{source}: strategy {arm.name}"
             )
-        self.prepare_settings(None, [source], source, validation=True, where=f"{source}: prepare")
         for key in TRAIN_SET_BY_STUDY:
             if key in self.train:
                 raise StudyError(f"{source}: train.{key} is set by the study; remove it")
