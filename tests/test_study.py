@@ -248,7 +248,10 @@ def test_study_strategy_variants_and_seeds_make_one_run_each(tmp_path):
             {"strategies": [{"strategy": "per-source", "seed": 2}]},
             r"strategies\[0\].seed is set by the study",
         ),
-        ({"strategies": [{"short_keep": 0.1}]}, r"strategies\[0\]: a strategy mapping needs strategy:"),
+        (
+            {"strategies": [{"short_keep": 0.1}]},
+            r"strategies\[0\]: a strategy mapping needs strategy:",
+        ),
         ({"strategies": [{"strategy": "per-source", "short_kep": 0.1}]}, "short_kep"),
     ],
 )
