@@ -917,9 +917,13 @@ def difference_table(rows: list[dict]) -> str:
         cells = [_estimate(by[(arm, m)]) if (arm, m) in by else "–" for arm in arms]
         name = m + (" (lenient; the strict metric is the line above)" if m in lenient else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    reasons = sorted({f"{r['arm']}, {r['metric']}: {r['reason']}" for r in rows if r.get("reason")})
+    reasons: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("reason"):
+            reasons.setdefault(r["reason"], []).append(f"{r['arm']} ({r['metric']})")
     if reasons:
-        lines += ["", "Not compared with an interval:", "", *[f"- {x}" for x in reasons]]
+        lines += ["", "Not compared with an interval:", ""]
+        lines += [f"- {why}: {', '.join(items)}" for why, items in reasons.items()]
     note = seeds_note(rows)
     lines += ["", *([note, ""] if note else []), *definition_lines(rows)]
     return "\n".join(lines) + "\n"
