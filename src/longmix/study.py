@@ -375,8 +375,46 @@ def run_study(
         if (study.out / "eval" / BASE).is_dir():
             names, folders = [*names, "base model"], [*folders, study.out / "eval" / BASE]
         if folders:
-            build_report(folders, study.out / "report", names)
+            verdict = _verdicts(study, study.out / "report")
+            build_report(folders, study.out / "report", names, extra=verdict)
             log(f"report: {study.out / 'report' / 'report.md'}")
+
+
+def train_length(study: Study) -> int:
+    """The study's training length: train.seq_len, else the prepared sequence length."""
+    from .units import parse_length
+
+    if study.train.get("seq_len") is not None:
+        return parse_length(study.train["seq_len"])
+    return study.prepare_settings(None, ["-"], "-").seq_len
+
+
+def _verdicts(study: Study, out: Path) -> list[str]:
+    """The paper's claims tested on the runs evaluated so far (``out/verdicts.md`` and
+    ``verdicts.json``): each arm's seeds are its runs; the first arm with results is the baseline."""
+    from .eval.compare import write_verdicts
+
+    groups = {
+        arm.name: [
+            study.out / "eval" / run.slug
+            for run in study.runs([arm.name])
+            if (study.out / "eval" / run.slug).is_dir()
+        ]
+        for arm in study.arms
+    }
+    groups = {name: folders for name, folders in groups.items() if folders}
+    if not groups:
+        return []
+    base = study.out / "eval" / BASE
+    text = write_verdicts(
+        groups,
+        out,
+        train_length(study),
+        next(iter(groups)),
+        base if base.is_dir() else None,
+        strategies={arm.name: arm.strategy for arm in study.arms},
+    )
+    return ["", *text.splitlines(), "", "(also in verdicts.md and verdicts.json)", ""]
 
 
 def selected_strategies(study: Study, only: list[str] | None) -> list[str]:
