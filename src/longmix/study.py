@@ -3,7 +3,9 @@
 For every strategy: prepare the data (one shared tokenization cache), continue
 pretraining the same model with the same settings, evaluate it (needle, synthetic tasks,
 per-domain loss on held-out data); also evaluate the base model; then one report with
-deltas against the first strategy (the paper's Table 5 layout). A step whose output is
+deltas against the first strategy (the paper's Table 5 layout) and a verdict on each of the
+paper's mixture claims, with paired bootstrap intervals over seeds and units
+(``report/verdicts.md``, :mod:`longmix.eval.compare`). A step whose output is
 complete is skipped, so an interrupted study reruns with the same command; ``--steps``
 and ``--strategies`` select parts (prepare on a CPU machine, train on a GPU one).
 

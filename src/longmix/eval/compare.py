@@ -122,6 +122,8 @@ def load_needle(folder: str | Path) -> Scores | None:
     summary, config = _json(folder / "summary.json"), _json(folder / "config.json")
     protocol = rows[0].get("protocol") or summary.get("protocol") or config.get("protocol")
     metrics = [m for m in METRICS if all(m in r for r in rows)]
+    if not metrics:
+        return None
     headline = summary.get("headline") or headline_metric(protocol, metrics)
     if headline not in metrics:
         headline = summary.get("metric") if summary.get("metric") in metrics else None
@@ -336,7 +338,10 @@ def paired_difference(
             a[ia][:, units], b[ib][:, units] if b is not None and ib is not None else None
         )
     tail = (1 - level) / 2
-    low, high = np.nanquantile(stats, [tail, 1 - tail])
+    if np.isnan(stats).all():
+        low = high = float("nan")
+    else:  # a resample without tokens in a bucket has no pooled loss: it is left out
+        low, high = np.nanquantile(stats, [tail, 1 - tail])
     return Difference(
         float(estimate), float(low), float(high), level, resamples, (n_a, n_b), n_units
     )
@@ -394,11 +399,14 @@ def _difference(a: Runs, b: Runs | None, c: Comparison, options: dict) -> Differ
         return NotTested(NO_LOSS_UNITS, _loss_point(a, b, c) if b is not None else None)
     runs = [[run[c.evaluation].values(c.field, c.keep) for run in arm] for arm in arms]
     try:
-        return paired_difference(
+        diff = paired_difference(
             runs[0], runs[1] if b is not None else None, c.statistic, **options
         )
     except ValueError as err:
         return NotTested(f"{c.evaluation}: {err}")
+    if not np.isfinite([diff.estimate, diff.low, diff.high]).all():
+        return NotTested(f"{c.evaluation}: nothing to average (no tokens in the bucket)")
+    return diff
 
 
 def _loss_point(a: Runs, b: Runs, c: Comparison) -> float | None:
