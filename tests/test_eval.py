@@ -19,6 +19,7 @@ from longmix.eval.common import (  # noqa: E402
     answer_scores,
     generate,
     parse_grid,
+    read_jsonl,
     word_recall,
 )
 from longmix.eval.loss import DEFINITION, run_loss  # noqa: E402
@@ -309,6 +310,24 @@ def test_loss_buckets_add_up_to_the_overall_loss(em, prepared, tmp_path):
         <= summary["by_position"]["domains"]["all"]["4K-max tokens"]
     )
     assert (tmp_path / "loss" / "loss_by_position.png").is_file()
+    # one row per evaluated sequence beside the summary: its bucket sums add up to the summary
+    rows = list(read_jsonl(tmp_path / "loss" / "results.jsonl"))
+    assert [(r["domain"], r["sequence"]) for r in rows] == [(s.domain, 0) for s in expected]
+    assert all(r["n_tokens"] == len(s.tokens) for r, s in zip(rows, expected))
+    for view, prefix in ((summary, ""), (summary["by_position"], "position_")):
+        for domain, row in view["domains"].items():
+            mine = [r for r in rows if domain in ("all", r["domain"])]
+            for i, bucket in enumerate(summary["buckets"]):
+                tokens = sum(r[f"{prefix}tokens"][i] for r in mine)
+                assert tokens == row[f"{bucket} tokens"]
+                if tokens:
+                    nll = sum(r[f"{prefix}nll"][i] for r in mine)
+                    assert nll / tokens == pytest.approx(row[bucket])
+    for domain, row in summary["domains"].items():
+        mine = [r for r in rows if domain in ("all", r["domain"])]
+        assert [sum(r["fine_tokens"][b] for r in mine) for b in range(len(row["curve"]))] == row[
+            "curve_tokens"
+        ]
 
 
 def test_report_compares_runs_and_marks_significant_loss_deltas(tmp_path):

@@ -87,6 +87,15 @@ def test_study_runs_every_step_and_resumes(tmp_path, capsys):
     assert "## Needle in a haystack (needle@short)" in report
     assert "](needle@short/needle_heatmaps.png)" in report
     assert (out / "report" / "needle@short" / "needle_heatmaps.png").is_file()
+    # the paper's claims tested on what the study has (one seed: the table says so)
+    assert "## Verdicts on the paper's claims" in report
+    verdicts = (out / "report" / "verdicts.md").read_text()
+    assert "One seed per arm: the bootstrap runs over units only" in verdicts
+    assert "no cut arm in the study" in verdicts
+    data = json.loads((out / "report" / "verdicts.json").read_text())
+    assert data["baseline"] == "original" and data["train_length"] == 512
+    assert data["base_model"] == str(out / "eval" / "base")
+    assert (out / "eval" / "per-source" / "loss" / "results.jsonl").is_file()
     capsys.readouterr()
     assert main(["study", str(path), "--status"]) == 0
     status = capsys.readouterr().out.splitlines()
@@ -294,3 +303,47 @@ def test_shipped_study_files_load(name):
     runs = study.runs()
     assert len(runs) == len(study.strategies) * max(1, len(study.seeds))
     assert len({run.slug for run in runs}) == len(runs)  # one folder per run
+
+
+def test_study_report_gives_verdicts_over_seeds(tmp_path):
+    """The report step alone, on evaluation folders of two seeds per strategy (no training)."""
+    from test_compare import write_run
+
+    from longmix.study import Study, run_study
+
+    study_file = {
+        "out": str(tmp_path / "study"),
+        "corpus": [str(sample_corpus_dir())],
+        "strategies": ["per-source", "cut:4K", {"name": "books", "strategy": "upsample:book"}],
+        "seeds": [0, 1],
+        "prepare": {"seq_len": "8K"},
+        "eval": {
+            "base_model": "base-model",
+            "needle@fu": {"protocol": "fu", "lengths": "1K,4K,8K"},
+            "loss": {"sequences": 20},
+        },
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study_file, sort_keys=False))
+    study = Study.load(path)
+    arms = {"per-source": "per-source", "cut:4K": "cut:4K", "books": "upsample:book"}
+    for i, run in enumerate(study.runs()):
+        write_run(study.out / "eval" / run.slug, arms[run.arm.name], i)
+    write_run(study.out / "eval" / "base", None, 99)
+    run_study(study, ("report",), log=lambda message: None)
+    report = (study.out / "report" / "report.md").read_text()
+    assert "## Verdicts on the paper's claims" in report
+    data = json.loads((study.out / "report" / "verdicts.json").read_text())
+    assert data["groups"]["per-source"] == [
+        str(study.out / "eval" / "per-source.seed0"),
+        str(study.out / "eval" / "per-source.seed1"),
+    ]
+    assert data["train_length"] == 8192  # no train.seq_len: the prepared length
+    rows = {(r["claim"], r["metric"]): r for r in data["verdicts"]}
+    cut = rows[("b", "needle contains (protocol fu, generation), all cells")]
+    assert cut["comparison"] == "cut:4K − per-source" and cut["seeds"] == [2, 2]
+    assert cut["verdict"] == "holds"
+    # the upsampled arm is found by its strategy, and its domain read from it
+    own = rows[("c", "loss 4K-max (book, token-weighted)")]
+    assert own["comparison"] == "books − per-source" and own["verdict"] == "holds"
+    assert "Seeds (A, B): 2, 2" in (study.out / "report" / "verdicts.md").read_text()

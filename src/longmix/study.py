@@ -3,7 +3,9 @@
 For every strategy: prepare the data (one shared tokenization cache), continue
 pretraining the same model with the same settings, evaluate it (needle, synthetic tasks,
 per-domain loss on held-out data); also evaluate the base model; then one report with
-deltas against the first strategy (the paper's Table 5 layout). A step whose output is
+deltas against the first strategy (the paper's Table 5 layout) and a verdict on each of the
+paper's mixture claims, with paired bootstrap intervals over seeds and units
+(``report/verdicts.md``, :mod:`longmix.eval.compare`). A step whose output is
 complete is skipped, so an interrupted study reruns with the same command; ``--steps``
 and ``--strategies`` select parts (prepare on a CPU machine, train on a GPU one).
 
@@ -375,8 +377,46 @@ def run_study(
         if (study.out / "eval" / BASE).is_dir():
             names, folders = [*names, "base model"], [*folders, study.out / "eval" / BASE]
         if folders:
-            build_report(folders, study.out / "report", names)
+            verdict = _verdicts(study, study.out / "report")
+            build_report(folders, study.out / "report", names, extra=verdict)
             log(f"report: {study.out / 'report' / 'report.md'}")
+
+
+def train_length(study: Study) -> int:
+    """The study's training length: train.seq_len, else the prepared sequence length."""
+    from .units import parse_length
+
+    if study.train.get("seq_len") is not None:
+        return parse_length(study.train["seq_len"])
+    return study.prepare_settings(None, ["-"], "-").seq_len
+
+
+def _verdicts(study: Study, out: Path) -> list[str]:
+    """The paper's claims tested on the runs evaluated so far (``out/verdicts.md`` and
+    ``verdicts.json``): each arm's seeds are its runs; the first arm with results is the baseline."""
+    from .eval.compare import write_verdicts
+
+    groups = {
+        arm.name: [
+            study.out / "eval" / run.slug
+            for run in study.runs([arm.name])
+            if (study.out / "eval" / run.slug).is_dir()
+        ]
+        for arm in study.arms
+    }
+    groups = {name: folders for name, folders in groups.items() if folders}
+    if not groups:
+        return []
+    base = study.out / "eval" / BASE
+    text = write_verdicts(
+        groups,
+        out,
+        train_length(study),
+        next(iter(groups)),
+        base if base.is_dir() else None,
+        strategies={arm.name: arm.strategy for arm in study.arms},
+    )
+    return ["", *text.splitlines(), "", "(also in verdicts.md and verdicts.json)", ""]
 
 
 def selected_strategies(study: Study, only: list[str] | None) -> list[str]:

@@ -11,6 +11,10 @@ own domain's text, and its bucket is how much of its own document it had seen:
   the sequence start, since the model sees only that much of it);
 - the second view buckets the same tokens by their position in the evaluated sequence.
 
+Beside ``summary.json``, ``results.jsonl`` holds one row per evaluated sequence (its domain, its
+index within the domain, and per bucket the summed NLL and the token count), the unit a paired
+comparison of two runs resamples (:mod:`longmix.eval.compare`).
+
 One full-length forward per sequence (the LM head applied in chunks, never the full
 ``seq × vocab`` logits). :data:`DEFINITION` is written into every output.
 """
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 import numpy as np
 
 from ..data.store import PackedDataset, PackedSequence
+from ..fsutil import atomic_write
 from ..settings import setting
 from ..units import parse_length
 from .common import EvalError
@@ -187,15 +192,54 @@ class LossTotals:
         np.add.at(self.counts[domain], bucket, 1)
 
 
+def sequence_row(
+    domain: str,
+    index: int,
+    edges: list[int],
+    splits: tuple[int, ...],
+    doc_context: np.ndarray,
+    position: np.ndarray,
+    losses: np.ndarray,
+) -> dict:
+    """One line of the loss evaluation's ``results.jsonl``: one evaluated sequence's summed NLL and
+    token count per coarse bucket (by own-document offset, and by position) and per fine bucket."""
+    labels = bucket_labels(splits)
+    coarse = [0, *splits]
+
+    def sums(context: np.ndarray, bounds: list[int]) -> tuple[list[float], list[int]]:
+        bucket = np.searchsorted(bounds, context, side="right") - 1
+        nll = np.bincount(bucket, weights=losses, minlength=len(bounds))
+        tokens = np.bincount(bucket, minlength=len(bounds))
+        return [float(v) for v in nll[: len(bounds)]], [int(v) for v in tokens[: len(bounds)]]
+
+    nll, tokens = sums(doc_context, coarse)
+    position_nll, position_tokens = sums(position, coarse)
+    fine_nll, fine_tokens = sums(doc_context, edges[:-1])
+    return {
+        "domain": domain,
+        "sequence": index,
+        "n_tokens": int(len(losses) + 1),
+        "buckets": labels,
+        "nll": nll,
+        "tokens": tokens,
+        "position_nll": position_nll,
+        "position_tokens": position_tokens,
+        "fine_nll": fine_nll,
+        "fine_tokens": fine_tokens,
+    }
+
+
 def evaluate_loss(
     source: SequenceSource,
     losses_of: Callable[[np.ndarray], np.ndarray],
     per_domain: int,
     splits: tuple[int, ...] = (SPLIT,),
     progress: bool = False,
+    rows: list[dict] | None = None,
 ) -> dict:
     """Both views' totals over :func:`domain_sequences`; ``losses_of(tokens)`` gives the loss of
-    predicting each token from the ones before it (length ``len(tokens) - 1``)."""
+    predicting each token from the ones before it (length ``len(tokens) - 1``). With ``rows``,
+    one :func:`sequence_row` per evaluated sequence is appended to it."""
     from ..data.executor import progress_bar
 
     edges = sorted(
@@ -216,8 +260,21 @@ def evaluate_loss(
         losses = np.asarray(losses_of(seq.tokens), dtype=np.float64)
         d = domains.index(seq.domain)
         # position p predicts token p+1: its context is what came before token p+1
+        position = np.arange(1, len(seq.tokens))
         by_document.add(d, edges, seq.doc_context[1:], losses)
-        by_position.add(d, edges, np.arange(1, len(seq.tokens)), losses)
+        by_position.add(d, edges, position, losses)
+        if rows is not None:
+            rows.append(
+                sequence_row(
+                    seq.domain,
+                    sequences[seq.domain],
+                    edges,
+                    splits,
+                    seq.doc_context[1:],
+                    position,
+                    losses,
+                )
+            )
         sequences[seq.domain] += 1
     return {
         "by_document": summarize_loss(by_document.sums, by_document.counts, domains, edges, splits),
@@ -268,8 +325,9 @@ def run_loss(
     """Loss per domain by own-document offset (and by position) on ``max_sequences`` sequences per domain."""
     dataset = PackedDataset(data)
     started = time.perf_counter()
+    rows: list[dict] = []
     views = evaluate_loss(
-        dataset, lambda tokens: token_losses(em, tokens), max_sequences, splits, progress
+        dataset, lambda tokens: token_losses(em, tokens), max_sequences, splits, progress, rows
     )
     summary = {
         "definition": DEFINITION,
@@ -283,6 +341,9 @@ def run_loss(
         "seconds": time.perf_counter() - started,
     }
     out.mkdir(parents=True, exist_ok=True)
+    # per sequence (the unit a paired comparison resamples), complete before the summary
+    with atomic_write(out / "results.jsonl", "w") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_loss_curve(summary, out / "loss_by_position.png")
     return summary

@@ -21,8 +21,11 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def build_report(runs: list[Path], out: Path, names: list[str] | None = None) -> str:
-    """Markdown (``out/report.md``) and PNGs comparing ``runs``; the first is the baseline."""
+def build_report(
+    runs: list[Path], out: Path, names: list[str] | None = None, extra: list[str] | None = None
+) -> str:
+    """Markdown (``out/report.md``) and PNGs comparing ``runs``; the first is the baseline.
+    ``extra``: lines added at the end (a study's verdicts on the paper's claims)."""
     names = names or [p.name if p.name not in ("eval", "") else p.parent.name for p in runs]
     out.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -48,6 +51,7 @@ def build_report(runs: list[Path], out: Path, names: list[str] | None = None) ->
     lines += retention_lines(
         names, [(e.retention, results[e.name]) for e in shown if e.retention is not None]
     )
+    lines += extra or []
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
