@@ -2,6 +2,7 @@
 greedy decoding (``generate_batch``), with and without shared-prefix reuse, in one run.
 
     python benchmarks/bench_eval.py --model runs/smollm2-135m --out eval-bench.json
+    python benchmarks/bench_eval.py --model runs/smollm2-135m --baseline eager   # CUDA graphs on/off
     python benchmarks/bench_eval.py --tiny            # CPU smoke test, tiny random model
 
 Workloads (the prompts are built exactly as the evaluations build them):
@@ -12,6 +13,9 @@ Workloads (the prompts are built exactly as the evaluations build them):
 - ruler: the synthetic tasks at ``--ruler-lengths`` × ``--samples``, each with its RULER
   answer budget.
 
+``--baseline eager`` compares instead the batched decoding with its steps run eagerly (CUDA
+graphs off) against the same with graphs (the default), skipping the slow HF baseline.
+
 Reported per workload: seconds, cells per second, the speed-up over the baseline, and the
 share of responses identical to the baseline's (bf16 on a GPU may flip a rare near-tie).
 """
@@ -19,10 +23,11 @@ share of responses identical to the baseline's (bf16 on a GPU may flip a rare ne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -102,6 +107,15 @@ def compare(
     return out
 
 
+@contextlib.contextmanager
+def cuda_graphs(em: EvalModel, on: bool) -> Iterator[None]:
+    before, em.cuda_graphs = em.cuda_graphs, on
+    try:
+        yield
+    finally:
+        em.cuda_graphs = before
+
+
 def by_length(prompts: list[list[int]], run: Callable[[list[list[int]]], list]) -> list:
     """``run`` on the prompts of each length in turn, as ``eval needle`` calls it."""
     out: list = [None] * len(prompts)
@@ -113,7 +127,12 @@ def by_length(prompts: list[list[int]], run: Callable[[list[list[int]]], list]) 
 
 
 def bench_needle(
-    em: EvalModel, lengths: list[int], depths: list[int], new_tokens: int, protocol: str
+    em: EvalModel,
+    lengths: list[int],
+    depths: list[int],
+    new_tokens: int,
+    protocol: str,
+    baseline: str = "generate",
 ) -> dict:
     config = NeedleConfig(
         protocol=protocol,
@@ -125,24 +144,27 @@ def bench_needle(
     cells = [build(n, d) for n in lengths for d in depths]
     prompts, answer = [c.prompt for c in cells], cells[0].answer or em.encode(config.answer)
     generate_batch(em, prompts[:2], 2)  # warm-up: kernels, allocator
+
+    def batched() -> list:
+        return by_length(prompts, lambda ps: generate_batch(em, ps, new_tokens))
+
+    if baseline == "eager":
+        with cuda_graphs(em, False):
+            reference = timed(em, batched)
+        variants = {"generate_batch+prefix+graphs": timed(em, batched)}
+    else:
+        reference = timed(em, lambda: [generate(em, p, new_tokens) for p in prompts])
+        variants = {
+            "generate_batch": timed(
+                em,
+                lambda: by_length(
+                    prompts, lambda ps: generate_batch(em, ps, new_tokens, min_prefix=NO_REUSE)
+                ),
+            ),
+            "generate_batch+prefix": timed(em, batched),
+        }
     results = {
-        "generation": compare(
-            "needle",
-            len(cells),
-            timed(em, lambda: [generate(em, p, new_tokens) for p in prompts]),
-            {
-                "generate_batch": timed(
-                    em,
-                    lambda: by_length(
-                        prompts, lambda ps: generate_batch(em, ps, new_tokens, min_prefix=NO_REUSE)
-                    ),
-                ),
-                "generate_batch+prefix": timed(
-                    em, lambda: by_length(prompts, lambda ps: generate_batch(em, ps, new_tokens))
-                ),
-            },
-            lambda a, b: a == b,
-        )
+        "generation": compare("needle", len(cells), reference, variants, lambda a, b: a == b)
     }
     same_scores = lambda a, b: a["token_accuracy"] == b["token_accuracy"]  # noqa: E731
     results["teacher_forcing"] = compare(
@@ -170,7 +192,9 @@ def bench_needle(
     return results
 
 
-def bench_ruler(em: EvalModel, tasks: list[str], lengths: list[int], samples: int) -> dict:
+def bench_ruler(
+    em: EvalModel, tasks: list[str], lengths: list[int], samples: int, baseline: str = "generate"
+) -> dict:
     config = TaskConfig(tasks=tuple(tasks), lengths=tuple(lengths), samples=samples)
     tasks = list(resolve_tasks(config)[0])
     inputs = load_task_inputs(config, load_haystack_text("books"), tasks)
@@ -190,15 +214,14 @@ def bench_ruler(em: EvalModel, tasks: list[str], lengths: list[int], samples: in
                 out[i] = tokens
         return out
 
-    return {
-        "generation": compare(
-            "ruler",
-            len(prompts),
-            timed(em, lambda: [generate(em, p, b) for p, b in zip(prompts, budgets)]),
-            {"generate_batch+prefix": timed(em, batched)},
-            lambda a, b: a == b,
-        )
-    }
+    if baseline == "eager":
+        with cuda_graphs(em, False):
+            reference = timed(em, batched)
+        variants = {"generate_batch+prefix+graphs": timed(em, batched)}
+    else:
+        reference = timed(em, lambda: [generate(em, p, b) for p, b in zip(prompts, budgets)])
+        variants = {"generate_batch+prefix": timed(em, batched)}
+    return {"generation": compare("ruler", len(prompts), reference, variants, lambda a, b: a == b)}
 
 
 def main() -> None:
@@ -227,6 +250,12 @@ def main() -> None:
     parser.add_argument("--tasks", default="all")
     parser.add_argument("--ruler-lengths", default="4K,8K,16K,32K")
     parser.add_argument("--samples", type=int, default=10, help="RULER samples per task and length")
+    parser.add_argument(
+        "--baseline",
+        choices=("generate", "eager"),
+        default="generate",
+        help="generate: HF generate one prompt at a time; eager: batched decoding without CUDA graphs",
+    )
     parser.add_argument("--skip", choices=("needle", "ruler"), action="append", default=[])
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args()
@@ -256,20 +285,21 @@ def main() -> None:
         "dtype": str(next(em.model.parameters()).dtype),
         "date": time.strftime("%Y-%m-%d"),
         "generate_tokens": new_tokens,
+        "baseline": args.baseline,
     }
     if "needle" not in args.skip:
         report["needle"] = {
             "lengths": lengths,
             "depths": depths,
             "protocol": args.protocol,
-            **bench_needle(em, lengths, depths, new_tokens, args.protocol),
+            **bench_needle(em, lengths, depths, new_tokens, args.protocol, args.baseline),
         }
     if "ruler" not in args.skip:
         report["ruler"] = {
             "tasks": tasks,
             "lengths": ruler_lengths,
             "samples": samples,
-            **bench_ruler(em, tasks, ruler_lengths, samples),
+            **bench_ruler(em, tasks, ruler_lengths, samples, args.baseline),
         }
     if em.device.type == "cuda":
         report["peak_gib"] = torch.cuda.max_memory_allocated(em.device) / 2**30

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Evaluation speed on one GPU (issue targets in benchmarks/README.md). One stage per call:
 #   bash benchmarks/gpu_eval.sh compare   # bench_eval.py: HF generate one at a time vs batched + prefix reuse
+#   bash benchmarks/gpu_eval.sh graphs    # the CUDA-graph test, and batched decoding with graphs vs eager steps
 #   bash benchmarks/gpu_eval.sh study     # the study's whole evaluation of one SmolLM2-shaped model, by the CLI
 #   bash benchmarks/gpu_eval.sh train     # bench_train.py: SmolLM2-135M at 32K, the study's training speed
 #   bash benchmarks/gpu_eval.sh needle7b  # bench_needle.py: the 7B-shaped 40 x 10 grid to 128K
@@ -16,6 +17,11 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 case "$1" in
 compare)
   python3 benchmarks/bench_eval.py --model $MODEL --samples 1 --out "$OUT/eval_compare.json" 2>&1 | grep -v Warning
+  ;;
+graphs)
+  python3 -m pytest -q -p no:cacheprovider tests/test_generation.py -k cuda_graph 2>&1 | tail -3 | tee "$OUT/graphs_test.txt"
+  python3 benchmarks/bench_eval.py --model $MODEL --baseline eager --samples "${SAMPLES:-1}" \
+    --out "$OUT/eval_graphs.json" 2>&1 | grep -v Warning
   ;;
 study)
   # quickest first; each step within STEP_LIMIT seconds (default none) and all of them by

@@ -311,3 +311,22 @@ def test_bookqa_rows_are_those_of_one_example_at_a_time(em, tmp_path, monkeypatc
         len({r["prompt_tokens"] for r in batched}) > 1
     )  # prompts of several lengths: padded batches
     assert_same_rows(batched, single)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_decoding_gives_the_tokens_of_eager_steps(em, prompts):
+    """Captured and replayed steps (with rows finishing and dropped mid-batch) against the same
+    steps run eagerly, and against one prompt at a time, on a GPU."""
+    import dataclasses
+
+    gpu = dataclasses.replace(em, model=em.model.to("cuda"), device=torch.device("cuda"))
+    try:
+        eager = generate_batch(
+            dataclasses.replace(gpu, cuda_graphs=False), prompts, 12, stop=("e",), batch_tokens=400
+        )
+        graphed = generate_batch(gpu, prompts, 12, stop=("e",), batch_tokens=400)
+        assert not runtime._DecodeStep.failed_capture
+        assert graphed == eager
+        assert generate_batch(gpu, prompts, 10) == [generate(gpu, p, 10) for p in prompts]
+    finally:
+        em.model.to("cpu")

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import inspect
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ class EvalModel:
     device: torch.device
     name: str
     train_length: int | None  # the context the model was trained for (max_position_embeddings)
+    # decoding steps captured as CUDA graphs and replayed (GPU only): a step of a small model is
+    # otherwise bound by its ~1,000 kernel launches and the model's Python, not by the GPU
+    cuda_graphs: bool = True
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -564,6 +568,97 @@ def iter_generate_batch(
     prefixes.clear()
 
 
+class _StepLayer:
+    """One layer's cache for a decoding step whose inputs all live on the device: the step's
+    keys and values are written at the column held in ``column`` (a replayed graph reads it
+    anew) and attention sees the whole buffer, the columns not yet written masked out."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, column: torch.Tensor):
+        self.keys, self.values, self.column = keys, values, column
+        self.is_initialized = True
+        self.device = keys.device
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        self.keys.index_copy_(2, self.column, key_states)
+        self.values.index_copy_(2, self.column, value_states)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.keys.shape[2]  # unused: the positions and the mask are given
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.keys.shape[2], 0
+
+
+class _DecodeStep:
+    """One greedy step for every row of a batch's buffers, its state in device tensors (each
+    row's last token, the buffer column to write, the rows' left padding), so that on a GPU it
+    is captured once as a CUDA graph and each further step is one replay.
+
+    Each call advances the state: ``token`` holds the rows' next tokens afterwards. The first
+    call on a GPU runs eagerly (the warm-up a capture needs) and captures the graph; a capture
+    that fails leaves the step eager and is not tried again in this process.
+    """
+
+    failed_capture = False
+
+    def __init__(
+        self,
+        em: EvalModel,
+        buffers: list[tuple[torch.Tensor, torch.Tensor]],
+        pads: torch.Tensor,
+        token: torch.Tensor,
+        filled: int,
+    ):
+        from transformers.cache_utils import Cache
+
+        self.em, self.pads = em, pads
+        self.token = token.clone()
+        self.column = torch.tensor([filled], device=em.device)
+        self.columns = torch.arange(buffers[0][0].shape[2], device=em.device)
+        self.cache = Cache(layers=[_StepLayer(k, v, self.column) for k, v in buffers])
+        self.capture = (
+            em.cuda_graphs and em.device.type == "cuda" and not _DecodeStep.failed_capture
+        )
+        self.graph = None
+
+    def _step(self) -> None:
+        column = self.column
+        positions = (column - self.pads)[:, None]
+        attend = (self.columns >= self.pads[:, None]) & (self.columns <= column)
+        hidden = _forward(
+            self.em, self.token[:, None], positions, self.cache, attend[:, None, None]
+        )
+        self.token.copy_(self.em.model.lm_head(hidden[:, -1]).argmax(-1))
+        self.column.add_(1)
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if not self.capture:
+            self._step()
+            return
+        self.capture = False
+        side = torch.cuda.Stream(self.em.device)
+        side.wait_stream(torch.cuda.current_stream(self.em.device))
+        with torch.cuda.stream(side):
+            self._step()  # this call's step, and the capture's warm-up
+        torch.cuda.current_stream(self.em.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._step()  # recorded, not run
+        except Exception as error:  # eager decoding gives the same tokens, only slower
+            _DecodeStep.failed_capture = True
+            warnings.warn(f"decoding without CUDA graphs: capture failed ({error})", stacklevel=2)
+            return
+        self.graph = graph
+
+
 def _decode(
     em: EvalModel,
     prompts: list[list[int]],
@@ -574,12 +669,14 @@ def _decode(
     prefixes: _PrefixCache,
 ) -> list[tuple[int, list[int]]]:
     """Greedy decoding of one batch: prefill its groups into one left-padded buffer, then one
-    token per step for every unfinished row; rows that finish are dropped from the buffer."""
+    token per step for every unfinished row (:class:`_DecodeStep`); once a quarter of the rows
+    have finished they are dropped from the buffer (a copy of the cache, and a new step)."""
     members = [i for g in batch for i in g.members]
     longest = max(len(prompts[i]) for i in members)
     capacity = longest + max_new_tokens
     if len(members) == 1 and batch[0].prefix:  # one prompt: decode in the prefix's buffer
         hidden, buffers = _prefill(em, prompts, batch[0], None, prefixes, capacity)
+        buffers = [(k[:, :, :capacity], v[:, :, :capacity]) for k, v in buffers]
         first = [em.model.lm_head(hidden[:, -1]).argmax(-1)]
     else:
         buffers = _new_buffers(em, len(members), capacity)
@@ -595,26 +692,18 @@ def _decode(
             )
             first.append(em.model.lm_head(hidden[:, -1]).argmax(-1))
             row += len(group.members)
-    token = torch.cat(first)
     pads = torch.tensor([longest - len(prompts[i]) for i in members], device=em.device)
+    step = _DecodeStep(em, buffers, pads, torch.cat(first), longest)
     outputs: dict[int, list[int]] = {i: [] for i in members}
     alive = list(members)  # prompt index of each buffer row
     finished: set[int] = set()
-    filled = longest
-    padded = bool(pads.any())
-    # True where a row attends: its own positions, not its left padding (built once, sliced per step)
-    attend = torch.arange(capacity, device=em.device)[None] >= pads[:, None]
     tail = max((len(s) for s in stop), default=0) + 8  # tokens that can hold a new stop string
     to_host = _HostCopy(len(members), em.device)
-    for step in range(max_new_tokens):
-        last = step == max_new_tokens - 1
-        copied = to_host.start(token)
+    for n in range(max_new_tokens):
+        last = n == max_new_tokens - 1
+        copied = to_host.start(step.token)
         if not last:  # the next step runs on the GPU while this one's tokens are checked here
-            positions = (filled - pads)[:, None]
-            mask = attend[:, None, None, : filled + 1] if padded else None
-            hidden = _forward(em, token[:, None], positions, _buffer_cache(buffers, filled), mask)
-            token = em.model.lm_head(hidden[:, -1]).argmax(-1)
-            filled += 1
+            step()
         for index, t in zip(alive, copied()):
             if index in finished:
                 continue
@@ -624,16 +713,14 @@ def _decode(
         if len(finished) == len(members) or last:
             break
         done = sum(i in finished for i in alive)
-        if done and 4 * done >= len(
-            alive
-        ):  # drop finished rows (a copy of the cache: not for each)
+        if done and 4 * done >= len(alive):
             keep = torch.tensor(
                 [r for r, i in enumerate(alive) if i not in finished], device=em.device
             )
             buffers = [(k[keep], v[keep]) for k, v in buffers]
-            pads, token, attend = pads[keep], token[keep], attend[keep]
+            step = _DecodeStep(em, buffers, pads[keep], step.token[keep], longest + n + 1)
+            pads = pads[keep]
             alive = [i for i in alive if i not in finished]
-            padded = bool(pads.any())
     return [(i, outputs[i]) for i in members]
 
 
