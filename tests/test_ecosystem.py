@@ -498,6 +498,11 @@ def test_lm_eval_hands_the_loaded_model_to_the_harness_and_the_report_shows_it(
     assert saved["results"]["hellaswag"]["acc,none"] == 0.25
     assert json.loads((tmp_path / "base" / "lm-eval" / "summary.json").read_text()) == summary
     assert "arc_easy" in evaluations()["lm-eval"].describe(summary)
+    # each invocation's wall time, appended (a resumed evaluation has one line per invocation)
+    run_evaluation("lm-eval", em, settings, tmp_path / "base")
+    timing = (tmp_path / "base" / "lm-eval" / "timing.jsonl").read_text().splitlines()
+    assert [json.loads(line)["evaluation"] for line in timing] == ["lm-eval", "lm-eval"]
+    assert all(json.loads(line)["seconds"] >= 0 for line in timing)
 
     report = build_report([tmp_path / "base"], tmp_path / "report")
     assert "## lm-evaluation-harness" in report

@@ -202,7 +202,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     require_extra(("torch", "transformers"), "train", f"longmix eval {item.name}")
     from .eval.runtime import load_eval_model
 
-    em = load_eval_model(target.model, target.tokenizer, target.device)
+    em = load_eval_model(target.model, target.tokenizer, target.device, target.cuda_graphs)
     summary = run_evaluation(item.name, em, settings, Path(target.out), progress=not args.quiet)
     print(item.describe(summary))
     print(f"-> {Path(target.out) / item.name}")

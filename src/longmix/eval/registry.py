@@ -9,7 +9,9 @@ so adding an evaluation is one new file in ``longmix/eval/``.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +116,9 @@ class EvalTarget:
         None, help="tokenizer.json or a folder holding one (default: the model's)"
     )
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
+    cuda_graphs: bool = setting(
+        True, help="on a GPU, replay each decoding step as a CUDA graph (off: eager steps)"
+    )
 
 
 def tokenizer_file(model: str | Path, tokenizer: str | Path | None) -> Path:
@@ -149,5 +154,18 @@ def run_evaluation(
     progress: bool = True,
     folder: str | None = None,
 ) -> dict:
-    """Run one registered evaluation into ``out/NAME`` (or ``out/folder``: a variant's own)."""
-    return evaluations()[name].run(em, settings, Path(out) / (folder or name), progress)
+    """Run one registered evaluation into ``out/NAME`` (or ``out/folder``: a variant's own).
+
+    Each invocation's wall time is appended to ``timing.jsonl`` there (a resumed evaluation
+    has several lines; their sum is its cost), so a study's evaluation time can be put beside
+    its training time.
+    """
+    target = Path(out) / (folder or name)
+    started = time.perf_counter()
+    summary = evaluations()[name].run(em, settings, target, progress)
+    line = {"evaluation": name, "seconds": round(time.perf_counter() - started, 2)}
+    line["device"] = str(getattr(em, "device", "")) or None
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / "timing.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+    return summary

@@ -45,7 +45,10 @@ class EvalModel:
 
 
 def load_eval_model(
-    path: str | Path, tokenizer: str | Path | None = None, device: str = "auto"
+    path: str | Path,
+    tokenizer: str | Path | None = None,
+    device: str = "auto",
+    cuda_graphs: bool = True,
 ) -> EvalModel:
     """Load a HF checkpoint folder in bf16 (GPU) or fp32 (CPU), with longmix's attention."""
     from tokenizers import Tokenizer
@@ -74,6 +77,7 @@ def load_eval_model(
         torch.device(device),
         path.name,
         getattr(config, "max_position_embeddings", None),
+        cuda_graphs,
     )
 
 
