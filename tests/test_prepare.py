@@ -19,6 +19,7 @@ from longmix.cli import main
 from longmix.data.mixture import MixtureConfig
 from longmix.data.prepare import PrepareConfig, PrepareError, prepare
 from longmix.data.store import PackedDataset, export_megatron, read_megatron
+from longmix.data.verify import verify_prepared
 
 THRESHOLD = 256
 
@@ -142,7 +143,7 @@ def tree_digest(out: Path) -> dict[str, str]:
     return {
         str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name != "params.json"
+        if p.is_file() and p.name not in ("params.json", "timings.json")
     }
 
 
@@ -154,6 +155,25 @@ def test_output_is_byte_identical_for_any_worker_count(tmp_path, mixed_corpus, w
     digests_one, digests_two = tree_digest(one), tree_digest(two)
     assert len(digests_one) > 20
     assert digests_one == digests_two
+
+
+def test_timings_of_each_phase_are_returned_and_kept_beside_the_outputs(
+    tmp_path, mixed_corpus, word_tokenizer
+):
+    out = tmp_path / "out"
+    stats = run(config_for(mixed_corpus, word_tokenizer, out, workers=2))
+    timings = stats["timings"]
+    phases = {"discover", "tokenize", "load", "plan", "layout", "index", "pack", "statistics"}
+    assert phases | {"report", "plots", "manifest", "total"} <= set(timings)
+    assert all(isinstance(s, float) and s >= 0 for s in timings.values())
+    assert sum(v for k, v in timings.items() if k != "total") <= timings["total"]
+    assert json.loads((out / "timings.json").read_text()) == pytest.approx(timings)
+    # not an output: stats.json and the manifest leave it out, and a check of the folder passes
+    assert "timings" not in json.loads((out / "stats.json").read_text())
+    assert "timings.json" not in json.loads((out / "manifest.json").read_text())["files"]
+    assert verify_prepared(out) == []
+    again = run(config_for(mixed_corpus, word_tokenizer, out, workers=2))
+    assert set(again["timings"]) == {"check", "total"} and again["timings"]["check"] >= 0
 
 
 def test_rerun_resumes_after_a_kill_and_ends_byte_identical(tmp_path, mixed_corpus, word_tokenizer):

@@ -65,7 +65,7 @@ def tree_digest(out: Path) -> dict[str, str]:
     return {
         str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name != "params.json"
+        if p.is_file() and p.name not in ("params.json", "timings.json")
     }
 
 

@@ -25,7 +25,8 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,7 @@ from .mixture import (
     strategy_of,
     summarize,
 )
-from .pack import PartTask, compute_layout, shuffled_pieces, write_part
+from .pack import Layout, PartTask, compute_layout, shuffled_pieces, write_part
 from .sample import (
     NOT_READ_REASON,
     NOT_TOKENIZED_REASON,
@@ -89,7 +90,7 @@ from .stats import (
     plot_domain_shares,
     plot_length_distribution,
 )
-from .store import FORMAT_VERSION, MANIFEST, part_path, write_index
+from .store import FORMAT_VERSION, MANIFEST, TIMINGS, part_path, write_index
 from .tokenize import (
     BUILTIN_TOKENIZER,
     TokenizerInfo,
@@ -112,6 +113,7 @@ _OUTPUTS = (
     "plots",
     "tokens",
     "index",
+    TIMINGS,
 )
 
 
@@ -245,10 +247,28 @@ def _real_path(path: str) -> str:
     return os.path.realpath(os.path.expanduser(path))
 
 
+class PhaseTimer:
+    """Wall seconds per phase of one run, in order of first entry; a phase entered again (the
+    rounds of ``--read auto``) adds up. Tells the serial phases from the parallel ones."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + elapsed
+
+
 def prepare(
     config: PrepareConfig, *, progress: bool = True, log: Callable[[str], None] | None = None
 ) -> dict:
-    """Run the whole pipeline; returns the contents of ``stats.json``."""
+    """Run the whole pipeline; returns the contents of ``stats.json`` and ``"timings"``: the
+    wall seconds of each phase and in all (also in ``OUT/timings.json``)."""
     log = log or (lambda message: print(message, file=sys.stderr))
     started = time.perf_counter()
     out = Path(config.out)
@@ -274,6 +294,7 @@ def _prepare_locked(
     progress: bool,
     log: Callable[[str], None],
 ) -> dict:
+    timer = PhaseTimer()
     _claim_output(out, config)
     # The first line, from `longmix prepare` and each prepare step of a study alike; written with
     # the first message, so that a fault found before any work stays the only line.
@@ -285,26 +306,28 @@ def _prepare_locked(
             log(announced[0])
 
     if (out / MANIFEST).is_file():
-        damage = find_damage(out)
+        with timer("check"):
+            damage = find_damage(out)
         announce()
         if not damage:
             log(
                 f"{out} is already complete (every file checked); delete it or pass --overwrite to redo it"
             )
-            return read_json(out / "stats.json")
+            return {**read_json(out / "stats.json"), "timings": _timings(timer, started)}
         more = f" and {len(damage) - 1} more" if len(damage) > 1 else ""
         log(f"{out} is damaged ({damage[0].describe(out)}{more}): redoing the damaged files")
         for item in damage:
             item.path.unlink(missing_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)
 
-    shards = discover_shards(list(config.inputs), config.text_files_per_shard)
-    tokenized = Path(config.cache) if config.cache else out / "tokenized"
-    tokenized.mkdir(parents=True, exist_ok=True)
-    if config.world_size is None:  # no concurrent ranks: leftovers of a killed run can go
-        remove_stale_temporaries(out)
-        remove_stale_temporaries(tokenized)
-    executor = make_executor(config.executor, config.workers, config.ray_address)
+    with timer("discover"):
+        shards = discover_shards(list(config.inputs), config.text_files_per_shard)
+        tokenized = Path(config.cache) if config.cache else out / "tokenized"
+        tokenized.mkdir(parents=True, exist_ok=True)
+        if config.world_size is None:  # no concurrent ranks: leftovers of a killed run can go
+            remove_stale_temporaries(out)
+            remove_stale_temporaries(tokenized)
+        executor = make_executor(config.executor, config.workers, config.ray_address)
     announce()
     log(describe_files(shards))
     log(
@@ -314,12 +337,18 @@ def _prepare_locked(
 
     if config.world_size is not None:  # one rank of a job array: its share of the shards, then stop
         mine = [s for s in shards if s.index % config.world_size == config.rank]
-        tokenize_all(mine, tokenized, tokenizer, config, executor, progress, log)
+        with timer("tokenize"):
+            tokenize_all(mine, tokenized, tokenizer, config, executor, progress, log)
         log(
             f"rank {config.rank}/{config.world_size}: {len(mine)} shards tokenized; when every rank is done, run "
             "the same command with --finalize instead of --rank/--world-size"
         )
-        return {"rank": config.rank, "world_size": config.world_size, "shards": len(mine)}
+        return {
+            "rank": config.rank,
+            "world_size": config.world_size,
+            "shards": len(mine),
+            "timings": _timings(timer, started),
+        }
     if config.finalize:
         missing = missing_shards(shards, tokenized, tokenizer, config)
         if missing:
@@ -329,9 +358,12 @@ def _prepare_locked(
             )
     units = shard_units(shards)
     if config.read == "all" and not config.dry_run:
-        summaries = tokenize_all(shards, tokenized, tokenizer, config, executor, progress, log)
-        table, counts = _load_checked(tokenized, shards, summaries, config)
-        plan_result = plan_mixture(table, config.mixture)
+        with timer("tokenize"):
+            summaries = tokenize_all(shards, tokenized, tokenizer, config, executor, progress, log)
+        with timer("load"):
+            table, counts = _load_checked(tokenized, shards, summaries, config)
+        with timer("plan"):
+            plan_result = plan_mixture(table, config.mixture)
         sampling = sampling_of(units, {s.index for s in shards}, "all")
     else:
         seen: dict = {}  # the calibration's chars per token, the latest round's domain names
@@ -345,19 +377,20 @@ def _prepare_locked(
                     for s, r in rates.items()
                 }
                 samples = {i: by_stratum[units[i].stratum] for i in ids}
-            tokenize_all(
-                [shards[i] for i in ids],
-                tokenized,
-                tokenizer,
-                config,
-                executor,
-                progress,
-                log,
-                samples,
-            )
+            with timer("tokenize"):
+                tokenize_all(
+                    [shards[i] for i in ids],
+                    tokenized,
+                    tokenizer,
+                    config,
+                    executor,
+                    progress,
+                    log,
+                    samples,
+                )
 
         def plan_on(read: set[int]) -> Round | None:
-            current = _plan_round(read, shards, units, tokenized, config, executor.workers)
+            current = _plan_round(read, shards, units, tokenized, config, executor.workers, timer)
             if current is not None:
                 seen.setdefault("first", current.result[0])
                 seen["names"] = current.result[0]["names"]
@@ -369,7 +402,7 @@ def _prepare_locked(
             else [s.index for s in shards]  # too few shards to sample: read them all
         )
         if config.dry_run:
-            return dry_run(
+            estimate = dry_run(
                 config,
                 units,
                 calibration,
@@ -381,6 +414,7 @@ def _prepare_locked(
                 executor.workers,
                 log,
             )
+            return {**estimate, "timings": _timings(timer, started)}
         sampling, current = sample_until_covered(
             units,
             calibration,
@@ -399,9 +433,92 @@ def _prepare_locked(
                 f"of the corpus' bytes) in {sampling.rounds} rounds: the budget's cells are covered"
             )
     layout, parts = pack_all(
-        out, table, plan_result, tokenizer, tokenized, config, executor, progress
+        out, table, plan_result, tokenizer, tokenized, config, executor, progress, timer
     )
 
+    with timer("statistics"):
+        stats = _stats_record(
+            config, tokenizer, sampling, units, table, plan_result, summaries, counts, layout, parts
+        )
+        manifest = stats["manifest"]
+        copy_tokenizer(Path(tokenizer.path), out / "tokenizer")
+        write_json(out / "plan.json", stats["plan"])
+        write_json(out / "stats.json", stats)
+    with timer("report"), atomic_write(out / "report.md", "w") as sink:
+        sink.write(markdown_report(stats))
+    with timer("plots"):
+        _draw_plots(out, table, plan_result, config.mixture.long_threshold)
+    with timer("manifest"):
+        # Sizes and checksums let a rerun (and `longmix verify`) tell a whole folder from a
+        # damaged one.
+        paths = [str(p) for p in recorded_files(out)]
+        manifest["files"] = digest_files(
+            out, executor.map(digest_job, paths, desc="checksum", progress=progress, unit="file")
+        )
+        write_json(out / MANIFEST, manifest)
+    timings = _timings(timer, started)
+    write_json(out / TIMINGS, timings)  # after the manifest: not a recorded output
+
+    log(format_table(stats["before"], stats["after"]))
+    for note in plan_result["plan"].notes:
+        log(f"note: {note}")
+    for record in plan_result["selection"].shortfalls:
+        log(f"warning: {format_shortfall(record)}")
+    log(
+        f"documents read {counts['read']} = used {counts['used']} + rejected {counts['rejected']}"
+        + (
+            f"; {counts['not_tokenized']} more parsed, not tokenized (outside the sample)"
+            if counts["not_tokenized"]
+            else ""
+        )
+        + (
+            f"; about {counts['not_read']} not tokenized in all (outside the sample)"
+            if counts["not_read"]
+            else ""
+        )
+    )
+    if counts["rejected"] or stats["documents"]["file_errors"]:
+        log(format_rejections(stats["rejections"]))
+    log(
+        f"wrote {layout.n_sequences} sequences × {config.seq_len} tokens to {out} in {time.perf_counter() - started:.1f}s"
+    )
+    return {**stats, "timings": timings}
+
+
+def _draw_plots(out: Path, table: dict, plan_result: dict, threshold: int) -> None:
+    """``plots/``: the length distribution and the domain shares, before and after."""
+    packed = plan_result["units"]
+    plot_length_distribution(
+        table["names"],
+        (table["domains"], table["n_tokens"], np.ones(len(table["n_tokens"]), np.int32)),
+        (packed["domains"], packed["n_tokens"], plan_result["selection"].repeats),
+        threshold,
+        out / "plots" / "length_distribution.png",
+    )
+    plot_domain_shares(
+        plan_result["before"], plan_result["after"], out / "plots" / "domain_shares.png"
+    )
+
+
+def _timings(timer: PhaseTimer, started: float) -> dict[str, float]:
+    """The phases' wall seconds and ``total`` (since ``prepare`` was called)."""
+    return {**timer.seconds, "total": time.perf_counter() - started}
+
+
+def _stats_record(
+    config: PrepareConfig,
+    tokenizer: TokenizerInfo,
+    sampling: Sampling,
+    units: list[ShardUnit],
+    table: dict,
+    plan_result: dict,
+    summaries: list[dict],
+    counts: dict,
+    layout: Layout,
+    parts: int,
+) -> dict:
+    """``stats.json``: the documents, the reading, the plan, the packing and the manifest
+    (less its ``files``, which come once every other output is written)."""
     stats = {
         "documents": {**counts, "file_errors": sum(s["file_errors"] for s in summaries)},
         "reading": reading_record(sampling, units, table["names"], plan_result, summaries),
@@ -459,50 +576,6 @@ def _prepare_locked(
         },
     }
     stats["manifest"] = manifest
-    copy_tokenizer(Path(tokenizer.path), out / "tokenizer")
-    write_json(out / "plan.json", stats["plan"])
-    write_json(out / "stats.json", stats)
-    with atomic_write(out / "report.md", "w") as sink:
-        sink.write(markdown_report(stats))
-    units = plan_result["units"]
-    plot_length_distribution(
-        table["names"],
-        (table["domains"], table["n_tokens"], np.ones(len(table["n_tokens"]), np.int32)),
-        (units["domains"], units["n_tokens"], plan_result["selection"].repeats),
-        config.mixture.long_threshold,
-        out / "plots" / "length_distribution.png",
-    )
-    plot_domain_shares(stats["before"], stats["after"], out / "plots" / "domain_shares.png")
-    # Sizes and checksums let a rerun (and `longmix verify`) tell a whole folder from a damaged one.
-    paths = [str(p) for p in recorded_files(out)]
-    manifest["files"] = digest_files(
-        out, executor.map(digest_job, paths, desc="checksum", progress=progress, unit="file")
-    )
-    write_json(out / MANIFEST, manifest)
-
-    log(format_table(stats["before"], stats["after"]))
-    for note in plan_result["plan"].notes:
-        log(f"note: {note}")
-    for record in plan_result["selection"].shortfalls:
-        log(f"warning: {format_shortfall(record)}")
-    log(
-        f"documents read {counts['read']} = used {counts['used']} + rejected {counts['rejected']}"
-        + (
-            f"; {counts['not_tokenized']} more parsed, not tokenized (outside the sample)"
-            if counts["not_tokenized"]
-            else ""
-        )
-        + (
-            f"; about {counts['not_read']} not tokenized in all (outside the sample)"
-            if counts["not_read"]
-            else ""
-        )
-    )
-    if counts["rejected"] or stats["documents"]["file_errors"]:
-        log(format_rejections(stats["rejections"]))
-    log(
-        f"wrote {layout.n_sequences} sequences × {config.seq_len} tokens to {out} in {time.perf_counter() - started:.1f}s"
-    )
     return stats
 
 
@@ -760,19 +833,25 @@ def _plan_round(
     tokenized: Path,
     config: PrepareConfig,
     workers: int,
+    timer: PhaseTimer | None = None,
 ) -> Round | None:
     """The exact plan on the shards read, weighted up to the whole corpus (None: they hold no
     usable document, so the sample says nothing and everything must be read)."""
-    chosen = [shards[i] for i in sorted(read)]
-    summaries = [read_json(tokenized / f"{shard_stem(s.index)}.json") for s in chosen]
-    complete = len(read) == len(shards)
-    if not complete and not sum(s["tokens"] for s in summaries):
-        return None
-    # the calibration's characters tell each document's class before it is tokenized
-    calibrating = not complete and samples_documents(config.mixture)
-    table, counts = _load_checked(tokenized, chosen, summaries, config, chars=calibrating)
-    weights = None if complete else shard_weights(units, read)
-    plan_result = plan_mixture(table, config.mixture, shard_weights=weights, n_shards=len(shards))
+    timer = timer or PhaseTimer()
+    with timer("load"):
+        chosen = [shards[i] for i in sorted(read)]
+        summaries = [read_json(tokenized / f"{shard_stem(s.index)}.json") for s in chosen]
+        complete = len(read) == len(shards)
+        if not complete and not sum(s["tokens"] for s in summaries):
+            return None
+        # the calibration's characters tell each document's class before it is tokenized
+        calibrating = not complete and samples_documents(config.mixture)
+        table, counts = _load_checked(tokenized, chosen, summaries, config, chars=calibrating)
+    with timer("plan"):
+        weights = None if complete else shard_weights(units, read)
+        plan_result = plan_mixture(
+            table, config.mixture, shard_weights=weights, n_shards=len(shards)
+        )
     if weights is not None:
         by_stratum = stratum_weights(units, read)
         extra = sum(
@@ -1138,72 +1217,79 @@ def pack_all(
     config: PrepareConfig,
     executor,
     progress: bool,
+    timer: PhaseTimer | None = None,
 ):
     """Lay out all sequences, write the span index, then the token parts (skipping done ones)."""
+    timer = timer or PhaseTimer()
     table = plan_result["units"]  # rows: the packed units (documents, or their chunks)
     lengths = table["n_tokens"]
-    rows, copies = shuffled_pieces(
-        plan_result["selection"].repeats, table["rank_key"], config.mixture.seed
-    )
-    layout = compute_layout(
-        rows, copies, lengths, config.seq_len, tokenizer.separator_id is not None
-    )
+    with timer("layout"):
+        rows, copies = shuffled_pieces(
+            plan_result["selection"].repeats, table["rank_key"], config.mixture.seed
+        )
+        layout = compute_layout(
+            rows, copies, lengths, config.seq_len, tokenizer.separator_id is not None
+        )
     if layout.n_sequences == 0:
         raise PrepareError(
             f"the selection holds {layout.tail_tokens_dropped} tokens, less than one sequence of {config.seq_len}: "
             "raise --tokens or lower --seq-len"
         )
     offsets = layout.seq_offsets()
-    write_index(
-        out,
-        {
-            "span_start": layout.span_start,
-            "span_length": layout.span_length,
-            "span_domain": table["domains"][layout.span_row],
-            "span_doc_key": table["doc_key"][layout.span_row],
-            "span_doc_offset": layout.span_doc_offset,
-            "span_repeat": layout.span_repeat,
-        },
-        offsets,
-    )
+    with timer("index"):
+        write_index(
+            out,
+            {
+                "span_start": layout.span_start,
+                "span_length": layout.span_length,
+                "span_domain": table["domains"][layout.span_row],
+                "span_doc_key": table["doc_key"][layout.span_row],
+                "span_doc_offset": layout.span_doc_offset,
+                "span_repeat": layout.span_repeat,
+            },
+            offsets,
+        )
 
-    itemsize = tokenizer.dtype.itemsize
-    per_part = max(1, config.part_bytes // (config.seq_len * itemsize))
-    shard_files = (
-        tuple(
-            str(tokenized / f"{shard_stem(i)}.tokens") for i in range(int(table["shard"].max()) + 1)
-        )
-        if len(table["shard"])
-        else ()
-    )
-    tasks = []
-    for part, first in enumerate(range(0, layout.n_sequences, per_part)):
-        last = min(first + per_part, layout.n_sequences)
-        path = part_path(out, part)
-        if path.is_file() and path.stat().st_size == (last - first) * config.seq_len * itemsize:
-            continue  # written whole by an earlier, interrupted run (writes are atomic)
-        lo, hi = int(offsets[first]), int(offsets[last])
-        span_rows = layout.span_row[lo:hi]
-        tasks.append(
-            PartTask(
-                path=str(path),
-                first=first,
-                last=last,
-                seq_len=config.seq_len,
-                dtype=tokenizer.dtype.str,
-                separator_id=tokenizer.separator_id,
-                shard_files=shard_files,
-                span_start=layout.span_start[lo:hi],
-                span_length=layout.span_length[lo:hi],
-                span_seq=layout.span_seq[lo:hi],
-                span_doc_offset=layout.span_doc_offset[lo:hi],
-                span_shard=table["shard"][span_rows],
-                span_shard_offset=table["offset"][span_rows],
-                span_doc_tokens=lengths[span_rows],
+    with timer("layout"):  # the parts' tasks
+        itemsize = tokenizer.dtype.itemsize
+        per_part = max(1, config.part_bytes // (config.seq_len * itemsize))
+        shard_files = (
+            tuple(
+                str(tokenized / f"{shard_stem(i)}.tokens")
+                for i in range(int(table["shard"].max()) + 1)
             )
+            if len(table["shard"])
+            else ()
         )
-    for _ in executor.map(write_part, tasks, desc="pack", progress=progress, unit="part"):
-        pass
+        tasks = []
+        for part, first in enumerate(range(0, layout.n_sequences, per_part)):
+            last = min(first + per_part, layout.n_sequences)
+            path = part_path(out, part)
+            if path.is_file() and path.stat().st_size == (last - first) * config.seq_len * itemsize:
+                continue  # written whole by an earlier, interrupted run (writes are atomic)
+            lo, hi = int(offsets[first]), int(offsets[last])
+            span_rows = layout.span_row[lo:hi]
+            tasks.append(
+                PartTask(
+                    path=str(path),
+                    first=first,
+                    last=last,
+                    seq_len=config.seq_len,
+                    dtype=tokenizer.dtype.str,
+                    separator_id=tokenizer.separator_id,
+                    shard_files=shard_files,
+                    span_start=layout.span_start[lo:hi],
+                    span_length=layout.span_length[lo:hi],
+                    span_seq=layout.span_seq[lo:hi],
+                    span_doc_offset=layout.span_doc_offset[lo:hi],
+                    span_shard=table["shard"][span_rows],
+                    span_shard_offset=table["offset"][span_rows],
+                    span_doc_tokens=lengths[span_rows],
+                )
+            )
+    with timer("pack"):
+        for _ in executor.map(write_part, tasks, desc="pack", progress=progress, unit="part"):
+            pass
     return layout, per_part
 
 

@@ -26,6 +26,9 @@ from ..errors import InputNotFoundError, InvalidInputError
 from ..fsutil import atomic_write, read_json
 
 MANIFEST = "manifest.json"
+# Wall seconds per phase of the run that wrote the folder: differs between runs, so not
+# recorded in the manifest (see longmix.data.verify).
+TIMINGS = "timings.json"
 FORMAT_VERSION = 1
 # Per span (a piece of one document inside one sequence); all in index/<name>.npy
 SPAN_FIELDS = {

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ..fsutil import LOCK_FILE, file_digest, read_json
-from .store import FORMAT_VERSION, MANIFEST, SPAN_FIELDS, part_path
+from .store import FORMAT_VERSION, MANIFEST, SPAN_FIELDS, TIMINGS, part_path
 
-# Not covered by checksums: the settings record, the lock, and the tokenized cache (whose
-# shards carry their own fingerprints and sizes).
-_UNRECORDED = {MANIFEST, "params.json", LOCK_FILE}
+# Not covered by checksums: the settings record, the lock, the run's timings, and the tokenized
+# cache (whose shards carry their own fingerprints and sizes).
+_UNRECORDED = {MANIFEST, "params.json", LOCK_FILE, TIMINGS}
 _CACHE = "tokenized"
 
 
