@@ -20,12 +20,14 @@ rerun with the same arguments resumes and ends byte-identical to an uninterrupte
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +47,13 @@ from ..fsutil import (
 from ..settings import setting, specs
 from ..units import format_count
 from .corpus import ReaderOptions, describe_files, discover_shards, normalize_domain
-from .executor import make_executor
+from .executor import (
+    LocalExecutor,
+    _init_pool_worker,
+    default_workers,
+    make_executor,
+    progress_bar,
+)
 from .mixture import (
     CHARS_PER_TOKEN,
     MixtureConfig,
@@ -85,6 +93,7 @@ from .sample import (
 from .stats import (
     format_rejections,
     format_table,
+    import_plotting,
     markdown_report,
     mixture_stats,
     plot_domain_shares,
@@ -278,12 +287,62 @@ def prepare(
     ):
         raise PrepareError(f"--rank must be within 0..{config.world_size - 1}")
     tokenizer = resolve_tokenizer(config.tokenizer, config.separator)
+    # With one worker everything runs here, on one core; otherwise the plots get a process.
+    separate = (config.workers or default_workers()) > 1
     # One writer per folder; the ranks of a job array share theirs.
-    with folder_lock(out, shared=config.world_size is not None):
+    with _Plots(separate) as plots, folder_lock(out, shared=config.world_size is not None):
         if config.cache:
             with folder_lock(config.cache, shared=config.world_size is not None):
-                return _prepare_locked(config, out, tokenizer, started, progress, log)
-        return _prepare_locked(config, out, tokenizer, started, progress, log)
+                return _prepare_locked(config, out, tokenizer, started, progress, log, plots)
+        return _prepare_locked(config, out, tokenizer, started, progress, log, plots)
+
+
+class _Plots:
+    """Draws ``plots/`` (about 2 s of matplotlib, serial): here, or in a process of its own
+    (``separate``), started with the tokenization so that matplotlib is imported meanwhile,
+    and fed the plan while the workers pack."""
+
+    def __init__(self, separate: bool) -> None:
+        self.separate = separate
+        self.pool: ProcessPoolExecutor | None = None
+        self.pending: Future | None = None
+
+    def start(self) -> None:
+        if self.separate and self.pool is None:
+            context = multiprocessing.get_context("spawn")
+            # Set up as the executor's workers: Ctrl-C is the parent's to handle.
+            self.pool = ProcessPoolExecutor(1, context, initializer=_init_pool_worker)
+            self.pool.submit(import_plotting)
+
+    def draw(self, out: Path, table: dict, plan_result: dict, threshold: int) -> None:
+        if self.pool is None:
+            _draw_plots(out, table, plan_result, threshold)
+            return
+        # Only the columns the plots read travel to the process.
+        packed = plan_result["units"]
+        self.pending = self.pool.submit(
+            _draw_plots,
+            out,
+            {k: table[k] for k in ("names", "domains", "n_tokens")},
+            {
+                "units": {k: packed[k] for k in ("domains", "n_tokens")},
+                "selection": plan_result["selection"],
+                "before": plan_result["before"],
+                "after": plan_result["after"],
+            },
+            threshold,
+        )
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()  # its error, if any, raised here
+
+    def __enter__(self) -> _Plots:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _prepare_locked(
@@ -293,6 +352,7 @@ def _prepare_locked(
     started: float,
     progress: bool,
     log: Callable[[str], None],
+    plots: _Plots,
 ) -> dict:
     timer = PhaseTimer()
     _claim_output(out, config)
@@ -356,6 +416,8 @@ def _prepare_locked(
                 f"{len(missing)} of {len(shards)} shards are not tokenized yet (e.g. "
                 f"{', '.join(s.name for s in missing[:3])}): rerun the ranks that failed"
             )
+    if not config.dry_run:
+        plots.start()
     units = shard_units(shards)
     if config.read == "all" and not config.dry_run:
         with timer("tokenize"):
@@ -432,6 +494,8 @@ def _prepare_locked(
                 f"read {len(sampling.read)} of {len(shards)} shards ({sampling.bytes_read / sampling.bytes_total:.2%} "
                 f"of the corpus' bytes) in {sampling.rounds} rounds: the budget's cells are covered"
             )
+    with timer("plots"):  # only the plan feeds them
+        plots.draw(out, table, plan_result, config.mixture.long_threshold)
     layout, parts = pack_all(
         out, table, plan_result, tokenizer, tokenized, config, executor, progress, timer
     )
@@ -447,14 +511,12 @@ def _prepare_locked(
     with timer("report"), atomic_write(out / "report.md", "w") as sink:
         sink.write(markdown_report(stats))
     with timer("plots"):
-        _draw_plots(out, table, plan_result, config.mixture.long_threshold)
+        plots.wait()
     with timer("manifest"):
         # Sizes and checksums let a rerun (and `longmix verify`) tell a whole folder from a
         # damaged one.
         paths = [str(p) for p in recorded_files(out)]
-        manifest["files"] = digest_files(
-            out, executor.map(digest_job, paths, desc="checksum", progress=progress, unit="file")
-        )
+        manifest["files"] = digest_files(out, _checksums(paths, executor, progress))
         write_json(out / MANIFEST, manifest)
     timings = _timings(timer, started)
     write_json(out / TIMINGS, timings)  # after the manifest: not a recorded output
@@ -498,6 +560,21 @@ def _draw_plots(out: Path, table: dict, plan_result: dict, threshold: int) -> No
     plot_domain_shares(
         plan_result["before"], plan_result["after"], out / "plots" / "domain_shares.png"
     )
+
+
+def _checksums(paths: list[str], executor, progress: bool) -> list[tuple[str, dict]]:
+    """Each file's digest. Local: on threads, as hashing and reading release the GIL, and
+    starting a pool of processes costs more than these files take to hash (Ray: its tasks)."""
+    if not isinstance(executor, LocalExecutor):
+        return list(
+            executor.map(digest_job, paths, desc="checksum", progress=progress, unit="file")
+        )
+    with ThreadPoolExecutor(executor.workers, thread_name_prefix="checksum") as pool:
+        digests = pool.map(digest_job, paths)
+        bar = progress_bar(
+            digests, total=len(paths), desc="checksum", unit="file", enabled=progress
+        )
+        return list(bar)
 
 
 def _timings(timer: PhaseTimer, started: float) -> dict[str, float]:

@@ -252,6 +252,23 @@ def _sampling_lines(manifest: dict) -> list[str]:
 # ---------------------------------------------------------------------------- plots
 
 
+def import_plotting() -> None:
+    """matplotlib's import (about a second); ``prepare`` runs it while the workers tokenize."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+
+
+def new_figure(figsize: tuple[float, float]):
+    """A figure drawn by Agg, outside pyplot: no global state (plots may be drawn on a
+    thread) and no import of pyplot's GUI machinery."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def plot_length_distribution(
     names: list[str],
     before: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -264,14 +281,10 @@ def plot_length_distribution(
     ``before`` and ``after`` are (domain codes, lengths, copies) of their own rows: ``cut``
     makes more rows (chunks) than the corpus has documents.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cols = min(4, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    fig = new_figure(figsize=(4 * cols, 3 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     top = max(int(before[1].max()), 2)
     bins = np.logspace(0, np.log10(top) + 0.05, 40)
     for ax, (code, name) in zip(axes.flat, enumerate(names)):
@@ -299,19 +312,14 @@ def plot_length_distribution(
     fig.tight_layout()
     with atomic_write(path) as sink:  # a full disk leaves no half image behind
         fig.savefig(sink, format="png", dpi=90)
-    plt.close(fig)
 
 
 def plot_domain_shares(before: dict, after: dict, path: Path) -> None:
     """Stacked bars: each domain's token share before/after, long part hatched."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(after["domains"])
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 4))
+    fig = new_figure(figsize=(max(6, 1.3 * len(names)), 4))
+    ax = fig.subplots()
     for offset, stats, label, color in (
         (-0.2, before, "before", "#8da0cb"),
         (0.2, after, "after", "#fc8d62"),
@@ -336,4 +344,3 @@ def plot_domain_shares(before: dict, after: dict, path: Path) -> None:
     fig.tight_layout()
     with atomic_write(path) as sink:  # a full disk leaves no half image behind
         fig.savefig(sink, format="png", dpi=90)
-    plt.close(fig)
