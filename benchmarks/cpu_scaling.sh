@@ -15,6 +15,8 @@ set -euo pipefail
 OUT=${OUT:-out/cpu_scaling}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+# orjson and zstandard from carried wheels where the host has none (pip download them into .carry/)
+[ -d .carry ] && { python3 -m pip install --quiet --no-deps --no-index --find-links .carry orjson zstandard 2>&1 | grep -v WARNING || true; }
 cores=$(nproc)
 [ "$cores" -ge 16 ] || echo "warning: $cores cores; 16 workers will share them" >&2
 start=$SECONDS
