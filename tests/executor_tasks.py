@@ -22,3 +22,15 @@ def write_slowly(task: tuple[str, str]) -> str:
     if kind == "bad":
         raise ValueError("a record the task cannot read")
     return path
+
+
+def worker_pid(task: object) -> int:
+    """The process that ran the task."""
+    time.sleep(0.05)  # long enough for both workers to take tasks
+    return os.getpid()
+
+
+def fail_on_bad(task: str) -> str:
+    if task == "bad":
+        raise ValueError("a record the task cannot read")
+    return task

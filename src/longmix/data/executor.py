@@ -9,6 +9,7 @@ executor produces the same bytes.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 import sys
@@ -46,10 +47,46 @@ def _exit_on_terminate(signum: int, frame: Any) -> None:
 
 
 class LocalExecutor:
-    """A pool of ``workers`` processes (``spawn``); ``workers=1`` runs inline, for debugging."""
+    """A pool of ``workers`` processes (``spawn``); ``workers=1`` runs inline, for debugging.
+
+    Used as a context manager (as ``prepare`` does), it keeps one pool for every ``map``
+    inside the block: started on the first map that needs it, closed on exit. Each pool costs
+    every worker a fresh import of longmix, pyarrow and the tokenizer, serial time that the
+    rounds of ``--read auto`` and the packing would otherwise pay again. Outside a block, each
+    map starts and closes a pool of its own.
+    """
 
     def __init__(self, workers: int | None = None):
         self.workers = max(1, workers or default_workers())
+        self._keep = False  # inside ``with``: the pool outlives each map
+        self._pool: multiprocessing.pool.Pool | None = None
+        self._exiting: list[multiprocessing.pool.Pool] = []  # closed, not yet joined
+
+    def __enter__(self) -> LocalExecutor:
+        self._keep = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._keep = False
+        # Even on an error: no map runs now (a failed one has stopped its workers), so the idle
+        # workers take their sentinel and exit. A SIGTERM could land on a native thread (pyarrow,
+        # tokenizers) of a worker waiting on the task queue's lock and never wake it.
+        self.close()
+
+    def close(self, *, wait: bool = True, terminate: bool = False) -> None:
+        """Stop the pool, if one runs: let its workers finish, or ``terminate`` them (SIGTERM).
+        ``wait=False`` lets them exit while the caller goes on (a later close waits for them);
+        a later map starts a new pool."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            if terminate:
+                pool.terminate()
+            else:
+                pool.close()
+            self._exiting.append(pool)
+        if wait:
+            while self._exiting:
+                self._exiting.pop().join()
 
     def map(
         self,
@@ -69,18 +106,30 @@ class LocalExecutor:
             _init_worker()
             yield from map(named, tasks)
             return
-        context = multiprocessing.get_context("spawn")
-        pool = context.Pool(min(self.workers, len(tasks)), initializer=_init_pool_worker)
+        pool = self._pool_for(len(tasks))
         try:
             yield from pool.imap_unordered(named, tasks, chunksize=1)
         except BaseException:
             # A failed task, Ctrl-C, or a consumer that stops early (GeneratorExit): the other
-            # workers are stopped (SIGTERM, see _init_pool_worker) and waited for.
-            pool.terminate()
-            pool.join()
+            # workers are stopped (SIGTERM, see _init_pool_worker) and waited for; a later
+            # map starts a new pool.
+            self.close(terminate=True)
             raise
-        pool.close()
-        pool.join()
+        if not self._keep:
+            self.close()
+
+    def _pool_for(self, n_tasks: int) -> multiprocessing.pool.Pool:
+        if self._pool is None:
+            # A kept pool serves later, larger maps too: all the workers. A pool for one map
+            # needs no more processes than it has tasks.
+            self._pool = self._start_pool(
+                self.workers if self._keep else min(self.workers, n_tasks)
+            )
+        return self._pool
+
+    def _start_pool(self, processes: int) -> multiprocessing.pool.Pool:
+        context = multiprocessing.get_context("spawn")
+        return context.Pool(processes, initializer=_init_pool_worker)
 
 
 class _Named:
@@ -129,6 +178,15 @@ class RayExecutor:
         self.max_retries = max_retries
         self.workers = int(ray.cluster_resources().get("CPU", 1))
         self.window = 2 * self.workers  # enough to keep every CPU busy while results come back
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self, *, wait: bool = True) -> None:
+        """Nothing to stop: Ray keeps its own workers, and the cluster outlives the run."""
 
     def map(
         self,
@@ -216,7 +274,9 @@ def task_name(task: Any) -> str:
     return str(getattr(inner, "path", inner))[:200]
 
 
-def make_executor(kind: str, workers: int | None = None, address: str | None = None):
+def make_executor(
+    kind: str, workers: int | None = None, address: str | None = None
+) -> LocalExecutor | RayExecutor:
     if kind == "local":
         return LocalExecutor(workers)
     if kind == "ray":

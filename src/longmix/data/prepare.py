@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -289,12 +289,14 @@ def prepare(
     tokenizer = resolve_tokenizer(config.tokenizer, config.separator)
     # With one worker everything runs here, on one core; otherwise the plots get a process.
     separate = (config.workers or default_workers()) > 1
-    # One writer per folder; the ranks of a job array share theirs.
-    with _Plots(separate) as plots, folder_lock(out, shared=config.world_size is not None):
+    shared = config.world_size is not None
+    # One writer per folder; the ranks of a job array share theirs. ``closing`` unwinds in
+    # reverse: the executor, entered last, stops its workers before the locks are released.
+    with _Plots(separate) as plots, ExitStack() as closing:
+        closing.enter_context(folder_lock(out, shared=shared))
         if config.cache:
-            with folder_lock(config.cache, shared=config.world_size is not None):
-                return _prepare_locked(config, out, tokenizer, started, progress, log, plots)
-        return _prepare_locked(config, out, tokenizer, started, progress, log, plots)
+            closing.enter_context(folder_lock(config.cache, shared=shared))
+        return _prepare_locked(config, out, tokenizer, started, progress, log, plots, closing)
 
 
 class _Plots:
@@ -353,6 +355,7 @@ def _prepare_locked(
     progress: bool,
     log: Callable[[str], None],
     plots: _Plots,
+    closing: ExitStack,
 ) -> dict:
     timer = PhaseTimer()
     _claim_output(out, config)
@@ -387,7 +390,10 @@ def _prepare_locked(
         if config.world_size is None:  # no concurrent ranks: leftovers of a killed run can go
             remove_stale_temporaries(out)
             remove_stale_temporaries(tokenized)
-        executor = make_executor(config.executor, config.workers, config.ray_address)
+        # One pool of workers for the whole run (every round of tokenization, the packing).
+        executor = closing.enter_context(
+            make_executor(config.executor, config.workers, config.ray_address)
+        )
     announce()
     log(describe_files(shards))
     log(
@@ -499,6 +505,8 @@ def _prepare_locked(
     layout, parts = pack_all(
         out, table, plan_result, tokenizer, tokenized, config, executor, progress, timer
     )
+    # No task of the local workers is left: they exit while the statistics are written.
+    executor.close(wait=False)
 
     with timer("statistics"):
         stats = _stats_record(

@@ -170,6 +170,8 @@ def vocab_digest(tokenizer_json: str | Path) -> str:
     ).hexdigest()
 
 
+# Once per process, by path: a worker of prepare's pool serves every shard of the run (each
+# round of --read auto) with the tokenizer it loaded for its first.
 @lru_cache(maxsize=4)
 def _load(path: str):
     from tokenizers import Tokenizer
