@@ -21,7 +21,6 @@ The ratio pipeline/baseline per core is the number to watch (target >= 0.8).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -43,6 +42,7 @@ from longmix.data.executor import default_workers  # noqa: E402
 from longmix.data.mixture import MixtureConfig  # noqa: E402
 from longmix.data.prepare import PrepareConfig, prepare  # noqa: E402
 from longmix.data.tokenize import TokenizeTask, input_fingerprint, resolve_tokenizer, tokenize_shard  # noqa: E402
+from longmix.fsutil import file_digest  # noqa: E402
 
 # The phases that run on every worker; the rest of a run is serial (see PhaseTimer).
 PARALLEL_PHASES = ("tokenize", "pack")
@@ -111,17 +111,10 @@ def serial_seconds(timings: dict[str, float]) -> float:
 
 
 def output_digests(out: Path) -> dict[str, str]:
-    """SHA-256 of the packed token parts and ``stats.json``: equal for every worker count."""
+    """BLAKE2b (the manifest's digest) of the packed token parts and ``stats.json``: equal
+    for every worker count."""
     files = [*sorted((out / "tokens").glob("*.bin")), out / "stats.json"]
-    return {f.relative_to(out).as_posix(): _sha256(f) for f in files}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {f.relative_to(out).as_posix(): file_digest(f)["blake2b"] for f in files}
 
 
 def worker_counts(text: str) -> list[int]:
@@ -260,7 +253,7 @@ def print_report(result: dict) -> None:
     print("| **total** | " + " | ".join(f"{r['timings']['total']:.3f}" for r in runs) + " |")
     same = "identical" if result["identical_outputs"] else "DIFFERENT"
     print(
-        f"\noutputs (token parts and stats.json, SHA-256) across {', '.join(str(r['workers']) for r in runs)} "
+        f"\noutputs (token parts and stats.json, BLAKE2b) across {', '.join(str(r['workers']) for r in runs)} "
         f"workers: {same}"
     )
     if "long_documents" in result:

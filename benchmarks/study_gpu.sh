@@ -41,14 +41,17 @@ collect() {  # the study's small files: statistics, plans, training logs, evalua
     xargs -0 -r cp --parents -t "$OUT/study" 2>/dev/null) || true
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$OUT/study/gpus.txt" 2>/dev/null || true
 }
+take_parts() {  # the carried .xfer* folders, kept outside the work tree while the machine stays warm
+  mkdir -p /root/xfer && for d in .xfer*/; do cp "$d"* /root/xfer/; done
+}
 mkdir -p "$OUT/study"
 
 case "$1" in
-part)  # the carried .xfer* folders, kept outside the work tree while the machine stays warm
-  mkdir -p /root/xfer && for d in .xfer*/; do cp "$d"* /root/xfer/; done; ls -la /root/xfer
+part)
+  take_parts; ls -la /root/xfer
   ;;
 setup)
-  mkdir -p /root/xfer && for d in .xfer*/; do cp "$d"* /root/xfer/; done
+  take_parts
   [ -f /root/xfer/demo-corpus.tar ] || { echo "no demo corpus: carry .xfer3 with 'part' first"; exit 2; }
   cat /root/xfer/part.* >/root/xfer/smollm2.gguf
   sha256sum /root/xfer/smollm2.gguf | grep -q "^$SHA256" || { echo "GGUF checksum differs"; exit 1; }

@@ -32,7 +32,7 @@ def _init_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def _init_pool_worker() -> None:
+def init_pool_worker() -> None:
     _init_worker()
     # Ctrl-C reaches the whole process group: the parent alone decides (and says it in one
     # line), instead of every worker printing its own traceback.
@@ -111,7 +111,7 @@ class LocalExecutor:
             yield from pool.imap_unordered(named, tasks, chunksize=1)
         except BaseException:
             # A failed task, Ctrl-C, or a consumer that stops early (GeneratorExit): the other
-            # workers are stopped (SIGTERM, see _init_pool_worker) and waited for; a later
+            # workers are stopped (SIGTERM, see init_pool_worker) and waited for; a later
             # map starts a new pool.
             self.close(terminate=True)
             raise
@@ -129,7 +129,7 @@ class LocalExecutor:
 
     def _start_pool(self, processes: int) -> multiprocessing.pool.Pool:
         context = multiprocessing.get_context("spawn")
-        return context.Pool(processes, initializer=_init_pool_worker)
+        return context.Pool(processes, initializer=init_pool_worker)
 
 
 class _Named:

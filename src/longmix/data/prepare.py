@@ -49,8 +49,8 @@ from ..units import format_count
 from .corpus import ReaderOptions, describe_files, discover_shards, normalize_domain
 from .executor import (
     LocalExecutor,
-    _init_pool_worker,
     default_workers,
+    init_pool_worker,
     make_executor,
     progress_bar,
 )
@@ -313,7 +313,7 @@ class _Plots:
         if self.separate and self.pool is None:
             context = multiprocessing.get_context("spawn")
             # Set up as the executor's workers: Ctrl-C is the parent's to handle.
-            self.pool = ProcessPoolExecutor(1, context, initializer=_init_pool_worker)
+            self.pool = ProcessPoolExecutor(1, context, initializer=init_pool_worker)
             self.pool.submit(import_plotting)
 
     def draw(self, out: Path, table: dict, plan_result: dict, threshold: int) -> None:
